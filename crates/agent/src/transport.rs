@@ -1,0 +1,165 @@
+//! Stream sockets as plain fds: AF_VSOCK in a VM, AF_UNIX in tests.
+//!
+//! Both families behave the same for a byte stream, so the server sees one
+//! type and the tests exercise the code the VM runs.
+
+use std::io::{self, Read, Write};
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+/// Returns the result, or the current errno as an error when it is -1.
+fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {
+    if ret == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A connected stream socket.
+#[derive(Debug)]
+pub struct Stream(OwnedFd);
+
+impl Stream {
+    /// A second handle on the same connection, so one thread can read
+    /// while others write.
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(Stream(self.0.try_clone()?))
+    }
+
+    /// Shuts down both directions of the connection (every handle on it),
+    /// which also wakes a thread blocked reading it.
+    pub fn shutdown(&self) {
+        // SAFETY: plain syscall on an fd we own; failure (already shut,
+        // peer gone) leaves nothing to do.
+        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: reads into a live buffer of the given length.
+        let n = cvt(unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
+        Ok(n as usize)
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // MSG_NOSIGNAL: a vanished peer must be an error, not a SIGPIPE.
+        // SAFETY: sends from a live buffer of the given length.
+        let n = cvt(unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        })?;
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A listening stream socket.
+#[derive(Debug)]
+pub struct Listener(OwnedFd);
+
+impl Listener {
+    /// Listens on `port` of every local CID.
+    pub fn vsock(port: u32) -> io::Result<Listener> {
+        let fd = vsock_socket()?;
+        let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
+        // SAFETY: `addr` is a valid sockaddr_vm of the given length.
+        cvt(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_vm).cast(),
+                mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            )
+        })?;
+        // SAFETY: plain syscall on our fd.
+        cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
+        Ok(Listener(fd))
+    }
+
+    /// Listens on a Unix socket path (test mode).
+    pub fn unix(path: &Path) -> io::Result<Listener> {
+        Ok(Listener(UnixListener::bind(path)?.into()))
+    }
+
+    /// Waits for the next connection.
+    pub fn accept(&self) -> io::Result<Stream> {
+        loop {
+            // SAFETY: null address pointers are allowed; the fd is ours.
+            let ret = unsafe {
+                libc::accept4(
+                    self.0.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            match cvt(ret) {
+                // SAFETY: accept4 returned a new fd that nothing else owns.
+                Ok(fd) => return Ok(Stream(unsafe { OwnedFd::from_raw_fd(fd) })),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Connects to `port` on vsock context `cid`.
+pub fn connect_vsock(cid: u32, port: u32) -> io::Result<Stream> {
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(cid, port);
+    // SAFETY: `addr` is a valid sockaddr_vm of the given length.
+    cvt(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    })?;
+    Ok(Stream(fd))
+}
+
+fn vsock_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned fd is owned below.
+    let fd: RawFd =
+        cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is its documented
+    // initial state (reserved and padding fields must be zero).
+    let mut addr: libc::sockaddr_vm = unsafe { mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = cid;
+    addr
+}
