@@ -1,0 +1,5 @@
+//! Devices the guest sees.
+
+pub mod legacy;
+pub mod serial;
+pub mod virtio;

@@ -1,0 +1,118 @@
+//! The 8250 UART on COM1: the guest's console. Everything the guest prints
+//! goes to the serial log file (and optionally to our stderr); the stream is
+//! watched for the kernel's panic banner so a later reset is reported as a
+//! panic rather than a reboot.
+
+use crate::bus::BusDevice;
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
+
+/// Raises the UART's interrupt line through a KVM irqfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where console bytes go.
+pub struct ConsoleSink {
+    log: Option<File>,
+    echo: bool,
+    matched: usize,
+    panicked: Arc<AtomicBool>,
+}
+
+impl ConsoleSink {
+    pub fn new(log: Option<File>, echo: bool, panicked: Arc<AtomicBool>) -> Self {
+        ConsoleSink {
+            log,
+            echo,
+            matched: 0,
+            panicked,
+        }
+    }
+
+    fn scan(&mut self, buf: &[u8]) {
+        for &b in buf {
+            // The banner has no repeated prefix, so a mismatch restarts the match.
+            if b == PANIC_BANNER[self.matched] {
+                self.matched += 1;
+                if self.matched == PANIC_BANNER.len() {
+                    self.panicked.store(true, Ordering::SeqCst);
+                    self.matched = 0;
+                }
+            } else {
+                self.matched = usize::from(b == PANIC_BANNER[0]);
+            }
+        }
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.scan(buf);
+        if let Some(log) = &mut self.log {
+            // A full disk must not stop the guest: console output is best effort.
+            let _ = log.write_all(buf);
+        }
+        if self.echo {
+            let _ = io::stderr().write_all(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct SerialDevice(pub Serial<IrqTrigger, NoEvents, ConsoleSink>);
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(b) = data.first_mut() {
+            *b = self.0.read(offset as u8);
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(b) = data.first() {
+            if let Err(e) = self.0.write(offset as u8, *b) {
+                tracing::debug!("serial write: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_the_panic_banner_across_writes() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut sink = ConsoleSink::new(None, false, flag.clone());
+        sink.write_all(b"[ 1.0] KKernel pan").unwrap();
+        assert!(!flag.load(Ordering::SeqCst));
+        sink.write_all(b"ic - not syncing: Attempted to kill init!")
+            .unwrap();
+        assert!(flag.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn ordinary_output_is_not_a_panic() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut sink = ConsoleSink::new(None, false, flag.clone());
+        sink.write_all(b"Kernel panic test skipped - not syncing anything")
+            .unwrap();
+        assert!(!flag.load(Ordering::SeqCst));
+    }
+}

@@ -1,0 +1,316 @@
+//! The virtio-mmio register window (virtio 1.2 §4.2.2), version 2 only.
+
+use super::{Activation, Interrupt, Poller, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::bus::{lock, BusDevice};
+use std::sync::{Arc, Mutex};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x4d48_4353; // "SCHM"
+
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_SHM_LEN_LOW: u64 = 0x0b0;
+const REG_SHM_LEN_HIGH: u64 = 0x0b4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_NEEDS_RESET: u32 = 0x40;
+
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    name: &'static str,
+    device_type: u32,
+    offered_features: u64,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queue_evts: Vec<EventFd>,
+    queues: Vec<Queue>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    queue_sel: u32,
+    status: u32,
+    activated: bool,
+}
+
+impl MmioTransport {
+    /// `queue_evts` must already be registered as ioeventfds on this
+    /// device's `QueueNotify` register (one per queue, datamatch = index).
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        irqfd: EventFd,
+        queue_evts: Vec<EventFd>,
+    ) -> std::io::Result<Self> {
+        let (name, device_type, offered_features, sizes) = {
+            let d = lock(&device);
+            (
+                d.name(),
+                d.device_type(),
+                d.features() | VIRTIO_F_VERSION_1,
+                d.queue_max_sizes().to_vec(),
+            )
+        };
+        let queues = sizes
+            .iter()
+            .map(|&s| {
+                Queue::new(s).map_err(|e| std::io::Error::other(format!("queue size {s}: {e:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransport {
+            device,
+            name,
+            device_type,
+            offered_features,
+            mem,
+            interrupt: Arc::new(Interrupt::new(irqfd)),
+            queue_evts,
+            queues,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            queue_sel: 0,
+            status: 0,
+            activated: false,
+        })
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        self.status = value;
+        if value & STATUS_FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+            // A legacy-only driver: we do not speak that dialect.
+            self.status &= !STATUS_FEATURES_OK;
+        }
+        if value & STATUS_DRIVER_OK != 0 && !self.activated {
+            if let Err(e) = self.activate() {
+                tracing::error!("virtio-{}: activation failed: {e}", self.name);
+                self.status |= STATUS_NEEDS_RESET;
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            // The event thread owns the device's queues now; a live reset
+            // would need it to hand them back. Linux only resets a live
+            // device on driver unbind, which our guests do not do.
+            tracing::warn!("virtio-{}: reset of an active device ignored", self.name);
+            self.status |= STATUS_NEEDS_RESET;
+            return;
+        }
+        self.status = 0;
+        self.acked_features = 0;
+        self.queue_sel = 0;
+        for q in &mut self.queues {
+            q.reset();
+        }
+    }
+
+    fn activate(&mut self) -> std::io::Result<()> {
+        if let Some(i) = self
+            .queues
+            .iter()
+            .position(|q| q.ready() && !q.is_valid(&self.mem))
+        {
+            return Err(std::io::Error::other(format!("queue {i} is not valid")));
+        }
+        let epoll = Arc::new(Epoll::new()?);
+        let mut evts = Vec::with_capacity(self.queue_evts.len());
+        for (i, evt) in self.queue_evts.iter().enumerate() {
+            let evt = evt.try_clone()?;
+            epoll.ctl(
+                ControlOperation::Add,
+                evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+            evts.push(evt);
+        }
+        // The device gets its own copies; ours keep answering register reads.
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| std::io::Error::other(format!("queue setup: {e:?}")))?;
+        lock(&self.device).activate(Activation {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.interrupt.clone(),
+            poller: Poller(epoll.clone()),
+            acked_features: self.acked_features,
+        })?;
+        let device = self.device.clone();
+        std::thread::Builder::new()
+            .name(format!("virtio-{}", self.name))
+            .spawn(move || event_loop(device, epoll, evts))?;
+        self.activated = true;
+        Ok(())
+    }
+}
+
+use std::os::fd::AsRawFd;
+
+fn event_loop(device: Arc<Mutex<dyn VirtioDevice>>, epoll: Arc<Epoll>, queue_evts: Vec<EventFd>) {
+    let mut events = vec![EpollEvent::default(); 64];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("virtio event loop: epoll_wait: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if let Some(evt) = queue_evts.get(token as usize) {
+                // Drain the counter; one pass handles every kick so far.
+                let _ = evt.read();
+                lock(&device).handle_queue(token as usize);
+            } else {
+                lock(&device).handle_fd(token, ev.event_set());
+            }
+        }
+    }
+}
+
+fn read_u32(data: &mut [u8], value: u32) {
+    let bytes = value.to_le_bytes();
+    let n = data.len().min(4);
+    data[..n].copy_from_slice(&bytes[..n]);
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            lock(&self.device).read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        if data.len() != 4 {
+            data.fill(0);
+            return;
+        }
+        let value = match offset {
+            REG_MAGIC => MAGIC,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => self.device_type,
+            REG_VENDOR_ID => VENDOR,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.offered_features as u32,
+                1 => (self.offered_features >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
+            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            // No shared memory regions: length reads as "absent" (all ones).
+            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
+            REG_CONFIG_GENERATION => 0,
+            _ => 0,
+        };
+        read_u32(data, value);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            return; // our devices have read-only config
+        }
+        if data.len() != 4 {
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        // Queue layout may only change before the device goes live.
+        let configurable = !self.activated;
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_DRIVER_FEATURES => {
+                let shift = match self.driver_features_sel {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                let mask = 0xffff_ffffu64 << shift;
+                let accepted = ((v as u64) << shift) & self.offered_features;
+                self.acked_features = (self.acked_features & !mask) | accepted;
+            }
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NUM if configurable => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(v as u16);
+                }
+            }
+            REG_QUEUE_READY if configurable => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            REG_QUEUE_DESC_LOW
+            | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_DRIVER_LOW
+            | REG_QUEUE_DRIVER_HIGH
+            | REG_QUEUE_DEVICE_LOW
+            | REG_QUEUE_DEVICE_HIGH
+                if configurable =>
+            {
+                if let Some(q) = self.selected_queue() {
+                    let (low, high) = if offset & 4 == 0 {
+                        (Some(v), None)
+                    } else {
+                        (None, Some(v))
+                    };
+                    match offset & !4 {
+                        REG_QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+                        REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
+                        _ => q.set_used_ring_address(low, high),
+                    }
+                }
+            }
+            REG_QUEUE_NOTIFY => {
+                // Normally caught by the ioeventfd; forward if it reaches us.
+                if let Some(evt) = self.queue_evts.get(v as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            REG_INTERRUPT_ACK => self.interrupt.ack(v),
+            REG_STATUS => self.set_status(v),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! virtio devices over the MMIO transport (virtio 1.x, "modern" only).
+//!
+//! Threading: vCPU threads touch a device only through its [`MmioTransport`]
+//! registers. Once the driver finishes negotiation the transport hands the
+//! queues to the device and starts one event thread per device, which waits
+//! (epoll) on the queues' ioeventfds and on any host fds the device adds, and
+//! signals the guest through an irqfd. No thread ever polls.
+
+pub mod block;
+pub mod mmio;
+mod queue_util;
+pub mod rng;
+pub mod vsock;
+
+pub use mmio::MmioTransport;
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Interrupt status bits (virtio-mmio `InterruptStatus`).
+const INT_USED_RING: u32 = 1;
+
+/// The device's interrupt line: a status word the driver reads and acks
+/// through the transport, and the irqfd that raises the IOAPIC pin.
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(irqfd: EventFd) -> Self {
+        Interrupt {
+            status: Arc::new(AtomicU32::new(0)),
+            irqfd,
+        }
+    }
+
+    /// Tells the driver that used buffers are waiting.
+    pub fn signal_used_queue(&self) {
+        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            tracing::warn!("virtio irqfd write failed: {e}");
+        }
+    }
+
+    fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// Tokens below this value are queue indexes; devices use the rest for
+/// their own fds.
+pub const FIRST_DEVICE_TOKEN: u64 = 64;
+
+/// Lets an active device watch host fds on its event thread.
+#[derive(Clone)]
+pub struct Poller(Arc<Epoll>);
+
+impl Poller {
+    pub fn add(&self, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
+        self.0
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+    }
+    pub fn modify(&self, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
+        self.0
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
+    }
+    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
+        self.0
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+}
+
+/// What a device receives when the driver has set it up.
+pub struct Activation {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<Interrupt>,
+    pub poller: Poller,
+    pub acked_features: u64,
+}
+
+pub trait VirtioDevice: Send + 'static {
+    /// Short name for thread names and logs.
+    fn name(&self) -> &'static str;
+    fn device_type(&self) -> u32;
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver; [`VIRTIO_F_VERSION_1`] is added by the transport.
+    fn features(&self) -> u64;
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn activate(&mut self, activation: Activation) -> io::Result<()>;
+    /// The driver kicked queue `index`.
+    fn handle_queue(&mut self, index: usize);
+    /// A host fd the device registered through its [`Poller`] is ready.
+    fn handle_fd(&mut self, _token: u64, _events: EventSet) {}
+}
+
+/// Copies `data` out of a little-endian config space image at `offset`;
+/// reads past the end return zeros.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = config.get(offset as usize + i).copied().unwrap_or(0);
+    }
+}

@@ -1,0 +1,78 @@
+//! virtio-rng: fills guest buffers from the host's getrandom(2), so the
+//! guest kernel's entropy pool is seeded from the first moments of boot.
+
+use super::queue_util::drain;
+use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_RNG};
+use std::io::Write;
+use std::sync::Arc;
+use virtio_queue::{Queue, Writer};
+use vm_memory::GuestMemoryMmap;
+
+/// Largest amount handed out per request; the guest asks again for more.
+const MAX_PER_REQUEST: usize = 64 * 1024;
+
+#[derive(Default)]
+pub struct Rng {
+    active: Option<(GuestMemoryMmap, Queue, Arc<Interrupt>)>,
+}
+
+impl VirtioDevice for Rng {
+    fn name(&self) -> &'static str {
+        "rng"
+    }
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[256]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&[], offset, data)
+    }
+    fn activate(&mut self, a: Activation) -> std::io::Result<()> {
+        let queue = a
+            .queues
+            .into_iter()
+            .next()
+            .ok_or_else(|| std::io::Error::other("rng needs one queue"))?;
+        self.active = Some((a.mem, queue, a.interrupt));
+        Ok(())
+    }
+    fn handle_queue(&mut self, _index: usize) {
+        let Some((mem, queue, interrupt)) = &mut self.active else {
+            return;
+        };
+        let mut buf = vec![0u8; MAX_PER_REQUEST];
+        drain(queue, mem, interrupt, |chain| {
+            let Ok(mut w) = Writer::<()>::new(mem, chain) else {
+                return 0;
+            };
+            let n = w.available_bytes().min(MAX_PER_REQUEST);
+            if getrandom(&mut buf[..n]).is_err() {
+                return 0;
+            }
+            w.write_all(&buf[..n]).map(|_| n as u32).unwrap_or(0)
+        });
+    }
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let r =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += r as usize;
+    }
+    Ok(())
+}

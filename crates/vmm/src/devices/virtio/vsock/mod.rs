@@ -1,0 +1,158 @@
+//! virtio-vsock implemented in the worker process (no vhost: the host
+//! kernel may not have it, and snapshots need the device state here).
+//! Queue 0 carries packets to the guest, queue 1 packets from it, queue 2
+//! transport events.
+
+mod connection;
+mod muxer;
+mod packet;
+
+use super::queue_util::drain;
+use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_VSOCK};
+use muxer::Muxer;
+use packet::{Header, HEADER_LEN};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use virtio_queue::{Queue, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZE: u16 = 256;
+/// Largest payload we accept in one guest packet (Linux sends ≤ 64 KiB).
+const MAX_PAYLOAD: usize = 64 * 1024;
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    interrupt: Arc<Interrupt>,
+}
+
+pub struct Vsock {
+    guest_cid: u64,
+    muxer: Muxer,
+    active: Option<Active>,
+    payload: Vec<u8>,
+}
+
+impl Vsock {
+    /// Binds the host muxer socket at `uds_path` (see [`muxer`]).
+    pub fn new(guest_cid: u64, uds_path: &Path) -> io::Result<Vsock> {
+        Ok(Vsock {
+            guest_cid,
+            muxer: Muxer::bind(uds_path, guest_cid)?,
+            active: None,
+            payload: Vec::new(),
+        })
+    }
+
+    fn process_tx(&mut self) {
+        let Some(a) = &mut self.active else { return };
+        let muxer = &mut self.muxer;
+        let payload = &mut self.payload;
+        let mem = &a.mem;
+        drain(&mut a.queues[TX], mem, &a.interrupt, |chain| {
+            let mut reader = match Reader::<()>::new(mem, chain) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!("vsock tx: unreadable descriptor chain: {e:?}");
+                    return 0;
+                }
+            };
+            let Ok(h) = reader.read_obj::<Header>() else {
+                tracing::debug!("vsock tx: packet shorter than a header");
+                return 0;
+            };
+            let len = (h.len as usize)
+                .min(MAX_PAYLOAD)
+                .min(reader.available_bytes());
+            payload.resize(len, 0);
+            match reader.read_exact(payload) {
+                Ok(()) => muxer.handle_guest_packet(h, payload),
+                Err(e) => tracing::debug!("vsock tx: payload read: {e}"),
+            }
+            0
+        });
+    }
+
+    fn process_rx(&mut self) {
+        let Some(a) = &mut self.active else { return };
+        let mem = &a.mem;
+        let queue = &mut a.queues[RX];
+        let mut used_any = false;
+        while self.muxer.has_work_for_guest() {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = match Writer::<()>::new(mem, chain) {
+                Ok(mut w) => {
+                    let room = w.available_bytes().saturating_sub(HEADER_LEN);
+                    match self.muxer.next_for_guest(room, &mut self.payload) {
+                        Some(h) => {
+                            let ok = w.write_obj(h).is_ok() && w.write_all(&self.payload).is_ok();
+                            if ok {
+                                (HEADER_LEN + self.payload.len()) as u32
+                            } else {
+                                0
+                            }
+                        }
+                        None => 0,
+                    }
+                }
+                Err(_) => 0,
+            };
+            if let Err(e) = queue.add_used(mem, head, len) {
+                tracing::warn!("vsock rx add_used: {e:?}");
+            }
+            used_any = true;
+        }
+        if used_any && queue.needs_notification(mem).unwrap_or(true) {
+            a.interrupt.signal_used_queue();
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn name(&self) -> &'static str {
+        "vsock"
+    }
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data)
+    }
+    fn activate(&mut self, a: Activation) -> io::Result<()> {
+        if a.queues.len() != 3 {
+            return Err(io::Error::other("vsock needs three queues"));
+        }
+        self.muxer.activate(a.poller)?;
+        self.active = Some(Active {
+            mem: a.mem,
+            queues: a.queues,
+            interrupt: a.interrupt,
+        });
+        Ok(())
+    }
+    fn handle_queue(&mut self, index: usize) {
+        tracing::debug!(index, "vsock: queue kick");
+        if index == TX {
+            self.process_tx();
+        }
+        // Every kick may free RX buffers or create replies for the guest.
+        self.process_rx();
+    }
+    fn handle_fd(&mut self, token: u64, events: EventSet) {
+        self.muxer.handle_fd(token, events);
+        self.process_rx();
+    }
+}

@@ -1,0 +1,427 @@
+//! Maps guest vsock streams onto host Unix sockets.
+//!
+//! * Host → guest: a host process connects to the muxer socket (`vsock.sock`)
+//!   and writes `CONNECT <port>\n`; once the guest accepts, it reads
+//!   `OK <host-port>\n` and the socket is the stream. If the guest refuses,
+//!   the socket is closed without `OK`.
+//! * Guest → host: a guest connection to host port P is connected to the
+//!   Unix socket `<muxer path>_P`; if nothing listens there, the guest gets
+//!   a reset.
+
+use super::connection::{Connection, State};
+use super::packet::*;
+use crate::devices::virtio::{Poller, FIRST_DEVICE_TOKEN};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use vmm_sys_util::epoll::EventSet;
+
+const LISTENER_TOKEN: u64 = FIRST_DEVICE_TOKEN;
+/// Host-side ports for host-initiated streams start here, far above the
+/// ports guests listen on.
+const FIRST_EPHEMERAL_PORT: u32 = 1 << 30;
+const MAX_CONNECT_LINE: usize = 32;
+
+/// (host port, guest port)
+type Key = (u32, u32);
+
+/// A host socket that has not finished its `CONNECT` line yet.
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+pub struct Muxer {
+    path: PathBuf,
+    listener: UnixListener,
+    guest_cid: u64,
+    poller: Option<Poller>,
+    conns: HashMap<Key, Connection>,
+    by_token: HashMap<u64, Key>,
+    handshakes: HashMap<u64, Handshake>,
+    next_token: u64,
+    next_port: u32,
+    /// Packets without payload waiting for a guest RX buffer.
+    control: VecDeque<Header>,
+}
+
+impl Muxer {
+    pub fn bind(path: &Path, guest_cid: u64) -> io::Result<Muxer> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        Ok(Muxer {
+            path: path.to_owned(),
+            listener,
+            guest_cid,
+            poller: None,
+            conns: HashMap::new(),
+            by_token: HashMap::new(),
+            handshakes: HashMap::new(),
+            next_token: LISTENER_TOKEN + 1,
+            next_port: FIRST_EPHEMERAL_PORT,
+            control: VecDeque::new(),
+        })
+    }
+
+    pub fn activate(&mut self, poller: Poller) -> io::Result<()> {
+        poller.add(self.listener.as_raw_fd(), EventSet::IN, LISTENER_TOKEN)?;
+        self.poller = Some(poller);
+        Ok(())
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn reset_guest(&mut self, local_port: u32, peer_port: u32) {
+        self.control.push_back(Header::to_guest(
+            self.guest_cid,
+            local_port,
+            peer_port,
+            OP_RST,
+        ));
+    }
+
+    fn drop_conn(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            self.by_token.remove(&c.token);
+            if let Some(p) = &self.poller {
+                let _ = p.remove(c.stream.as_raw_fd());
+            }
+        }
+    }
+
+    /// Handles one packet the guest sent.
+    pub fn handle_guest_packet(&mut self, h: Header, payload: &[u8]) {
+        let (dst_cid, src_cid, type_, op) = (h.dst_cid, h.src_cid, h.type_, h.op);
+        let key = (h.dst_port, h.src_port);
+        tracing::debug!(
+            op,
+            host_port = key.0,
+            guest_port = key.1,
+            len = payload.len(),
+            "vsock: from guest"
+        );
+        if dst_cid != HOST_CID || src_cid != self.guest_cid || type_ != TYPE_STREAM {
+            if op != OP_RST {
+                self.reset_guest(key.0, key.1);
+            }
+            return;
+        }
+        if op == OP_REQUEST {
+            self.guest_connect(key);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            if op != OP_RST {
+                self.reset_guest(key.0, key.1);
+            }
+            return;
+        };
+        conn.update_peer_credit(&h);
+        match op {
+            OP_RESPONSE if conn.state == State::Connecting => {
+                conn.state = State::Established;
+                let ok = format!("OK {}\n", conn.local_port);
+                conn.preamble.extend(ok.as_bytes());
+            }
+            OP_RW if conn.state == State::Established => {
+                if conn.push_to_host(payload).is_err() {
+                    tracing::warn!("vsock: guest port {} overran its credit; resetting", key.1);
+                    self.drop_conn(key);
+                    self.reset_guest(key.0, key.1);
+                    return;
+                }
+            }
+            OP_CREDIT_REQUEST => {
+                let h = conn.header(self.guest_cid, OP_CREDIT_UPDATE);
+                self.control.push_back(h);
+            }
+            OP_CREDIT_UPDATE => {}
+            OP_SHUTDOWN => {
+                let flags = h.flags;
+                if flags & SHUTDOWN_SEND != 0 {
+                    conn.guest_done_sending = true;
+                }
+                if flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == (SHUTDOWN_SEND | SHUTDOWN_RCV) {
+                    // The guest closed its socket: hand over what it sent, then end.
+                    let _ = conn.flush_to_host();
+                    self.drop_conn(key);
+                    self.reset_guest(key.0, key.1);
+                    return;
+                }
+            }
+            OP_RST => {
+                let _ = conn.flush_to_host();
+                self.drop_conn(key);
+                return;
+            }
+            _ => {
+                self.drop_conn(key);
+                self.reset_guest(key.0, key.1);
+                return;
+            }
+        }
+        self.after_io(key);
+    }
+
+    /// The guest connects to host port `key.0`.
+    fn guest_connect(&mut self, key: Key) {
+        if self.conns.contains_key(&key) {
+            self.reset_guest(key.0, key.1);
+            return;
+        }
+        let target = PathBuf::from(format!("{}_{}", self.path.display(), key.0));
+        let stream =
+            match UnixStream::connect(&target).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.reset_guest(key.0, key.1);
+                    return;
+                }
+            };
+        let token = self.token();
+        let mut conn = Connection::new(stream, token, State::Established, key.0, key.1);
+        let response = conn.header(self.guest_cid, OP_RESPONSE);
+        self.control.push_back(response);
+        self.by_token.insert(token, key);
+        self.conns.insert(key, conn);
+        self.after_io(key);
+    }
+
+    /// A host fd the muxer registered is ready.
+    pub fn handle_fd(&mut self, token: u64, events: EventSet) {
+        tracing::debug!(token, ?events, "vsock: host fd ready");
+        if token == LISTENER_TOKEN {
+            self.accept();
+        } else if self.handshakes.contains_key(&token) {
+            self.continue_handshake(token);
+        } else if let Some(&key) = self.by_token.get(&token) {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                return;
+            };
+            let mut failed = false;
+            if events.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {
+                failed |= conn.flush_to_host().is_err();
+            }
+            if events.intersects(EventSet::IN | EventSet::HANG_UP) {
+                failed |= conn.fill_from_host().is_err();
+            }
+            if failed {
+                self.drop_conn(key);
+                self.reset_guest(key.0, key.1);
+            } else {
+                self.after_io(key);
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let token = self.token();
+                    if let Some(p) = &self.poller {
+                        if p.add(stream.as_raw_fd(), EventSet::IN, token).is_err() {
+                            continue;
+                        }
+                    }
+                    self.handshakes.insert(
+                        token,
+                        Handshake {
+                            stream,
+                            line: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads the `CONNECT <port>\n` line one byte at a time, so no stream
+    /// data after it is consumed here.
+    fn continue_handshake(&mut self, token: u64) {
+        let Some(hs) = self.handshakes.get_mut(&token) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        let port = loop {
+            match hs.stream.read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break parse_connect(&hs.line),
+                Ok(1) if hs.line.len() < MAX_CONNECT_LINE => hs.line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break None, // EOF, overlong line, or error
+            }
+        };
+        let Some(hs) = self.handshakes.remove(&token) else {
+            return;
+        };
+        if let Some(p) = &self.poller {
+            let _ = p.remove(hs.stream.as_raw_fd());
+        }
+        let Some(peer_port) = port else { return }; // dropping the stream closes it
+        let local_port = self.allocate_port(peer_port);
+        let key = (local_port, peer_port);
+        let mut conn = Connection::new(hs.stream, token, State::Connecting, local_port, peer_port);
+        let request = conn.header(self.guest_cid, OP_REQUEST);
+        self.control.push_back(request);
+        self.by_token.insert(token, key);
+        self.conns.insert(key, conn);
+        self.after_io(key);
+    }
+
+    fn allocate_port(&mut self, peer_port: u32) -> u32 {
+        loop {
+            let p = self.next_port;
+            self.next_port = self
+                .next_port
+                .checked_add(1)
+                .unwrap_or(FIRST_EPHEMERAL_PORT);
+            if !self.conns.contains_key(&(p, peer_port)) {
+                return p;
+            }
+        }
+    }
+
+    /// Brings epoll interest in line with what the connection can do now.
+    fn after_io(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let wanted = conn.wanted_interest();
+        if wanted == conn.registered {
+            return;
+        }
+        let Some(poller) = &self.poller else { return };
+        let mut set = EventSet::empty();
+        if wanted.0 {
+            set |= EventSet::IN;
+        }
+        if wanted.1 {
+            set |= EventSet::OUT;
+        }
+        let fd = conn.stream.as_raw_fd();
+        let result = if conn.in_epoll {
+            poller.modify(fd, set, conn.token)
+        } else {
+            conn.in_epoll = true;
+            poller.add(fd, set, conn.token)
+        };
+        if let Err(e) = result {
+            tracing::warn!("vsock: epoll update for guest port {}: {e}", key.1);
+        }
+        conn.registered = wanted;
+    }
+
+    /// Produces the next packet for the guest, if any: control packets
+    /// first, then stream data within the guest's credit, then end-of-stream
+    /// notices. `room` is the payload space of the guest buffer.
+    pub fn next_for_guest(&mut self, room: usize, payload: &mut Vec<u8>) -> Option<Header> {
+        let h = self.next_packet_for_guest(room, payload);
+        if let Some(h) = &h {
+            let (op, src, dst, len) = (h.op, h.src_port, h.dst_port, h.len);
+            tracing::debug!(
+                op,
+                host_port = src,
+                guest_port = dst,
+                len,
+                "vsock: to guest"
+            );
+        }
+        h
+    }
+
+    fn next_packet_for_guest(&mut self, room: usize, payload: &mut Vec<u8>) -> Option<Header> {
+        payload.clear();
+        if let Some(h) = self.control.pop_front() {
+            return Some(h);
+        }
+        let guest_cid = self.guest_cid;
+        let mut touched = None;
+        let mut out = None;
+        for (key, conn) in self.conns.iter_mut() {
+            let n = conn.sendable().min(room);
+            if n > 0 {
+                payload.extend(conn.to_guest.drain(..n));
+                conn.rx_cnt = conn.rx_cnt.wrapping_add(n as u32);
+                let mut h = conn.header(guest_cid, OP_RW);
+                h.len = n as u32;
+                out = Some(h);
+                touched = Some(*key);
+                break;
+            }
+            if conn.state == State::Established
+                && conn.host_eof
+                && !conn.host_eof_told
+                && conn.to_guest.is_empty()
+            {
+                conn.host_eof_told = true;
+                let mut h = conn.header(guest_cid, OP_SHUTDOWN);
+                h.flags = SHUTDOWN_SEND;
+                out = Some(h);
+                touched = Some(*key);
+                break;
+            }
+            if conn.credit_update_due() {
+                out = Some(conn.header(guest_cid, OP_CREDIT_UPDATE));
+                break;
+            }
+        }
+        if let Some(key) = touched {
+            if let Some(conn) = self.conns.get_mut(&key) {
+                // Freed buffer space may let us read more from the host.
+                let _ = conn.fill_from_host();
+            }
+            self.after_io(key);
+        }
+        out
+    }
+
+    /// Whether [`Self::next_for_guest`] has something to say.
+    pub fn has_work_for_guest(&self) -> bool {
+        !self.control.is_empty()
+            || self.conns.values().any(|c| {
+                c.sendable() > 0
+                    || (c.state == State::Established
+                        && c.host_eof
+                        && !c.host_eof_told
+                        && c.to_guest.is_empty())
+                    || c.credit_update_due()
+            })
+    }
+}
+
+impl Drop for Muxer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn parse_connect(line: &[u8]) -> Option<u32> {
+    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+    line.strip_prefix("CONNECT ")?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_line_parses_strictly() {
+        assert_eq!(parse_connect(b"CONNECT 1024"), Some(1024));
+        assert_eq!(parse_connect(b"CONNECT 52\r"), Some(52));
+        assert_eq!(parse_connect(b"connect 1"), None);
+        assert_eq!(parse_connect(b"CONNECT -1"), None);
+        assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
+    }
+}

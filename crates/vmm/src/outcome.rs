@@ -1,0 +1,49 @@
+//! How a VM run ends, and the channel devices and vCPUs report it on.
+
+use std::sync::mpsc::{Receiver, Sender};
+use supermachine_protocol::worker_exit;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest asked to power off.
+    PowerOff,
+    /// The guest asked to reboot (or reset the CPU) without having panicked.
+    Reboot,
+    /// The guest kernel panicked.
+    Panic,
+    /// The VM hit a state it cannot continue from.
+    Crash(String),
+    /// The host told the worker to stop.
+    Stopped,
+    /// The guest agent could not finish booting.
+    BootFailed,
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::PowerOff => worker_exit::POWER_OFF,
+            Outcome::Reboot => worker_exit::REBOOT,
+            Outcome::Panic => worker_exit::PANIC,
+            Outcome::Crash(_) => worker_exit::CRASH,
+            Outcome::Stopped => worker_exit::STOPPED,
+            Outcome::BootFailed => worker_exit::BOOT_FAILED,
+        }
+    }
+}
+
+/// Anything that can end the VM holds one of these. Sending after the VM
+/// already ended is harmless.
+#[derive(Clone)]
+pub struct ExitSender(Sender<Outcome>);
+
+impl ExitSender {
+    pub fn send(&self, outcome: Outcome) {
+        let _ = self.0.send(outcome);
+    }
+}
+
+pub fn channel() -> (ExitSender, Receiver<Outcome>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    (ExitSender(tx), rx)
+}

@@ -1,0 +1,79 @@
+//! One thread per vCPU, each blocked in KVM_RUN until the guest needs the
+//! VMM (port I/O, MMIO) or the machine ends.
+
+use crate::bus::Bus;
+use crate::devices::legacy::ResetReporter;
+use crate::outcome::Outcome;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+pub struct VcpuRunner {
+    pub id: u8,
+    pub fd: VcpuFd,
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub reset: ResetReporter,
+}
+
+impl VcpuRunner {
+    /// Runs until the VM ends; the outcome goes to the exit channel.
+    pub fn run(mut self) {
+        let exit = self.reset.exit.clone();
+        loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.pio.write(port as u64, data);
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.pio.read(port as u64, data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.mmio.read(addr, data);
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                }
+                Ok(VcpuExit::Hlt) => {}
+                Ok(VcpuExit::Shutdown) => {
+                    // Triple fault: the classic last step of a reboot.
+                    self.reset.reset();
+                    return;
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    match kind {
+                        KVM_SYSTEM_EVENT_SHUTDOWN => exit.send(Outcome::PowerOff),
+                        KVM_SYSTEM_EVENT_RESET => self.reset.reset(),
+                        KVM_SYSTEM_EVENT_CRASH => exit.send(Outcome::Panic),
+                        other => exit.send(Outcome::Crash(format!("unknown system event {other}"))),
+                    }
+                    return;
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    exit.send(Outcome::Crash(format!(
+                        "vCPU {} failed to enter the guest (hardware reason {reason:#x}, cpu {cpu})",
+                        self.id
+                    )));
+                    return;
+                }
+                Ok(VcpuExit::InternalError) => {
+                    exit.send(Outcome::Crash(format!(
+                        "KVM internal error on vCPU {}",
+                        self.id
+                    )));
+                    return;
+                }
+                Ok(other) => {
+                    tracing::debug!("vCPU {}: unhandled exit {other:?}", self.id);
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => {
+                    exit.send(Outcome::Crash(format!("KVM_RUN on vCPU {}: {e}", self.id)));
+                    return;
+                }
+            }
+        }
+    }
+}
