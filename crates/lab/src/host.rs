@@ -1,0 +1,251 @@
+//! What this host offers: which kind of KVM, and which tools the lab needs.
+
+use crate::LabError;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The kind of /dev/kvm this host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmHost {
+    /// Real hardware virtualization (Intel VMX or AMD SVM): guests run directly.
+    Hardware,
+    /// /dev/kvm exists but cannot run an ordinary guest kernel: PVM
+    /// (`kvm_pvm`, which wants PVM-enlightened guests), or a CPU that
+    /// shows neither svm nor vmx.
+    Pvm,
+    /// No /dev/kvm at all.
+    Missing,
+}
+
+/// Classifies this host's /dev/kvm.
+pub fn detect() -> KvmHost {
+    if !Path::new("/dev/kvm").exists() {
+        return KvmHost::Missing;
+    }
+    // kvm_pvm registers a /dev/kvm too, but runs only PVM guests; its
+    // module directory is the reliable sign (the CPU flags may even say svm
+    // on a host whose kvm_amd is not loaded).
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return KvmHost::Pvm;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if has_virt_flag(&cpuinfo) {
+        KvmHost::Hardware
+    } else {
+        KvmHost::Pvm
+    }
+}
+
+fn has_virt_flag(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| l.split_whitespace())
+        .any(|f| f == "svm" || f == "vmx")
+}
+
+/// One paragraph for users about what `host` means for supermachine.
+pub fn explain(host: KvmHost) -> &'static str {
+    match host {
+        KvmHost::Hardware => {
+            "/dev/kvm is hardware virtualization (VMX/SVM): supermachine runs guests directly."
+        }
+        KvmHost::Pvm => {
+            "/dev/kvm here is not hardware virtualization: it is PVM (the kvm_pvm module) or \
+             the CPU shows neither svm nor vmx. PVM runs only PVM-enlightened guest kernels, \
+             so supermachine cannot boot its guests here. Use a machine with VT-x/AMD-V (or \
+             nested virtualization enabled); tests still run here through the lab \
+             (`cargo xtask lab -- <cmd>`), a QEMU-emulated machine with AMD SVM, slowly."
+        }
+        KvmHost::Missing => {
+            "There is no /dev/kvm: load kvm_intel or kvm_amd (and enable VT-x/AMD-V in the \
+             firmware), or use a VM with nested virtualization. Tests still run through the \
+             lab (`cargo xtask lab -- <cmd>`), a QEMU-emulated machine, slowly."
+        }
+    }
+}
+
+/// Paths of the programs the lab itself runs.
+pub(crate) struct Tools {
+    pub qemu: PathBuf,
+    pub busybox: PathBuf,
+    /// Where QEMU's qboot firmware lives, if installed: it starts the
+    /// kernel faster than the default SeaBIOS and prints nothing.
+    pub qboot: Option<PathBuf>,
+}
+
+/// Finds the lab's tools, installing the missing ones with apt when root.
+pub(crate) fn ensure_tools() -> Result<Tools, LabError> {
+    let mut missing = Vec::new();
+    if find_in_path("qemu-system-x86_64").is_none() {
+        missing.push("qemu-system-x86");
+    }
+    if static_busybox().is_none() {
+        missing.push("busybox-static");
+    }
+    // xz unpacks the kernel image so QEMU can boot it without the slow,
+    // emulated self-decompression (optional but saves ~2 s a run).
+    if find_in_path("xz").is_none() {
+        missing.push("xz-utils");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    let qboot = PathBuf::from("/usr/share/qemu/qboot.rom");
+    Ok(Tools {
+        qemu: find_in_path("qemu-system-x86_64").ok_or_else(|| not_installed("qemu-system-x86"))?,
+        busybox: static_busybox().ok_or_else(|| not_installed("busybox-static"))?,
+        qboot: qboot.exists().then_some(qboot),
+    })
+}
+
+fn not_installed(pkg: &str) -> LabError {
+    LabError::MissingPackages {
+        missing: pkg.to_string(),
+        command: format!("apt-get install -y --no-install-recommends {pkg}"),
+    }
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<(), LabError> {
+    let list = pkgs.join(" ");
+    if !is_root() {
+        return Err(LabError::MissingPackages {
+            missing: list.clone(),
+            command: format!("sudo apt-get install -y --no-install-recommends {list}"),
+        });
+    }
+    require_apt()?;
+    eprintln!("supermachine-lab: installing {list} with apt-get (one-time setup)");
+    let install = || {
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "--no-install-recommends"])
+            .args(pkgs);
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    // A fresh container has empty package lists: update only if needed.
+    if run_tool(&mut install()).is_ok() {
+        return Ok(());
+    }
+    apt_update()?;
+    run_tool(&mut install()).map(drop)
+}
+
+/// apt fetches both the lab's packages and its kernel.
+pub(crate) fn require_apt() -> Result<(), LabError> {
+    for tool in ["apt-get", "apt-cache", "dpkg"] {
+        if find_in_path(tool).is_none() {
+            return Err(LabError::MissingPackages {
+                missing: format!("{tool} (the lab gets its kernel and QEMU from Debian with apt)"),
+                command: "(none: run the lab on Debian 12 (bookworm), e.g. in a debian:bookworm container)"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn apt_update() -> Result<(), LabError> {
+    run_tool(Command::new("apt-get").arg("update")).map(drop)
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a helper command to completion, capturing its output; a failure
+/// becomes an error carrying the command line and the output's tail.
+pub(crate) fn run_tool(cmd: &mut Command) -> Result<Output, LabError> {
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(LabError::io(format!("cannot run `{line}`")))?;
+    if out.status.success() {
+        return Ok(out);
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(LabError::Tool {
+        command: line,
+        status: out.status.to_string(),
+        output: tail_lines(&text, 30),
+    })
+}
+
+/// The last `n` lines of `text`.
+pub(crate) fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    // sbin directories hold some tools but are missing from non-root PATHs.
+    let extra = ["/usr/sbin", "/sbin"].map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// busybox must be statically linked: the initramfs has no libc.
+fn static_busybox() -> Option<PathBuf> {
+    let candidates = [find_in_path("busybox"), Some("/bin/busybox".into())];
+    candidates.into_iter().flatten().find(|p| is_static_elf(p))
+}
+
+/// A static ELF has no PT_INTERP program header (no dynamic loader).
+fn is_static_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; 4096];
+    let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {
+        return false;
+    };
+    let h = &head[..n];
+    // ELF64 little-endian only: the lab is x86_64.
+    if h.len() < 64 || &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(h[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    const PT_INTERP: u32 = 3;
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        h.get(o..o + 4)
+            .map(|t| u32::from_le_bytes(t.try_into().unwrap()) != PT_INTERP)
+            .unwrap_or(false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virt_flags() {
+        assert!(has_virt_flag("processor\t: 0\nflags\t\t: fpu svm sse\n"));
+        assert!(has_virt_flag("flags\t\t: vmx\n"));
+        assert!(!has_virt_flag("flags\t\t: fpu svmx sse\nbugs\t\t: svm\n"));
+    }
+
+    #[test]
+    fn static_elf() {
+        assert!(!is_static_elf(Path::new("/bin/sh")));
+        assert!(!is_static_elf(Path::new("/etc/hostname")));
+    }
+}
