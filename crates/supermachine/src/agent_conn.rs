@@ -1,0 +1,49 @@
+//! One connection to the guest agent through the VM's vsock muxer socket.
+
+use crate::error::Error;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use supermachine_protocol::{self as proto, AgentMessage, Hello, Request, AGENT_PORT};
+
+pub struct AgentConn {
+    stream: UnixStream,
+}
+
+/// Opens a stream to the agent and sends the hello carrying `request`.
+pub fn connect(muxer: &Path, request: Request) -> Result<AgentConn, Error> {
+    let mut stream = UnixStream::connect(muxer)
+        .map_err(|e| Error::io(format!("connecting to {}", muxer.display()), e))?;
+    stream
+        .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+        .map_err(|e| Error::io("vsock connect", e))?;
+    // Read the "OK <port>" line byte by byte: anything after it belongs to the agent.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) if line.len() < 64 => line.push(byte[0]),
+            Ok(_) => {
+                return Err(Error::Protocol(
+                    "the guest refused the vsock connection (is the agent running?)".into(),
+                ))
+            }
+            Err(e) => return Err(Error::io("vsock connect", e)),
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(Error::Protocol(format!(
+            "vsock muxer said {:?}",
+            String::from_utf8_lossy(&line)
+        )));
+    }
+    proto::write_frame(&mut stream, &Hello::new(request))?;
+    Ok(AgentConn { stream })
+}
+
+impl AgentConn {
+    pub fn recv(&mut self) -> Result<AgentMessage, Error> {
+        Ok(proto::read_frame(&mut self.stream)?)
+    }
+}

@@ -1,0 +1,216 @@
+//! The pieces a VM boots from besides the kernel: the worker binary, the
+//! guest agent, the initramfs built around the agent, and the default root
+//! filesystem. Built artefacts are cached by content hash.
+
+use crate::error::Error;
+use crate::hash::Hasher;
+use crate::paths;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Finds a helper binary: `$ENV`, else next to the running executable,
+/// else (for tests run from `target/<profile>/deps`) one directory up.
+fn find_binary(name: &'static str, env: &'static str) -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let dir = paths::exe_dir().ok_or(Error::MissingBinary(name, env))?;
+    [dir.join(name), dir.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or(Error::MissingBinary(name, env))
+}
+
+pub fn worker_binary() -> Result<PathBuf, Error> {
+    find_binary("supermachine-worker", "SUPERMACHINE_WORKER")
+}
+
+/// The static guest agent. It has its own file name because cargo's normal
+/// (dynamically linked) build of the agent lands next to our binaries as
+/// `supermachine-agent`, and that one cannot run as PID 1 in an empty initramfs.
+pub fn agent_binary() -> Result<PathBuf, Error> {
+    let path = find_binary(AGENT_FILE_NAME, "SUPERMACHINE_AGENT")?;
+    if !is_static_elf(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))? {
+        return Err(Error::Setup(format!(
+            "{} is dynamically linked and cannot be the guest's init: build the static agent with `cargo xtask setup`",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// File name of the static agent next to the `supermachine` binary.
+pub const AGENT_FILE_NAME: &str = "supermachine-agent-static";
+
+/// An ELF without a PT_INTERP program header needs no dynamic loader.
+fn is_static_elf(path: &Path) -> std::io::Result<bool> {
+    let data = std::fs::read(path)?;
+    let u16_at = |o: usize| {
+        data.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let bad = || std::io::Error::other("not a 64-bit ELF executable");
+    if data.get(..5) != Some(b"\x7fELF\x02") {
+        return Err(bad());
+    }
+    let phoff = u64_at(0x20).ok_or_else(bad)? as usize;
+    let (phentsize, phnum) = (u16_at(0x36).ok_or_else(bad)?, u16_at(0x38).ok_or_else(bad)?);
+    const PT_INTERP: u32 = 3;
+    for i in 0..phnum {
+        let off = phoff + i * phentsize;
+        let kind = data
+            .get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(bad)?;
+        if kind == PT_INTERP {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Writes `path` atomically: build into a temporary sibling, then rename, so a
+/// crash never leaves a half-written cache entry that looks complete.
+fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x"),
+        std::process::id()
+    ));
+    let result = fill(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .map_err(|e| Error::io(format!("renaming into {}", path.display()), e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// The initramfs: the agent as `/init` plus the mount points it needs.
+pub fn initramfs() -> Result<PathBuf, Error> {
+    let agent = agent_binary()?;
+    let mut h = Hasher::new("initramfs-v1");
+    h.file(&agent)
+        .map_err(|e| Error::io(format!("reading {}", agent.display()), e))?;
+    let path = paths::cache_dir()
+        .join("initramfs")
+        .join(format!("{}.cpio", h.short()));
+    if path.is_file() {
+        return Ok(path);
+    }
+    write_atomically(&path, |tmp| {
+        let file =
+            File::create(tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let mut w = supermachine_initramfs::Writer::new(BufWriter::new(file));
+        let io = |e| Error::io("writing the initramfs", e);
+        for dir in ["dev", "proc", "sys", "tmp", "run", "mnt"] {
+            w.dir(dir, 0o755).map_err(io)?;
+        }
+        w.char_device("dev/console", 0o600, 5, 1).map_err(io)?;
+        w.char_device("dev/null", 0o666, 1, 3).map_err(io)?;
+        w.file_from_path("init", 0o755, &agent).map_err(io)?;
+        w.finish().map_err(io)?.flush().map_err(io)?;
+        Ok(())
+    })?;
+    Ok(path)
+}
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// The default root filesystem: Debian's busybox-static with its applets,
+/// as an ext4 image. Lets `supermachine run -- CMD` work with no image at all.
+pub fn default_rootfs() -> Result<PathBuf, Error> {
+    let busybox = Path::new(BUSYBOX);
+    if !busybox.is_file() {
+        return Err(Error::Setup(format!(
+            "{BUSYBOX} is missing: apt-get install busybox-static"
+        )));
+    }
+    let mut h = Hasher::new("default-rootfs-v1");
+    h.file(busybox)
+        .map_err(|e| Error::io(format!("reading {BUSYBOX}"), e))?;
+    let path = paths::cache_dir()
+        .join("rootfs")
+        .join(format!("busybox-{}.ext4", h.short()));
+    if path.is_file() {
+        return Ok(path);
+    }
+    write_atomically(&path, |tmp| build_busybox_rootfs(busybox, tmp))?;
+    Ok(path)
+}
+
+fn build_busybox_rootfs(busybox: &Path, image: &Path) -> Result<(), Error> {
+    let tree = image.with_extension("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    let io = |what: &str, e| Error::io(format!("building the default rootfs: {what}"), e);
+    let result = (|| {
+        for d in [
+            "bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "dev", "proc", "sys",
+            "run", "mnt", "home",
+        ] {
+            std::fs::create_dir_all(tree.join(d)).map_err(|e| io(d, e))?;
+        }
+        std::fs::copy(busybox, tree.join("bin/busybox")).map_err(|e| io("copying busybox", e))?;
+        let list = Command::new(busybox)
+            .arg("--list-full")
+            .output()
+            .map_err(|e| io("busybox --list-full", e))?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let link = tree.join(applet);
+            if applet == "bin/busybox" || link.exists() {
+                continue;
+            }
+            let depth = applet.matches('/').count();
+            let target = format!("{}bin/busybox", "../".repeat(depth));
+            std::os::unix::fs::symlink(target, &link).map_err(|e| io(applet, e))?;
+        }
+        let files = [
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+            ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+            ("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
+            ("etc/os-release", "NAME=\"supermachine busybox\"\nID=busybox\n"),
+        ];
+        for (name, content) in files {
+            std::fs::write(tree.join(name), content).map_err(|e| io(name, e))?;
+        }
+        let status = Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-O",
+                "^has_journal",
+                "-E",
+                "root_owner=0:0",
+                "-L",
+                "rootfs",
+                "-d",
+            ])
+            .arg(&tree)
+            .arg(image)
+            .arg("32M")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| io("running mkfs.ext4 (apt-get install e2fsprogs)", e))?;
+        if !status.success() {
+            return Err(Error::Setup(format!("mkfs.ext4 failed: {status}")));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tree);
+    result
+}

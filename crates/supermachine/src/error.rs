@@ -1,0 +1,77 @@
+use crate::outcome::VmOutcome;
+use std::path::PathBuf;
+
+/// Everything that can go wrong, each saying what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the guest kernel is not built yet ({reason}): run `supermachine kernel build`")]
+    KernelNotBuilt { reason: String },
+    #[error("/dev/kvm is missing: this host has no KVM. Enable hardware virtualization (VT-x/AMD-V) and load kvm-intel or kvm-amd")]
+    NoKvm,
+    #[error("/dev/kvm: permission denied. Add your user to the kvm group (sudo usermod -aG kvm $USER) and log in again")]
+    KvmPermission,
+    #[error("this host's /dev/kvm is PVM (software virtualization, no VT-x/AMD-V): ordinary guest kernels cannot run on it. Use a host with hardware virtualization, or the project's lab: cargo xtask lab -- <command>")]
+    PvmHost,
+    #[error("{0} not found: build the workspace (cargo xtask setup) or set {1}")]
+    MissingBinary(&'static str, &'static str),
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the VM did not become ready within {secs} s{}", log_hint(.serial_log))]
+    BootTimeout {
+        secs: u64,
+        serial_log: Option<PathBuf>,
+    },
+    #[error("the VM ended before it was ready: {outcome}{}{}", stderr_hint(.stderr), log_hint(.serial_log))]
+    BootFailed {
+        outcome: VmOutcome,
+        stderr: String,
+        serial_log: Option<PathBuf>,
+    },
+    #[error("the VM ended during the operation: {outcome}{}", log_hint(.serial_log))]
+    VmEnded {
+        outcome: VmOutcome,
+        serial_log: Option<PathBuf>,
+    },
+    #[error("agent protocol: {0}")]
+    Protocol(String),
+    #[error("the agent refused the request: {0}")]
+    Agent(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+fn log_hint(log: &Option<PathBuf>) -> String {
+    match log {
+        Some(p) => format!("; the guest's serial log is kept at {}", p.display()),
+        None => String::new(),
+    }
+}
+
+fn stderr_hint(stderr: &str) -> String {
+    let s = stderr.trim();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(" ({s})")
+    }
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+impl From<supermachine_protocol::FrameError> for Error {
+    fn from(e: supermachine_protocol::FrameError) -> Self {
+        Error::Protocol(e.to_string())
+    }
+}

@@ -1,0 +1,151 @@
+//! The guest kernel: built from Debian's `linux-source-6.1` with the
+//! project's config fragment (`kernel/microvm.config`), cached under
+//! `<cache>/kernel/<key>/vmlinux` where the key hashes the fragment, the build
+//! script and the source package version. Nothing is rebuilt unless one of
+//! those changed.
+
+use crate::error::Error;
+use crate::hash::Hasher;
+use crate::paths;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const FRAGMENT: &str = include_str!("../../../kernel/microvm.config");
+pub const BUILD_SCRIPT: &str = include_str!("../../../kernel/build.sh");
+const SOURCE_PACKAGE: &str = "linux-source-6.1";
+/// Debian packages the build needs besides the source.
+const BUILD_DEPS: &[&str] = &[
+    "linux-source-6.1",
+    "build-essential",
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "xz-utils",
+];
+
+fn source_version() -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", SOURCE_PACKAGE])
+        .output()
+        .ok()?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !v.is_empty()).then_some(v)
+}
+
+/// The cache key for the kernel this build of supermachine wants, or `None`
+/// when the kernel source package is not installed.
+pub fn key() -> Option<String> {
+    let version = source_version()?;
+    Some(
+        Hasher::new("kernel")
+            .field(FRAGMENT.as_bytes())
+            .field(BUILD_SCRIPT.as_bytes())
+            .field(version.as_bytes())
+            .short(),
+    )
+}
+
+/// Path of the built kernel, if it is built. `SUPERMACHINE_KERNEL` overrides.
+pub fn path() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("SUPERMACHINE_KERNEL") {
+        return Ok(PathBuf::from(p));
+    }
+    let key = key().ok_or(Error::KernelNotBuilt {
+        reason: format!("the {SOURCE_PACKAGE} package is not installed"),
+    })?;
+    let vmlinux = paths::cache_dir().join("kernel").join(key).join("vmlinux");
+    if vmlinux.is_file() {
+        Ok(vmlinux)
+    } else {
+        Err(Error::KernelNotBuilt {
+            reason: format!("{} does not exist", vmlinux.display()),
+        })
+    }
+}
+
+fn install_build_deps() -> Result<(), Error> {
+    let missing: Vec<&str> = BUILD_DEPS
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return Err(Error::Setup(format!(
+            "the kernel build needs these Debian packages: sudo apt-get install -y {}",
+            missing.join(" ")
+        )));
+    }
+    eprintln!("kernel: installing {}", missing.join(" "));
+    let install = |update: bool| -> bool {
+        if update
+            && !Command::new("apt-get")
+                .args(["update", "-q"])
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            return false;
+        }
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if install(false) || install(true) {
+        Ok(())
+    } else {
+        Err(Error::Setup(format!(
+            "apt-get install {} failed",
+            missing.join(" ")
+        )))
+    }
+}
+
+/// Builds the kernel if the cache does not have it; returns its path.
+/// Progress goes to stderr (the build takes minutes).
+pub fn build() -> Result<PathBuf, Error> {
+    if let Ok(p) = path() {
+        return Ok(p);
+    }
+    install_build_deps()?;
+    let key =
+        key().ok_or_else(|| Error::Setup(format!("{SOURCE_PACKAGE} is still not installed")))?;
+    let out_dir = paths::cache_dir().join("kernel").join(&key);
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| Error::io(format!("creating {}", out_dir.display()), e))?;
+    let fragment = out_dir.join("microvm.config");
+    let script = out_dir.join("build.sh");
+    std::fs::write(&fragment, FRAGMENT).map_err(|e| Error::io("writing the config fragment", e))?;
+    std::fs::write(&script, BUILD_SCRIPT).map_err(|e| Error::io("writing the build script", e))?;
+    eprintln!("kernel: building {key} (a few minutes; cached afterwards)");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&fragment)
+        .arg(&out_dir)
+        .status()
+        .map_err(|e| Error::io("running the kernel build", e))?;
+    if !status.success() {
+        return Err(Error::Setup(format!(
+            "the kernel build failed ({status}); see the output above"
+        )));
+    }
+    let vmlinux = out_dir.join("vmlinux");
+    if !Path::new(&vmlinux).is_file() {
+        return Err(Error::Setup(
+            "the kernel build finished without producing vmlinux".into(),
+        ));
+    }
+    Ok(vmlinux)
+}
