@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use supermachine::{ExecRequest, Vm, VmConfig, VmOutcome};
+use supermachine::{Disk, ExecRequest, Vm, VmConfig, VmOutcome};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,10 @@ struct RunArgs {
     /// Root filesystem image (ext4 or EROFS). Default: the built-in busybox one.
     #[arg(long, value_name = "IMG")]
     rootfs: Option<PathBuf>,
+    /// Extra raw disk image, seen in the guest as /dev/vdb, /dev/vdc, …
+    /// Append `:ro` for read-only. Writes go straight to the file (sparse files stay sparse).
+    #[arg(long = "disk", value_name = "PATH[:ro]")]
+    disks: Vec<String>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256, value_name = "MiB")]
     memory: u64,
@@ -114,6 +118,19 @@ fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>, supermachine::Err
         .collect()
 }
 
+fn parse_disk(spec: &str) -> Disk {
+    match spec.strip_suffix(":ro") {
+        Some(path) => Disk {
+            path: path.into(),
+            read_only: true,
+        },
+        None => Disk {
+            path: spec.into(),
+            read_only: false,
+        },
+    }
+}
+
 fn run(args: RunArgs) -> Result<i32, supermachine::Error> {
     if args.vcpus == 0 {
         return Err(supermachine::Error::InvalidArgument(
@@ -126,6 +143,7 @@ fn run(args: RunArgs) -> Result<i32, supermachine::Error> {
         vcpus: args.vcpus,
         kernel: args.kernel,
         rootfs: args.rootfs,
+        disks: args.disks.iter().map(|d| parse_disk(d)).collect(),
         extra_kernel_args: args.kernel_args,
         boot_timeout: Duration::from_secs(args.boot_timeout),
         console: args.console,

@@ -30,4 +30,4 @@ pub use error::Error;
 pub use outcome::VmOutcome;
 pub use runtime::check_kvm;
 pub use supermachine_protocol::ExecRequest;
-pub use vm::{ExitInfo, Vm, VmConfig};
+pub use vm::{Disk, ExitInfo, Vm, VmConfig};

@@ -24,6 +24,8 @@ pub struct VmConfig {
     pub kernel: Option<PathBuf>,
     /// Root filesystem image (ext4 or EROFS); the built-in busybox one when `None`.
     pub rootfs: Option<PathBuf>,
+    /// Extra disks after the root filesystem: /dev/vdb, /dev/vdc, …
+    pub disks: Vec<Disk>,
     /// Extra kernel command line arguments.
     pub extra_kernel_args: Vec<String>,
     /// How long to wait for the agent to report ready.
@@ -39,11 +41,20 @@ impl Default for VmConfig {
             vcpus: 1,
             kernel: None,
             rootfs: None,
+            disks: Vec::new(),
             extra_kernel_args: Vec::new(),
             boot_timeout: Duration::from_secs(60),
             console: false,
         }
     }
+}
+
+/// A raw disk image given to the guest as a virtio block device. Sparse
+/// files stay sparse: holes read as zeros and nothing is preallocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
 }
 
 /// The result of [`Vm::exec`].
@@ -92,6 +103,14 @@ impl Vm {
                 rootfs.display()
             )));
         }
+        for disk in &config.disks {
+            if !disk.path.exists() {
+                return Err(Error::InvalidArgument(format!(
+                    "disk {} does not exist",
+                    disk.path.display()
+                )));
+            }
+        }
         let initramfs = assets::initramfs()?;
         let worker = assets::worker_binary()?;
         let dir = runtime::VmDir::create()?;
@@ -133,6 +152,11 @@ impl Vm {
             } else {
                 Stdio::piped()
             });
+        for disk in &config.disks {
+            let ro = if disk.read_only { ":ro" } else { "" };
+            cmd.arg("--disk")
+                .arg(format!("{}{ro}", disk.path.display()));
+        }
         if config.console {
             cmd.arg("--console");
         }

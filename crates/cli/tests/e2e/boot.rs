@@ -35,6 +35,14 @@ pub fn trials() -> Vec<Trial> {
             "boot::killing_the_cli_leaves_nothing_behind",
             killing_the_cli_leaves_nothing_behind,
         ),
+        Trial::test(
+            "blk::writable_disk_keeps_data_and_stays_sparse",
+            writable_disk_keeps_data_and_stays_sparse,
+        ),
+        Trial::test(
+            "blk::read_only_disk_refuses_writes",
+            read_only_disk_refuses_writes,
+        ),
     ]
 }
 
@@ -186,4 +194,79 @@ fn killing_the_cli_leaves_nothing_behind() -> Result<(), Failed> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn sparse_file(dir: &Path, name: &str, len: u64) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).expect("create disk");
+    f.set_len(len).expect("size disk");
+    p
+}
+
+fn allocated_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(u64::MAX)
+}
+
+fn writable_disk_keeps_data_and_stays_sparse() -> Result<(), Failed> {
+    let dir = TempDir::new("rw-disk");
+    let disk = sparse_file(&dir.0, "data.img", 64 << 20);
+    let spec = disk.display().to_string();
+    // Write at 32 MiB, flush to the device, drop the page cache, read it back.
+    let script =
+        "printf supermachine-block | dd of=/dev/vdb bs=4096 seek=8192 conv=fsync 2>/dev/null \
+                  && blockdev --flushbufs /dev/vdb && echo 3 > /proc/sys/vm/drop_caches \
+                  && dd if=/dev/vdb bs=4096 skip=8192 count=1 2>/dev/null | head -c 18";
+    let o = run(&["run", "--disk", &spec, "--", "sh", "-c", script]);
+    check(
+        o.status.success() && stdout(&o) == "supermachine-block",
+        "the guest should read back its write",
+        &o,
+    )?;
+    let data = std::fs::read(&disk)?;
+    let at = 32 << 20;
+    check(
+        &data[at..at + 18] == b"supermachine-block",
+        "the write should be in the host file",
+        &o,
+    )?;
+    check(data.len() == 64 << 20, "the disk must keep its size", &o)?;
+    check(
+        allocated_bytes(&disk) < 1 << 20,
+        "the disk file should stay sparse",
+        &o,
+    )
+}
+
+fn read_only_disk_refuses_writes() -> Result<(), Failed> {
+    let dir = TempDir::new("ro-disk");
+    let disk = sparse_file(&dir.0, "ro.img", 1 << 20);
+    std::fs::write(&disk, vec![7u8; 1 << 20])?;
+    let spec = format!("{}:ro", disk.display());
+    let o = run(&[
+        "run",
+        "--disk",
+        &spec,
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/block/vdb/ro; echo x | dd of=/dev/vdb conv=fsync 2>/dev/null; echo rc=$?",
+    ]);
+    check(
+        stdout(&o).starts_with("1\n"),
+        "the guest should see a read-only disk",
+        &o,
+    )?;
+    check(
+        !stdout(&o).contains("rc=0"),
+        "a write to a read-only disk must fail",
+        &o,
+    )?;
+    check(
+        std::fs::read(&disk)? == vec![7u8; 1 << 20],
+        "the host file must be unchanged",
+        &o,
+    )
 }
