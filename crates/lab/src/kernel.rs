@@ -32,19 +32,37 @@ const MODULES: &[&str] = &[
     "9pnet",
     "9pnet_virtio",
     "9p",
+    // vhost-vsock, so QEMU in the lab can be benchmarked against our VMM
+    // with the same agent-ready handshake.
+    "vhost_iotlb",
+    "vhost",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vhost_vsock",
 ];
+
+/// Short stable hash of the module list: part of the kernel cache key, so
+/// changing the list re-extracts the modules instead of missing some.
+fn modules_key() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
+    for b in MODULES.iter().flat_map(|m| m.bytes().chain([0])) {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{:08x}", h as u32)
+}
 
 pub(crate) fn ensure_kernel(root: &Path) -> Result<PathBuf, LabError> {
     let current = root.join("kernel.current");
     if let Ok(name) = fs::read_to_string(&current) {
         let dir = root.join("kernels").join(name.trim());
-        if dir.join("complete").exists() {
+        let same_modules = name.trim().ends_with(&format!("_m{}", modules_key()));
+        if same_modules && dir.join("complete").exists() {
             return Ok(dir);
         }
     }
     host::require_apt()?;
     let (pkg, version) = resolve_kernel_package()?;
-    let key = format!("{pkg}_{version}");
+    let key = format!("{pkg}_{version}_m{}", modules_key());
     let dir = root.join("kernels").join(&key);
     if !dir.join("complete").exists() {
         eprintln!("supermachine-lab: preparing the lab kernel from {pkg} {version} (one-time)");

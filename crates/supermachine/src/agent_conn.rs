@@ -4,7 +4,10 @@ use crate::error::Error;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 use supermachine_protocol::{self as proto, AgentMessage, Hello, Request, AGENT_PORT};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AgentConn {
     stream: UnixStream,
@@ -14,6 +17,11 @@ pub struct AgentConn {
 pub fn connect(muxer: &Path, request: Request) -> Result<AgentConn, Error> {
     let mut stream = UnixStream::connect(muxer)
         .map_err(|e| Error::io(format!("connecting to {}", muxer.display()), e))?;
+    // The guest answers a vsock connect at once if it is alive; don't wait
+    // forever on one that is not.
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(|e| Error::io("vsock connect", e))?;
     stream
         .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
         .map_err(|e| Error::io("vsock connect", e))?;
@@ -38,11 +46,21 @@ pub fn connect(muxer: &Path, request: Request) -> Result<AgentConn, Error> {
             String::from_utf8_lossy(&line)
         )));
     }
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| Error::io("vsock connect", e))?;
     proto::write_frame(&mut stream, &Hello::new(request))?;
     Ok(AgentConn { stream })
 }
 
 impl AgentConn {
+    /// Bounds how long [`Self::recv`] waits (`None`: forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(|e| Error::io("agent connection", e))
+    }
+
     pub fn recv(&mut self) -> Result<AgentMessage, Error> {
         Ok(proto::read_frame(&mut self.stream)?)
     }

@@ -3,7 +3,7 @@
 //! filesystem. Built artefacts are cached by content hash.
 
 use crate::error::Error;
-use crate::hash::Hasher;
+use crate::hash::{self, Hasher};
 use crate::paths;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -31,14 +31,22 @@ pub fn worker_binary() -> Result<PathBuf, Error> {
 /// (dynamically linked) build of the agent lands next to our binaries as
 /// `supermachine-agent`, and that one cannot run as PID 1 in an empty initramfs.
 pub fn agent_binary() -> Result<PathBuf, Error> {
-    let path = find_binary(AGENT_FILE_NAME, "SUPERMACHINE_AGENT")?;
-    if !is_static_elf(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))? {
-        return Err(Error::Setup(format!(
+    find_binary(AGENT_FILE_NAME, "SUPERMACHINE_AGENT")
+}
+
+/// Refuses an agent that needs a dynamic loader: as PID 1 in an empty
+/// initramfs it could not even start. Checked once, when an initramfs is built.
+fn require_static(agent: &Path) -> Result<(), Error> {
+    let is_static =
+        is_static_elf(agent).map_err(|e| Error::io(format!("reading {}", agent.display()), e))?;
+    if is_static {
+        Ok(())
+    } else {
+        Err(Error::Setup(format!(
             "{} is dynamically linked and cannot be the guest's init: build the static agent with `cargo xtask setup`",
-            path.display()
-        )));
+            agent.display()
+        )))
     }
-    Ok(path)
 }
 
 /// File name of the static agent next to the `supermachine` binary.
@@ -104,15 +112,16 @@ fn write_atomically(
 /// The initramfs: the agent as `/init` plus the mount points it needs.
 pub fn initramfs() -> Result<PathBuf, Error> {
     let agent = agent_binary()?;
-    let mut h = Hasher::new("initramfs-v1");
-    h.file(&agent)
+    let digest = hash::file_digest(&agent)
         .map_err(|e| Error::io(format!("reading {}", agent.display()), e))?;
+    let key = Hasher::new("initramfs-v1").field(digest.as_bytes()).short();
     let path = paths::cache_dir()
         .join("initramfs")
-        .join(format!("{}.cpio", h.short()));
+        .join(format!("{key}.cpio"));
     if path.is_file() {
         return Ok(path);
     }
+    require_static(&agent)?;
     write_atomically(&path, |tmp| {
         let file =
             File::create(tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
@@ -141,12 +150,14 @@ pub fn default_rootfs() -> Result<PathBuf, Error> {
             "{BUSYBOX} is missing: apt-get install busybox-static"
         )));
     }
-    let mut h = Hasher::new("default-rootfs-v1");
-    h.file(busybox)
-        .map_err(|e| Error::io(format!("reading {BUSYBOX}"), e))?;
+    let digest =
+        hash::file_digest(busybox).map_err(|e| Error::io(format!("reading {BUSYBOX}"), e))?;
+    let key = Hasher::new("default-rootfs-v1")
+        .field(digest.as_bytes())
+        .short();
     let path = paths::cache_dir()
         .join("rootfs")
-        .join(format!("busybox-{}.ext4", h.short()));
+        .join(format!("busybox-{key}.ext4"));
     if path.is_file() {
         return Ok(path);
     }

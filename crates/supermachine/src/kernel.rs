@@ -5,7 +5,7 @@
 //! those changed.
 
 use crate::error::Error;
-use crate::hash::Hasher;
+use crate::hash::{self, Hasher};
 use crate::paths;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +13,7 @@ use std::process::Command;
 pub const FRAGMENT: &str = include_str!("../../../kernel/microvm.config");
 pub const BUILD_SCRIPT: &str = include_str!("../../../kernel/build.sh");
 const SOURCE_PACKAGE: &str = "linux-source-6.1";
+const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 /// Debian packages the build needs besides the source.
 const BUILD_DEPS: &[&str] = &[
     "linux-source-6.1",
@@ -26,12 +27,20 @@ const BUILD_DEPS: &[&str] = &[
 ];
 
 fn source_version() -> Option<String> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Version}", SOURCE_PACKAGE])
-        .output()
-        .ok()?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !v.is_empty()).then_some(v)
+    let query = || {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", SOURCE_PACKAGE])
+            .output()?;
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !v.is_empty() {
+            Ok(v)
+        } else {
+            Err(std::io::Error::other("not installed"))
+        }
+    };
+    // The source tarball changes whenever the package does, so its size and
+    // mtime stand in for asking dpkg (a subprocess) on every VM start.
+    hash::memoized("linux-source-version", Path::new(SOURCE_TARBALL), query).ok()
 }
 
 /// The cache key for the kernel this build of supermachine wants, or `None`

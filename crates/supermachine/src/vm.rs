@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::outcome::{outcome_of, VmOutcome};
 use crate::{assets, kernel, paths, runtime};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -248,7 +249,14 @@ impl Vm {
                     serial_log: Some(self.serial_log.clone()),
                 });
             }
-            std::thread::sleep(Duration::from_millis(5));
+            // Wake as soon as the agent connects; look at the worker every 50 ms.
+            let mut pfd = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 50) };
         }
     }
 
@@ -339,7 +347,9 @@ impl Vm {
             return Ok(o);
         }
         if let Ok(mut c) = self.connect(Request::Shutdown { reboot: false }) {
-            let _ = c.recv();
+            if c.set_timeout(Some(Duration::from_secs(5))).is_ok() {
+                let _ = c.recv();
+            }
         }
         let outcome = self.wait_exit(Duration::from_secs(10));
         Ok(outcome)

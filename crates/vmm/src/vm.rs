@@ -275,6 +275,11 @@ fn create_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, VmError> {
                 mib,
                 reason: e.to_string(),
             })?;
+        // Transparent huge pages where the host allows them: one 2 MiB
+        // fault instead of 512 small ones, each a VM exit to the host's
+        // page-fault path (QEMU does the same). Advice only; failure is fine.
+        // SAFETY: advising a mapping we own, over exactly its length.
+        unsafe { libc::madvise(host_addr.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,

@@ -51,6 +51,10 @@ pub struct Connection {
     pub registered: (bool, bool),
     /// Whether the stream's fd is in the epoll set at all.
     pub in_epoll: bool,
+    /// The host closed its socket entirely. Its fd leaves the epoll set
+    /// (a hung-up fd reports EPOLLHUP whatever the interest, which would spin
+    /// the device thread); what it sent is still delivered to the guest.
+    pub host_hung_up: bool,
 }
 
 impl Connection {
@@ -80,6 +84,7 @@ impl Connection {
             guest_done_sending: false,
             registered: (false, false),
             in_epoll: false,
+            host_hung_up: false,
         }
     }
 

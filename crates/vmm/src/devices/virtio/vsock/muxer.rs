@@ -130,6 +130,12 @@ impl Muxer {
                 conn.preamble.extend(ok.as_bytes());
             }
             OP_RW if conn.state == State::Established => {
+                if conn.host_hung_up {
+                    // Nobody on the host side will ever read it.
+                    self.drop_conn(key);
+                    self.reset_guest(key.0, key.1);
+                    return;
+                }
                 if conn.push_to_host(payload).is_err() {
                     tracing::warn!("vsock: guest port {} overran its credit; resetting", key.1);
                     self.drop_conn(key);
@@ -210,6 +216,10 @@ impl Muxer {
             }
             if events.intersects(EventSet::IN | EventSet::HANG_UP) {
                 failed |= conn.fill_from_host().is_err();
+            }
+            if events.contains(EventSet::HANG_UP) {
+                conn.host_hung_up = true;
+                conn.host_eof = true;
             }
             if failed {
                 self.drop_conn(key);
@@ -298,11 +308,18 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        let Some(poller) = &self.poller else { return };
+        if conn.host_hung_up {
+            if conn.in_epoll {
+                let _ = poller.remove(conn.stream.as_raw_fd());
+                conn.in_epoll = false;
+            }
+            return;
+        }
         let wanted = conn.wanted_interest();
         if wanted == conn.registered {
             return;
         }
-        let Some(poller) = &self.poller else { return };
         let mut set = EventSet::empty();
         if wanted.0 {
             set |= EventSet::IN;

@@ -1,0 +1,244 @@
+//! `supermachine-bench`: measurements that are not tests. Results and the
+//! commands that produced them go in the README.
+//!
+//! `boot`: cold boot to agent-ready, ours against QEMU's microvm machine
+//! booting the same kernel, initramfs (our agent) and root filesystem, with
+//! the same handshake: the clock stops when the agent's `Ready` frame arrives
+//! over vsock (ours: the worker's user-space vsock; QEMU: vhost-vsock). Runs
+//! are interleaved so both see the same machine conditions.
+
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use supermachine::{assets, kernel, Vm, VmConfig};
+use supermachine_protocol::{AgentMessage, READY_PORT};
+
+#[derive(Parser)]
+#[command(
+    name = "supermachine-bench",
+    about = "supermachine benchmarks (run them in the lab on hosts without VT-x/AMD-V)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Cold boot to agent-ready: supermachine vs `qemu-system-x86_64 -M microvm -enable-kvm`.
+    Boot {
+        #[arg(long, default_value_t = 10)]
+        iterations: usize,
+        /// Guest vsock CID for the QEMU runs (must be free on this host).
+        #[arg(long, default_value_t = 42)]
+        qemu_cid: u32,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.bench {
+        Bench::Boot {
+            iterations,
+            qemu_cid,
+        } => boot(iterations, qemu_cid),
+    };
+    if let Err(e) = result {
+        eprintln!("supermachine-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn boot(iterations: usize, cid: u32) -> Result<(), BoxError> {
+    let kernel = kernel::path()?;
+    let initramfs = assets::initramfs()?;
+    let rootfs = assets::default_rootfs()?;
+    let listener = VsockListener::bind(READY_PORT)?;
+    let mut ours = Vec::new();
+    let mut qemu = Vec::new();
+    // One untimed run of each warms the page cache for both.
+    for i in 0..=iterations {
+        let a = boot_ours()?;
+        let b = boot_qemu(&listener, cid, &kernel, &initramfs, &rootfs)?;
+        eprintln!("run {i}: supermachine {a:?}, qemu {b:?}");
+        if i > 0 {
+            ours.push(a);
+            qemu.push(b);
+        }
+    }
+    println!("cold boot to agent-ready, {iterations} runs each, interleaved (ms)");
+    println!("| VMM | min | median | max |");
+    println!("| --- | --- | --- | --- |");
+    for (name, v) in [("supermachine", &mut ours), ("qemu -M microvm", &mut qemu)] {
+        v.sort();
+        let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
+        println!(
+            "| {name} | {} | {} | {} |",
+            ms(v[0]),
+            ms(v[v.len() / 2]),
+            ms(v[v.len() - 1])
+        );
+    }
+    let ratio = ours[ours.len() / 2].as_secs_f64() / qemu[qemu.len() / 2].as_secs_f64();
+    println!("median ratio supermachine / qemu: {ratio:.2}");
+    Ok(())
+}
+
+fn boot_ours() -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    let vm = Vm::start(&VmConfig::default())?;
+    let took = start.elapsed();
+    step("supermachine ready");
+    let outcome = vm.shutdown()?;
+    step(&format!("supermachine down: {outcome}"));
+    Ok(took)
+}
+
+/// Progress on stderr, so a stuck run shows where it stuck.
+fn step(what: &str) {
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("bench: {what}");
+    }
+}
+
+fn boot_qemu(
+    listener: &VsockListener,
+    cid: u32,
+    kernel: &std::path::Path,
+    initramfs: &std::path::Path,
+    rootfs: &std::path::Path,
+) -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm,acpi=off,isa-serial=on,rtc=off",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+        ])
+        .args([
+            "-smp",
+            "1",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-serial", "file:/dev/null"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args([
+            "-append",
+            "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet supermachine.root=/dev/vda",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "id=root,file={},format=raw,if=none,readonly=on",
+            rootfs.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=root"])
+        .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
+        .args(["-device", "virtio-rng-device"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting qemu-system-x86_64: {e}"))?;
+    let ready = listener.accept_ready(Duration::from_secs(60));
+    let took = start.elapsed();
+    step("qemu ready");
+    let _ = child.kill();
+    let output = child.wait_with_output()?;
+    step("qemu down");
+    match ready {
+        Ok(()) => Ok(took),
+        Err(e) => Err(format!(
+            "QEMU's guest never reported ready ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into()),
+    }
+}
+
+/// A host AF_VSOCK listener: where QEMU's guest (vhost-vsock) says Ready.
+struct VsockListener(OwnedFd);
+
+impl VsockListener {
+    fn bind(port: u32) -> std::io::Result<Self> {
+        // SAFETY: plain socket calls on a fresh fd; the address is a valid sockaddr_vm.
+        unsafe {
+            let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+            addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+            addr.svm_cid = libc::VMADDR_CID_ANY;
+            addr.svm_port = port;
+            let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+            use std::os::fd::AsRawFd;
+            if libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_vm).cast(),
+                len,
+            ) != 0
+                || libc::listen(fd.as_raw_fd(), 16) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(VsockListener(fd))
+        }
+    }
+
+    fn accept_ready(&self, timeout: Duration) -> Result<(), BoxError> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if n <= 0 {
+            return Err("timed out".into());
+        }
+        // SAFETY: accept on a listening socket we own.
+        let fd = unsafe {
+            libc::accept4(
+                self.0.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: accept returned a new fd that we now own.
+        let stream = std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut stream = stream;
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > supermachine_protocol::MAX_FRAME_BODY {
+            return Err(format!("a {len}-byte frame is not a Ready frame").into());
+        }
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body)?;
+        match supermachine_protocol::decode::<AgentMessage>(&body)? {
+            AgentMessage::Ready { .. } => Ok(()),
+            other => Err(format!("expected Ready, got {other:?}").into()),
+        }
+    }
+}
