@@ -32,7 +32,7 @@ pub enum Error {
         stderr: String,
         serial_log: Option<PathBuf>,
     },
-    #[error("the VM ended during the operation: {outcome}{}", log_hint(.serial_log))]
+    #[error("the VM did not end cleanly: {outcome}{}", log_hint(.serial_log))]
     VmEnded {
         outcome: VmOutcome,
         serial_log: Option<PathBuf>,

@@ -342,17 +342,29 @@ impl Vm {
     }
 
     /// Asks the guest to power off and waits for the worker to end.
-    pub fn shutdown(mut self) -> Result<VmOutcome, Error> {
-        if let Some(o) = self.try_outcome() {
-            return Ok(o);
-        }
-        if let Ok(mut c) = self.connect(Request::Shutdown { reboot: false }) {
-            if c.set_timeout(Some(Duration::from_secs(5))).is_ok() {
-                let _ = c.recv();
+    ///
+    /// Anything but [`VmOutcome::PowerOff`] is an error that names the
+    /// serial log, which is then kept for the user to read.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        let outcome = match self.try_outcome() {
+            Some(o) => o,
+            None => {
+                if let Ok(mut c) = self.connect(Request::Shutdown { reboot: false }) {
+                    if c.set_timeout(Some(Duration::from_secs(5))).is_ok() {
+                        let _ = c.recv();
+                    }
+                }
+                self.wait_exit(Duration::from_secs(10))
             }
+        };
+        if outcome == VmOutcome::PowerOff {
+            return Ok(());
         }
-        let outcome = self.wait_exit(Duration::from_secs(10));
-        Ok(outcome)
+        self.keep_log = true;
+        Err(Error::VmEnded {
+            outcome,
+            serial_log: Some(self.serial_log.clone()),
+        })
     }
 
     /// Waits up to `grace` for the worker to end, then stops it.

@@ -168,10 +168,11 @@ impl Vm {
             "KVM_GET_SUPPORTED_CPUID",
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
+        let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         for id in 0..config.vcpus {
             let fd = kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(id as u64))?;
             let mut cpuid = supported.clone();
-            arch::cpuid::for_vcpu(&mut cpuid, id, config.vcpus);
+            arch::cpuid::for_vcpu(&mut cpuid, id, config.vcpus, tsc_deadline);
             kvm_call("KVM_SET_CPUID2", fd.set_cpuid2(&cpuid))?;
             let msrs =
                 arch::msrs::boot_msrs().map_err(|e| VmError::Config(format!("MSR list: {e:?}")))?;

@@ -5,7 +5,7 @@
 
 use crate::bus::BusDevice;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vm_superio::serial::NoEvents;
@@ -26,7 +26,7 @@ impl Trigger for IrqTrigger {
 
 /// Where console bytes go.
 pub struct ConsoleSink {
-    log: Option<File>,
+    log: Option<BufWriter<File>>,
     echo: bool,
     matched: usize,
     panicked: Arc<AtomicBool>,
@@ -35,7 +35,7 @@ pub struct ConsoleSink {
 impl ConsoleSink {
     pub fn new(log: Option<File>, echo: bool, panicked: Arc<AtomicBool>) -> Self {
         ConsoleSink {
-            log,
+            log: log.map(BufWriter::new),
             echo,
             matched: 0,
             panicked,
@@ -62,8 +62,13 @@ impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.scan(buf);
         if let Some(log) = &mut self.log {
-            // A full disk must not stop the guest: console output is best effort.
+            // Line-buffered: the guest writes one byte per port access, and a
+            // write(2) per byte is a real cost. A full disk must not stop the
+            // guest, so console output is best effort.
             let _ = log.write_all(buf);
+            if buf.contains(&b'\n') {
+                let _ = log.flush();
+            }
         }
         if self.echo {
             let _ = io::stderr().write_all(buf);
@@ -71,7 +76,10 @@ impl Write for ConsoleSink {
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match &mut self.log {
+            Some(log) => log.flush(),
+            None => Ok(()),
+        }
     }
 }
 

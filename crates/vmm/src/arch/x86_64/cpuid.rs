@@ -6,6 +6,7 @@ use kvm_bindings::CpuId;
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 const LEVEL_TYPE_SMT: u32 = 1;
@@ -17,8 +18,11 @@ fn id_bits(n: u8) -> u32 {
 }
 
 /// Rewrites `cpuid` for vCPU `id` of `count`: one socket, `count` cores,
-/// one thread each.
-pub fn for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
+/// one thread each. `tsc_deadline`: KVM's in-kernel LAPIC emulates the
+/// TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER), which
+/// KVM_GET_SUPPORTED_CPUID does not report; advertising it spares the guest
+/// a LAPIC timer calibration.
+pub fn for_vcpu(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
     for e in cpuid.as_mut_slice() {
         match e.function {
             LEAF_FEATURES => {
@@ -27,6 +31,9 @@ pub fn for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
                     e.edx |= EDX_HTT;
                 }
                 e.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
             }
             LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => {
                 let (eax, ebx, level_type) = match e.index {
@@ -64,12 +71,13 @@ mod tests {
             },
         ];
         let mut cpuid = CpuId::from_entries(&entries).unwrap();
-        for_vcpu(&mut cpuid, 3, 4);
+        for_vcpu(&mut cpuid, 3, 4, true);
         let s = cpuid.as_slice();
         assert_eq!(s[0].ebx >> 24, 3);
         assert_eq!((s[0].ebx >> 16) & 0xff, 4);
         assert_eq!(s[0].ebx & 0xffff, 0x1234);
         assert_ne!(s[0].ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(s[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!((s[1].eax, s[1].ebx, s[1].edx), (2, 4, 3));
     }
 }
