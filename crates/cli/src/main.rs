@@ -119,15 +119,10 @@ fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>, supermachine::Err
 }
 
 fn parse_disk(spec: &str) -> Disk {
-    match spec.strip_suffix(":ro") {
-        Some(path) => Disk {
-            path: path.into(),
-            read_only: true,
-        },
-        None => Disk {
-            path: spec.into(),
-            read_only: false,
-        },
+    let (path, read_only) = supermachine_protocol::disk_spec::parse(spec);
+    Disk {
+        path: path.into(),
+        read_only,
     }
 }
 

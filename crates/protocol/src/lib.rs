@@ -184,6 +184,36 @@ pub mod power_port {
     pub const BOOT_FAILED: u8 = 2;
 }
 
+/// The `PATH[:ro]` syntax for disks, shared by the `supermachine` command
+/// (`run --disk`) and the worker (`--disk`).
+pub mod disk_spec {
+    const READ_ONLY_SUFFIX: &str = ":ro";
+
+    /// Splits a spec into the path and whether the disk is read-only.
+    pub fn parse(spec: &str) -> (&str, bool) {
+        match spec.strip_suffix(READ_ONLY_SUFFIX) {
+            Some(path) => (path, true),
+            None => (spec, false),
+        }
+    }
+
+    pub fn format(path: &std::path::Path, read_only: bool) -> String {
+        let suffix = if read_only { READ_ONLY_SUFFIX } else { "" };
+        format!("{}{suffix}", path.display())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn round_trips() {
+            assert_eq!(super::parse("/a/b.img:ro"), ("/a/b.img", true));
+            assert_eq!(super::parse("/a/b.img"), ("/a/b.img", false));
+            let p = std::path::Path::new("/x.img");
+            assert_eq!(super::parse(&super::format(p, true)), ("/x.img", true));
+        }
+    }
+}
+
 /// How a worker process ended, carried in its exit status so the supervisor
 /// can tell a clean guest poweroff from a reboot, a kernel panic or a crash.
 pub mod worker_exit {

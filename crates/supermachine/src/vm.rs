@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use supermachine_protocol::{
-    self as proto, worker_exit, AgentMessage, ExecRequest, Request, READY_PORT,
+    self as proto, disk_spec, worker_exit, AgentMessage, ExecRequest, Request, READY_PORT,
 };
 
 /// How to start a VM.
@@ -139,7 +139,7 @@ impl Vm {
             .arg("--vcpus")
             .arg(config.vcpus.to_string())
             .arg("--disk")
-            .arg(format!("{}:ro", rootfs.display()))
+            .arg(disk_spec::format(&rootfs, true))
             .arg("--vm-dir")
             .arg(dir.path())
             .arg("--serial-log")
@@ -154,9 +154,8 @@ impl Vm {
                 Stdio::piped()
             });
         for disk in &config.disks {
-            let ro = if disk.read_only { ":ro" } else { "" };
             cmd.arg("--disk")
-                .arg(format!("{}{ro}", disk.path.display()));
+                .arg(disk_spec::format(&disk.path, disk.read_only));
         }
         if config.console {
             cmd.arg("--console");

@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use std::path::PathBuf;
-use supermachine_protocol::worker_exit;
+use supermachine_protocol::{disk_spec, worker_exit};
 use supermachine_vmm::{DiskConfig, Outcome, Vm, VmConfig, VsockConfig};
 
 #[derive(Parser, Debug)]
@@ -44,15 +44,10 @@ struct Args {
 }
 
 fn parse_disk(spec: &str) -> DiskConfig {
-    match spec.strip_suffix(":ro") {
-        Some(path) => DiskConfig {
-            path: path.into(),
-            read_only: true,
-        },
-        None => DiskConfig {
-            path: spec.into(),
-            read_only: false,
-        },
+    let (path, read_only) = disk_spec::parse(spec);
+    DiskConfig {
+        path: path.into(),
+        read_only,
     }
 }
 
