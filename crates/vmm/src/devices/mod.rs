@@ -2,4 +2,5 @@
 
 pub mod legacy;
 pub mod serial;
+pub mod state;
 pub mod virtio;

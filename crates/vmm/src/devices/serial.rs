@@ -85,6 +85,13 @@ impl Write for ConsoleSink {
 
 pub struct SerialDevice(pub Serial<IrqTrigger, NoEvents, ConsoleSink>);
 
+impl SerialDevice {
+    /// UART registers and pending input, for a snapshot.
+    pub fn save(&self) -> crate::devices::state::SerialState {
+        self.0.state().into()
+    }
+}
+
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let Some(b) = data.first_mut() {

@@ -3,6 +3,7 @@
 
 use super::queue_util::drain;
 use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_BLOCK};
+use crate::devices::state::{DeviceState, QueueState};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -188,6 +189,19 @@ impl VirtioDevice for Block {
             .ok_or_else(|| io::Error::other("blk needs one queue"))?;
         self.active = Some((a.mem, queue, a.interrupt));
         Ok(())
+    }
+    fn save(&self) -> DeviceState {
+        DeviceState::Block {
+            read_only: self.read_only,
+            capacity_bytes: self.capacity_bytes,
+            id: self.id.to_vec(),
+        }
+    }
+    fn active_queues(&self) -> Vec<QueueState> {
+        self.active
+            .iter()
+            .map(|(_, q, _)| QueueState::from(q))
+            .collect()
     }
     fn handle_queue(&mut self, _index: usize) {
         let Some((mem, mut queue, interrupt)) = self.active.take() else {

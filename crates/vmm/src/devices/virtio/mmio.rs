@@ -2,6 +2,7 @@
 
 use super::{Activation, Interrupt, Poller, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::{lock, BusDevice};
+use crate::devices::state::{QueueState, TransportState};
 use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -100,6 +101,27 @@ impl MmioTransport {
             status: 0,
             activated: false,
         })
+    }
+
+    /// Registers, queues and device state, for a snapshot.
+    pub fn save(&self) -> TransportState {
+        let device = lock(&self.device);
+        let queues = if self.activated {
+            device.active_queues()
+        } else {
+            self.queues.iter().map(QueueState::from).collect()
+        };
+        TransportState {
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            queues,
+            device: device.save(),
+        }
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -312,5 +334,76 @@ impl BusDevice for MmioTransport {
             REG_STATUS => self.set_status(v),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::state::DeviceState;
+    use vm_memory::GuestAddress;
+
+    fn write(t: &mut MmioTransport, reg: u64, v: u32) {
+        t.write(reg, &v.to_le_bytes());
+    }
+
+    fn read(t: &mut MmioTransport, reg: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(reg, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn transport() -> MmioTransport {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let device: Arc<Mutex<dyn VirtioDevice>> =
+            Arc::new(Mutex::new(super::super::rng::Rng::default()));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let evts = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        MmioTransport::new(device, mem, irq, evts).unwrap()
+    }
+
+    #[test]
+    fn identifies_as_a_modern_virtio_device() {
+        let mut t = transport();
+        assert_eq!(read(&mut t, REG_MAGIC), MAGIC);
+        assert_eq!(read(&mut t, REG_VERSION), 2);
+        assert_eq!(read(&mut t, REG_DEVICE_ID), super::super::TYPE_RNG);
+        write(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            read(&mut t, REG_DEVICE_FEATURES) & 1,
+            1,
+            "VIRTIO_F_VERSION_1 offered"
+        );
+    }
+
+    #[test]
+    fn save_captures_negotiation_and_queue_setup() {
+        let mut t = transport();
+        write(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        write(&mut t, REG_DRIVER_FEATURES, 1);
+        write(&mut t, REG_QUEUE_SEL, 0);
+        write(&mut t, REG_QUEUE_NUM, 64);
+        write(&mut t, REG_QUEUE_DESC_LOW, 0x1000);
+        write(&mut t, REG_QUEUE_DRIVER_LOW, 0x2000);
+        write(&mut t, REG_QUEUE_DEVICE_LOW, 0x3000);
+        write(&mut t, REG_QUEUE_READY, 1);
+        write(&mut t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+        let s = t.save();
+        assert_eq!(s.acked_features, VIRTIO_F_VERSION_1);
+        assert_eq!(s.status, 1 | 2 | STATUS_FEATURES_OK);
+        assert!(!s.activated);
+        assert_eq!(s.device, DeviceState::Rng);
+        let q = &s.queues[0];
+        assert_eq!(
+            (q.size, q.ready, q.desc_table, q.avail_ring, q.used_ring),
+            (64, true, 0x1000, 0x2000, 0x3000)
+        );
+    }
+
+    #[test]
+    fn a_driver_without_version_1_cannot_finish_negotiation() {
+        let mut t = transport();
+        write(&mut t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+        assert_eq!(read(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
     }
 }

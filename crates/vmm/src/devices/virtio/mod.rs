@@ -14,6 +14,7 @@ pub mod vsock;
 
 pub use mmio::MmioTransport;
 
+use crate::devices::state::{DeviceState, QueueState};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -110,6 +111,11 @@ pub trait VirtioDevice: Send + 'static {
     fn handle_queue(&mut self, index: usize);
     /// A host fd the device registered through its [`Poller`] is ready.
     fn handle_fd(&mut self, _token: u64, _events: EventSet) {}
+    /// The device's own state, for a snapshot.
+    fn save(&self) -> DeviceState;
+    /// The queues the device runs on once active (their progress lives here,
+    /// not in the transport's copies).
+    fn active_queues(&self) -> Vec<QueueState>;
 }
 
 /// Copies `data` out of a little-endian config space image at `offset`;

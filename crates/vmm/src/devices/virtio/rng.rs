@@ -3,6 +3,7 @@
 
 use super::queue_util::drain;
 use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_RNG};
+use crate::devices::state::{DeviceState, QueueState};
 use std::io::Write;
 use std::sync::Arc;
 use virtio_queue::{Queue, Writer};
@@ -40,6 +41,15 @@ impl VirtioDevice for Rng {
             .ok_or_else(|| std::io::Error::other("rng needs one queue"))?;
         self.active = Some((a.mem, queue, a.interrupt));
         Ok(())
+    }
+    fn save(&self) -> DeviceState {
+        DeviceState::Rng
+    }
+    fn active_queues(&self) -> Vec<QueueState> {
+        self.active
+            .iter()
+            .map(|(_, q, _)| QueueState::from(q))
+            .collect()
     }
     fn handle_queue(&mut self, _index: usize) {
         let Some((mem, queue, interrupt)) = &mut self.active else {

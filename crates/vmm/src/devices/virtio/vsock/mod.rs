@@ -9,6 +9,7 @@ mod packet;
 
 use super::queue_util::drain;
 use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_VSOCK};
+use crate::devices::state::{DeviceState, QueueState};
 use muxer::Muxer;
 use packet::{Header, HEADER_LEN};
 use std::io::{self, Read, Write};
@@ -150,6 +151,17 @@ impl VirtioDevice for Vsock {
         }
         // Every kick may free RX buffers or create replies for the guest.
         self.process_rx();
+    }
+    fn save(&self) -> DeviceState {
+        DeviceState::Vsock {
+            guest_cid: self.guest_cid,
+        }
+    }
+    fn active_queues(&self) -> Vec<QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| a.queues.iter().map(QueueState::from))
+            .collect()
     }
     fn handle_fd(&mut self, token: u64, events: EventSet) {
         self.muxer.handle_fd(token, events);
