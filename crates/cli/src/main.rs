@@ -59,6 +59,9 @@ struct RunArgs {
     /// Environment variable for the command, NAME=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
+    /// Keep stdin open: stream this command's standard input to the guest command.
+    #[arg(short = 'i', long = "interactive")]
+    interactive: bool,
     /// Working directory inside the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     workdir: Option<String>,
@@ -150,7 +153,17 @@ fn run(args: RunArgs) -> Result<i32, supermachine::Error> {
         cwd: args.workdir,
         stdin: false,
     };
-    let result = vm.exec(request, &mut std::io::stdout(), &mut std::io::stderr());
+    let stdin: Option<Box<dyn std::io::Read + Send>> = if args.interactive {
+        Some(Box::new(std::io::stdin()))
+    } else {
+        None
+    };
+    let result = vm.exec_with_stdin(
+        request,
+        stdin,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
     match result {
         Ok(exit) => {
             vm.shutdown()?;

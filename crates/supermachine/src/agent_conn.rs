@@ -64,4 +64,35 @@ impl AgentConn {
     pub fn recv(&mut self) -> Result<AgentMessage, Error> {
         Ok(proto::read_frame(&mut self.stream)?)
     }
+
+    /// Feeds `input` to the command's stdin on a thread of its own, in
+    /// chunks, ending with `CloseStdin`. Writes block when the guest is slow
+    /// to read (vsock credit), so memory stays bounded. The thread ends at
+    /// end of input or when the connection goes away.
+    pub fn pump_stdin(&self, mut input: Box<dyn Read + Send>) -> Result<(), Error> {
+        let mut stream = self
+            .stream
+            .try_clone()
+            .map_err(|e| Error::io("agent connection", e))?;
+        std::thread::Builder::new()
+            .name("exec-stdin".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; proto::MAX_CHUNK];
+                loop {
+                    let msg = match input.read(&mut buf) {
+                        Ok(0) => proto::HostMessage::CloseStdin,
+                        Ok(n) => proto::HostMessage::Stdin(buf[..n].to_vec()),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        // An unreadable input ends it like end of input.
+                        Err(_) => proto::HostMessage::CloseStdin,
+                    };
+                    let last = msg == proto::HostMessage::CloseStdin;
+                    if proto::write_frame(&mut stream, &msg).is_err() || last {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the stdin thread", e))?;
+        Ok(())
+    }
 }

@@ -292,14 +292,31 @@ impl Vm {
     }
 
     /// Runs a command in the guest, streaming its output to `stdout` and
-    /// `stderr` as it arrives.
+    /// `stderr` as it arrives. Its stdin is empty (/dev/null).
     pub fn exec(
         &mut self,
         request: ExecRequest,
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<ExitInfo, Error> {
+        self.exec_with_stdin(request, None, stdout, stderr)
+    }
+
+    /// Like [`Vm::exec`], and when `stdin` is given the command reads it as
+    /// its standard input (streamed with backpressure; end of `stdin`
+    /// closes the command's stdin).
+    pub fn exec_with_stdin(
+        &mut self,
+        mut request: ExecRequest,
+        stdin: Option<Box<dyn std::io::Read + Send>>,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<ExitInfo, Error> {
+        request.stdin = stdin.is_some();
         let mut conn = self.connect(Request::Exec(request))?;
+        if let Some(input) = stdin {
+            conn.pump_stdin(input)?;
+        }
         loop {
             let msg = match conn.recv() {
                 Ok(m) => m,

@@ -7,6 +7,7 @@
 //! is set (CI), in which case that is a failure.
 
 mod boot;
+mod stdin;
 mod util;
 
 use libtest_mimic::{Arguments, Trial};
@@ -14,7 +15,9 @@ use std::ffi::OsString;
 use supermachine_lab::KvmHost;
 
 fn trials() -> Vec<Trial> {
-    boot::trials()
+    let mut all = boot::trials();
+    all.extend(stdin::trials());
+    all
 }
 
 fn main() {
