@@ -27,6 +27,7 @@ pub fn trials() -> Vec<Trial> {
             "boot::guest_poweroff_is_a_clean_end",
             guest_poweroff_is_a_clean_end,
         ),
+        Trial::test("boot::guest_reboot_is_reported", guest_reboot_is_reported),
         Trial::test(
             "boot::kernel_panic_is_reported_with_the_serial_log",
             kernel_panic_is_reported,
@@ -108,6 +109,21 @@ fn guest_poweroff_is_a_clean_end() -> Result<(), Failed> {
     check(
         o.status.success(),
         "a guest poweroff should end the run with success",
+        &o,
+    )
+}
+
+fn guest_reboot_is_reported() -> Result<(), Failed> {
+    // A VM that reboots instead of finishing is not a clean end.
+    let o = run(&["run", "--", "reboot"]);
+    check(
+        o.status.code() == Some(125),
+        "a guest reboot should be an error",
+        &o,
+    )?;
+    check(
+        stderr(&o).contains("rebooted"),
+        "the error should say the guest rebooted",
         &o,
     )
 }
