@@ -1,6 +1,6 @@
 //! Boot, exec, SMP, devices, and the ways a VM ends.
 
-use crate::util::{check, run, stderr, stdout, supermachine, TempDir};
+use crate::util::{check, output_of, run, stderr, stdout, supermachine, TempDir};
 use libtest_mimic::{Failed, Trial};
 use std::path::Path;
 use std::process::Stdio;
@@ -48,19 +48,19 @@ pub fn trials() -> Vec<Trial> {
 }
 
 fn exit_code_and_output() -> Result<(), Failed> {
-    let o = run(&["run", "--", "sh", "-c", "echo hi; exit 3"]);
+    let o = run(&["run", "--", "sh", "-c", "echo hi; exit 3"])?;
     check(stdout(&o) == "hi\n", "stdout should be exactly hi", &o)?;
     check(o.status.code() == Some(3), "exit code should be 3", &o)
 }
 
 fn smp_guest_sees_every_vcpu() -> Result<(), Failed> {
-    let o = run(&["run", "--vcpus", "2", "--", "nproc"]);
+    let o = run(&["run", "--vcpus", "2", "--", "nproc"])?;
     check(stdout(&o).trim() == "2", "nproc should print 2", &o)?;
     check(o.status.success(), "should succeed", &o)
 }
 
 fn stdout_and_stderr_are_separate() -> Result<(), Failed> {
-    let o = run(&["run", "--", "sh", "-c", "echo out; echo err >&2"]);
+    let o = run(&["run", "--", "sh", "-c", "echo out; echo err >&2"])?;
     check(stdout(&o) == "out\n", "stdout should hold only out", &o)?;
     check(
         stderr(&o).contains("err\n") && !stderr(&o).contains("out"),
@@ -70,7 +70,7 @@ fn stdout_and_stderr_are_separate() -> Result<(), Failed> {
 }
 
 fn missing_program_is_127() -> Result<(), Failed> {
-    let o = run(&["run", "--", "no-such-program"]);
+    let o = run(&["run", "--", "no-such-program"])?;
     check(o.status.code() == Some(127), "exit code should be 127", &o)?;
     check(
         stderr(&o).contains("no-such-program"),
@@ -82,7 +82,7 @@ fn missing_program_is_127() -> Result<(), Failed> {
 fn rootfs_overlay() -> Result<(), Failed> {
     // Writes land in the RAM-backed overlay mounted as /; the image disk is read-only.
     let script = "echo data > /etc/new && cat /etc/new && grep '^overlay / overlay' /proc/mounts";
-    let o = run(&["run", "--", "sh", "-c", script]);
+    let o = run(&["run", "--", "sh", "-c", script])?;
     check(
         o.status.success() && stdout(&o).starts_with("data\n"),
         "a write to / should succeed",
@@ -96,7 +96,7 @@ fn rootfs_overlay() -> Result<(), Failed> {
 }
 
 fn virtio_rng_feeds_the_guest() -> Result<(), Failed> {
-    let o = run(&["run", "--", "cat", "/sys/class/misc/hw_random/rng_current"]);
+    let o = run(&["run", "--", "cat", "/sys/class/misc/hw_random/rng_current"])?;
     check(
         stdout(&o).contains("virtio_rng"),
         "the hw_random device should be virtio_rng",
@@ -105,7 +105,7 @@ fn virtio_rng_feeds_the_guest() -> Result<(), Failed> {
 }
 
 fn guest_poweroff_is_a_clean_end() -> Result<(), Failed> {
-    let o = run(&["run", "--", "poweroff"]);
+    let o = run(&["run", "--", "poweroff"])?;
     check(
         o.status.success(),
         "a guest poweroff should end the run with success",
@@ -115,7 +115,7 @@ fn guest_poweroff_is_a_clean_end() -> Result<(), Failed> {
 
 fn guest_reboot_is_reported() -> Result<(), Failed> {
     // A VM that reboots instead of finishing is not a clean end.
-    let o = run(&["run", "--", "reboot"]);
+    let o = run(&["run", "--", "reboot"])?;
     check(
         o.status.code() == Some(125),
         "a guest reboot should be an error",
@@ -130,10 +130,10 @@ fn guest_reboot_is_reported() -> Result<(), Failed> {
 
 fn kernel_panic_is_reported() -> Result<(), Failed> {
     let state = TempDir::new("panic-state");
-    let o = supermachine()
-        .args(["run", "--", "sh", "-c", "echo c > /proc/sysrq-trigger"])
-        .env("XDG_STATE_HOME", &state.0)
-        .output()?;
+    let mut cmd = supermachine();
+    cmd.args(["run", "--", "sh", "-c", "echo c > /proc/sysrq-trigger"])
+        .env("XDG_STATE_HOME", &state.0);
+    let o = output_of(cmd, None)?;
     let err = stderr(&o);
     check(
         !o.status.success(),
@@ -169,9 +169,12 @@ fn dir_entries(p: &Path) -> Vec<String> {
 
 fn killing_the_cli_leaves_nothing_behind() -> Result<(), Failed> {
     let runtime = TempDir::new("kill-runtime");
+    let state = TempDir::new("kill-state");
     let mut cli = supermachine()
         .args(["run", "--", "sleep", "1000"])
         .env("SUPERMACHINE_RUNTIME_DIR", &runtime.0)
+        // A CLI killed with SIGKILL cannot remove the serial log it kept.
+        .env("XDG_STATE_HOME", &state.0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -235,7 +238,7 @@ fn writable_disk_keeps_data_and_stays_sparse() -> Result<(), Failed> {
         "printf supermachine-block | dd of=/dev/vdb bs=4096 seek=8192 conv=fsync 2>/dev/null \
                   && blockdev --flushbufs /dev/vdb && echo 3 > /proc/sys/vm/drop_caches \
                   && dd if=/dev/vdb bs=4096 skip=8192 count=1 2>/dev/null | head -c 18";
-    let o = run(&["run", "--disk", &spec, "--", "sh", "-c", script]);
+    let o = run(&["run", "--disk", &spec, "--", "sh", "-c", script])?;
     check(
         o.status.success() && stdout(&o) == "supermachine-block",
         "the guest should read back its write",
@@ -269,7 +272,7 @@ fn read_only_disk_refuses_writes() -> Result<(), Failed> {
         "sh",
         "-c",
         "cat /sys/block/vdb/ro; echo x | dd of=/dev/vdb conv=fsync 2>/dev/null; echo rc=$?",
-    ]);
+    ])?;
     check(
         stdout(&o).starts_with("1\n"),
         "the guest should see a read-only disk",

@@ -21,7 +21,12 @@ fn trials() -> Vec<Trial> {
 }
 
 fn main() {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // One VM at a time unless asked otherwise: the nested lab is least
+    // stall-prone without concurrent VM creation.
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
     let in_lab = std::env::var_os("SUPERMACHINE_IN_LAB").is_some();
     let host = supermachine_lab::detect();
     if in_lab || host == KvmHost::Hardware || args.list {
@@ -31,7 +36,13 @@ fn main() {
         "e2e: this host has no hardware virtualization ({host:?}); running the tests in the lab"
     );
     let argv: Vec<OsString> = std::env::args_os().collect();
-    match supermachine_lab::run(&argv, &supermachine_lab::LabOptions::default()) {
+    // Whatever happens inside, the lab run ends: 30 minutes is ten times
+    // what the suite takes there.
+    let options = supermachine_lab::LabOptions {
+        timeout: Some(std::time::Duration::from_secs(30 * 60)),
+        ..Default::default()
+    };
+    match supermachine_lab::run(&argv, &options) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("e2e: the lab could not run: {e}");

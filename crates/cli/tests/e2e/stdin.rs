@@ -1,9 +1,7 @@
 //! `run -i`: the host's stdin streams into the guest command.
 
-use crate::util::{check, stdout, supermachine};
+use crate::util::{check, output_of, stdout, supermachine};
 use libtest_mimic::{Failed, Trial};
-use std::io::Write;
-use std::process::Stdio;
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -32,20 +30,9 @@ fn payload(len: usize) -> Vec<u8> {
 }
 
 fn run_with_input(args: &[&str], input: Vec<u8>) -> Result<std::process::Output, Failed> {
-    let mut child = supermachine()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
-    let writer = std::thread::spawn(move || {
-        // The guest may finish before reading everything; that is not an error here.
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output()?;
-    let _ = writer.join();
-    Ok(out)
+    let mut cmd = supermachine();
+    cmd.args(args);
+    output_of(cmd, Some(input))
 }
 
 fn piped_bytes_arrive_intact() -> Result<(), Failed> {
