@@ -1,15 +1,14 @@
 //! virtio-blk over a host file: read-only or read-write, flush, and files
 //! that may be sparse (reads of holes are zeros; nothing is preallocated).
 
-use super::queue_util::drain;
-use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_BLOCK};
+use super::queue_util::SingleQueue;
+use super::{read_config_bytes, Activation, VirtioDevice, TYPE_BLOCK};
 use crate::devices::state::{DeviceState, QueueState};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
-use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
+use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 const SECTOR_SIZE: u64 = 512;
@@ -46,7 +45,7 @@ pub struct Block {
     id: [u8; ID_LEN],
     config: Vec<u8>,
     bounce: Vec<u8>,
-    active: Option<(GuestMemoryMmap, Queue, Arc<Interrupt>)>,
+    active: Option<SingleQueue>,
 }
 
 impl Block {
@@ -182,12 +181,7 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data)
     }
     fn activate(&mut self, a: Activation) -> io::Result<()> {
-        let queue = a
-            .queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| io::Error::other("blk needs one queue"))?;
-        self.active = Some((a.mem, queue, a.interrupt));
+        self.active = Some(SingleQueue::activate(a, "blk")?);
         Ok(())
     }
     fn save(&self) -> DeviceState {
@@ -198,18 +192,14 @@ impl VirtioDevice for Block {
         }
     }
     fn active_queues(&self) -> Vec<QueueState> {
-        self.active
-            .iter()
-            .map(|(_, q, _)| QueueState::from(q))
-            .collect()
+        SingleQueue::state(&self.active)
     }
     fn handle_queue(&mut self, _index: usize) {
-        let Some((mem, mut queue, interrupt)) = self.active.take() else {
+        // Taken out for the drain so `serve` can borrow the rest of `self`.
+        let Some(mut active) = self.active.take() else {
             return;
         };
-        drain(&mut queue, &mem, &interrupt, |chain| {
-            self.serve(&mem, chain)
-        });
-        self.active = Some((mem, queue, interrupt));
+        active.drain(|mem, chain| self.serve(mem, chain));
+        self.active = Some(active);
     }
 }

@@ -1,8 +1,47 @@
 //! The drain-then-notify loop every device's queue handler shares.
 
-use super::Interrupt;
+use super::{Activation, Interrupt};
+use crate::devices::state::QueueState;
+use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+
+/// What a device with a single queue holds once the driver activated it.
+pub struct SingleQueue {
+    pub mem: GuestMemoryMmap,
+    pub queue: Queue,
+    pub interrupt: Arc<Interrupt>,
+}
+
+impl SingleQueue {
+    pub fn activate(a: Activation, device: &str) -> std::io::Result<Self> {
+        let queue = a
+            .queues
+            .into_iter()
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{device} needs one queue")))?;
+        Ok(SingleQueue {
+            mem: a.mem,
+            queue,
+            interrupt: a.interrupt,
+        })
+    }
+
+    /// [`drain`] over this queue.
+    pub fn drain<F>(&mut self, mut handle: F)
+    where
+        F: FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32,
+    {
+        let mem = &self.mem;
+        drain(&mut self.queue, mem, &self.interrupt, |chain| {
+            handle(mem, chain)
+        });
+    }
+
+    pub fn state(active: &Option<SingleQueue>) -> Vec<QueueState> {
+        active.iter().map(|a| QueueState::from(&a.queue)).collect()
+    }
+}
 
 /// Pops every available chain, hands it to `handle` (which returns the number
 /// of bytes written into the chain), publishes it as used, and interrupts the

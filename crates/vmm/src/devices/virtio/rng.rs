@@ -1,20 +1,18 @@
 //! virtio-rng: fills guest buffers from the host's getrandom(2), so the
 //! guest kernel's entropy pool is seeded from the first moments of boot.
 
-use super::queue_util::drain;
-use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_RNG};
+use super::queue_util::SingleQueue;
+use super::{read_config_bytes, Activation, VirtioDevice, TYPE_RNG};
 use crate::devices::state::{DeviceState, QueueState};
 use std::io::Write;
-use std::sync::Arc;
-use virtio_queue::{Queue, Writer};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::Writer;
 
 /// Largest amount handed out per request; the guest asks again for more.
 const MAX_PER_REQUEST: usize = 64 * 1024;
 
 #[derive(Default)]
 pub struct Rng {
-    active: Option<(GuestMemoryMmap, Queue, Arc<Interrupt>)>,
+    active: Option<SingleQueue>,
 }
 
 impl VirtioDevice for Rng {
@@ -34,29 +32,21 @@ impl VirtioDevice for Rng {
         read_config_bytes(&[], offset, data)
     }
     fn activate(&mut self, a: Activation) -> std::io::Result<()> {
-        let queue = a
-            .queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| std::io::Error::other("rng needs one queue"))?;
-        self.active = Some((a.mem, queue, a.interrupt));
+        self.active = Some(SingleQueue::activate(a, "rng")?);
         Ok(())
     }
     fn save(&self) -> DeviceState {
         DeviceState::Rng
     }
     fn active_queues(&self) -> Vec<QueueState> {
-        self.active
-            .iter()
-            .map(|(_, q, _)| QueueState::from(q))
-            .collect()
+        SingleQueue::state(&self.active)
     }
     fn handle_queue(&mut self, _index: usize) {
-        let Some((mem, queue, interrupt)) = &mut self.active else {
+        let Some(active) = &mut self.active else {
             return;
         };
         let mut buf = vec![0u8; MAX_PER_REQUEST];
-        drain(queue, mem, interrupt, |chain| {
+        active.drain(|mem, chain| {
             let Ok(mut w) = Writer::<()>::new(mem, chain) else {
                 return 0;
             };
