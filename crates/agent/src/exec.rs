@@ -79,26 +79,8 @@ fn report_spawn_error(writer: &Writer, argv0: &str, e: SpawnError) {
     let (stderr, code) = match e {
         SpawnError::NotFound => (format!("{argv0}: not found\n"), 127),
         SpawnError::NotExecutable(why) => (format!("{argv0}: {why}\n"), 126),
-        SpawnError::BadRequest(message) => {
-            let _ = send(
-                writer,
-                &AgentMessage::Error {
-                    kind: ErrorKind::BadRequest,
-                    message,
-                },
-            );
-            return;
-        }
-        SpawnError::Failed(message) => {
-            let _ = send(
-                writer,
-                &AgentMessage::Error {
-                    kind: ErrorKind::Failed,
-                    message,
-                },
-            );
-            return;
-        }
+        SpawnError::BadRequest(message) => return refuse(writer, ErrorKind::BadRequest, message),
+        SpawnError::Failed(message) => return refuse(writer, ErrorKind::Failed, message),
     };
     let _ = send(writer, &AgentMessage::Stderr(stderr.into_bytes())).and_then(|()| {
         send(
@@ -109,6 +91,11 @@ fn report_spawn_error(writer: &Writer, argv0: &str, e: SpawnError) {
             },
         )
     });
+}
+
+/// Answers with an error instead of starting anything.
+fn refuse(writer: &Writer, kind: ErrorKind, message: String) {
+    let _ = send(writer, &AgentMessage::Error { kind, message });
 }
 
 fn serve_child(stream: Stream, writer: Writer, child: Child) {
