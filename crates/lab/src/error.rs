@@ -37,7 +37,7 @@ pub enum LabError {
     BadKernelPackage(String),
 
     #[error(
-        "the working directory {0} is under /tmp, /run or /dev/shm, which are fresh tmpfs \
+        "the working directory {0} is under /run or /dev/shm, which are fresh tmpfs \
          inside the lab (Unix sockets do not work over 9p); run from a directory elsewhere, \
          e.g. under the cargo target dir"
     )]

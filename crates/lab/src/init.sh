@@ -42,9 +42,13 @@ ln -s fd/0 /host/dev/stdin
 ln -s fd/1 /host/dev/stdout
 ln -s fd/2 /host/dev/stderr
 mount -t devpts -o ptmxmode=0666 devpts /host/dev/pts
-for d in dev/shm tmp run; do
+for d in dev/shm run; do
 	mount -t tmpfs -o mode=1777 tmpfs "/host/$d" || fail "cannot mount /$d"
 done
+# The host's /tmp stays visible (a caller may well work under it, a fresh
+# clone from mktemp for one); new temporary files and sockets go to a tmpfs
+# through TMPDIR, which the command script sets.
+mkdir -p /host/run/lab-tmp && chmod 1777 /host/run/lab-tmp
 ip link set lo up
 hostname supermachine-lab
 

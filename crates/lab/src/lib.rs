@@ -44,7 +44,8 @@ pub struct LabOptions {
     /// Set on top of the caller's environment.
     pub env: Vec<(OsString, OsString)>,
     /// Working directory; the caller's by default. Inside the lab it must
-    /// not be under /tmp, /run or /dev/shm (fresh tmpfs there).
+    /// not be under /run or /dev/shm (fresh tmpfs there); /tmp is the
+    /// host's, and TMPDIR points at a tmpfs inside the lab.
     pub cwd: Option<PathBuf>,
 }
 

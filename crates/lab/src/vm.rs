@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 /// How often the output files are tailed: live enough for a human, cheap.
 const POLL: Duration = Duration::from_millis(10);
+/// A tmpfs inside the lab (made by init.sh), the command's TMPDIR.
+const LAB_TMPDIR: &str = "/run/lab-tmp";
 
 /// Runs inside the chroot, by the host's /bin/sh (busybox chroot always
 /// starts in /): enter the caller's directory, then become the command.
@@ -48,10 +50,7 @@ pub(crate) fn run(
 ) -> Result<i32, LabError> {
     let cwd = crate::working_dir(opts)?;
     // These are fresh tmpfs inside the lab, so the command could not start.
-    if ["/tmp", "/run", "/dev/shm"]
-        .iter()
-        .any(|p| cwd.starts_with(p))
-    {
+    if ["/run", "/dev/shm"].iter().any(|p| cwd.starts_with(p)) {
         return Err(LabError::CwdHidden(cwd));
     }
     let tools = host::ensure_tools()?;
@@ -208,7 +207,7 @@ fn opt_value(prefix: &str, path: &Path) -> OsString {
 }
 
 /// The script the lab's init runs: the caller's environment (plus
-/// `extra` and SUPERMACHINE_IN_LAB=1) and nothing else, then the command in
+/// `extra`, SUPERMACHINE_IN_LAB=1 and a tmpfs TMPDIR) and nothing else, then the command in
 /// `cwd` inside the chroot.
 pub(crate) fn command_script(
     argv: &[OsString],
@@ -218,6 +217,8 @@ pub(crate) fn command_script(
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
     env.extend(extra.iter().cloned());
     env.insert("SUPERMACHINE_IN_LAB".into(), "1".into());
+    // Temporary files and Unix sockets need a local file system, not 9p.
+    env.insert("TMPDIR".into(), LAB_TMPDIR.into());
     let mut s = b"exec env -i".to_vec();
     for (k, v) in &env {
         if k.is_empty() || k.as_bytes().contains(&b'=') {

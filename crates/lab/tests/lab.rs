@@ -55,7 +55,6 @@ fn exit_code_and_separate_streams() {
 #[test]
 fn kvm_cwd_and_writes_reach_the_host() {
     let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    // Not under /tmp: that is a fresh tmpfs inside the lab.
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lab-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -84,4 +83,32 @@ fn kvm_cwd_and_writes_reach_the_host() {
         "from-lab\n"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A caller working under the host's /tmp (a fresh clone from `mktemp -d`,
+/// say) runs there in the lab too, while TMPDIR is a local tmpfs inside it
+/// (Unix sockets do not work over 9p).
+#[test]
+fn host_tmp_is_visible_and_tmpdir_is_local() {
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("lab-tmp-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("marker"), "from-host\n").unwrap();
+    let opts = LabOptions {
+        cwd: Some(dir.clone()),
+        ..opts()
+    };
+    let script = r#"cat marker; stat -f -c %T "$TMPDIR""#;
+    let r = run_captured(&argv(&["sh", "-c", script]), &opts).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.code, 0, "stderr: {}", String::from_utf8_lossy(&r.stderr));
+    let expected_fs = if supermachine_lab::detect() == supermachine_lab::KvmHost::Hardware {
+        // Run directly: TMPDIR is whatever the host has.
+        stdout.lines().nth(1).unwrap_or("").to_string()
+    } else {
+        "tmpfs".to_string()
+    };
+    assert_eq!(stdout, format!("from-host\n{expected_fs}\n"));
 }
