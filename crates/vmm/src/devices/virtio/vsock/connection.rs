@@ -47,6 +47,12 @@ pub struct Connection {
     pub host_eof_told: bool,
     /// The guest will send no more: shut the host socket's write side once drained.
     pub guest_done_sending: bool,
+    /// The guest closed its end (SHUTDOWN both ways, or RST) while guest
+    /// data was still waiting for the host: the connection lives on only
+    /// until that data is written, so a slow host reader loses nothing.
+    pub guest_closed: bool,
+    /// The guest's close was a RST, which needs no RST back.
+    pub guest_reset: bool,
     /// Interest currently registered with epoll (IN, OUT bits).
     pub registered: (bool, bool),
     /// Whether the stream's fd is in the epoll set at all.
@@ -82,6 +88,8 @@ impl Connection {
             host_eof: false,
             host_eof_told: false,
             guest_done_sending: false,
+            guest_closed: false,
+            guest_reset: false,
             registered: (false, false),
             in_epoll: false,
             host_hung_up: false,
@@ -141,7 +149,7 @@ impl Connection {
     /// Whether enough was forwarded since the last announcement that the
     /// guest (possibly blocked on credit) should hear about it.
     pub fn credit_update_due(&self) -> bool {
-        self.fwd_cnt.wrapping_sub(self.fwd_cnt_announced) >= TX_BUF_CAP / 4
+        !self.guest_closed && self.fwd_cnt.wrapping_sub(self.fwd_cnt_announced) >= TX_BUF_CAP / 4
     }
 
     /// Reads host data while there is room. Sets `host_eof` at end of stream.
@@ -160,9 +168,14 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether everything the guest sent has reached the host socket.
+    pub fn drained(&self) -> bool {
+        self.to_host.is_empty() && self.preamble.is_empty()
+    }
+
     /// Host data that may be sent to the guest now.
     pub fn sendable(&self) -> usize {
-        if self.state != State::Established {
+        if self.state != State::Established || self.guest_closed {
             return 0;
         }
         self.to_guest.len().min(self.peer_credit() as usize)
@@ -170,8 +183,10 @@ impl Connection {
 
     /// Epoll interest this connection needs: (readable, writable).
     pub fn wanted_interest(&self) -> (bool, bool) {
-        let read =
-            self.state == State::Established && !self.host_eof && self.to_guest.len() < RX_BUF_CAP;
+        let read = self.state == State::Established
+            && !self.guest_closed
+            && !self.host_eof
+            && self.to_guest.len() < RX_BUF_CAP;
         (read, !self.to_host.is_empty() || !self.preamble.is_empty())
     }
 }

@@ -129,7 +129,7 @@ impl Muxer {
                 let ok = format!("OK {}\n", conn.local_port);
                 conn.preamble.extend(ok.as_bytes());
             }
-            OP_RW if conn.state == State::Established => {
+            OP_RW if conn.state == State::Established && !conn.guest_closed => {
                 if conn.host_hung_up {
                     // Nobody on the host side will ever read it.
                     self.drop_conn(key);
@@ -155,16 +155,16 @@ impl Muxer {
                 }
                 if flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == (SHUTDOWN_SEND | SHUTDOWN_RCV) {
                     // The guest closed its socket: hand over what it sent, then end.
-                    let _ = conn.flush_to_host();
-                    self.drop_conn(key);
-                    self.reset_guest(key.0, key.1);
-                    return;
+                    conn.guest_done_sending = true;
+                    conn.guest_closed = true;
+                    return self.close_when_drained(key);
                 }
             }
             OP_RST => {
-                let _ = conn.flush_to_host();
-                self.drop_conn(key);
-                return;
+                conn.guest_done_sending = true;
+                conn.guest_closed = true;
+                conn.guest_reset = true;
+                return self.close_when_drained(key);
             }
             _ => {
                 self.drop_conn(key);
@@ -224,9 +224,30 @@ impl Muxer {
             if failed {
                 self.drop_conn(key);
                 self.reset_guest(key.0, key.1);
+            } else if conn.guest_closed {
+                self.close_when_drained(key);
             } else {
                 self.after_io(key);
             }
+        }
+    }
+
+    /// For a connection the guest closed: writes what it sent to the host
+    /// and ends the connection once all of it is written (or the host is
+    /// gone); until then the host socket stays registered for writing.
+    fn close_when_drained(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let failed = conn.flush_to_host().is_err() || conn.host_hung_up;
+        if failed || conn.drained() {
+            let reset = !conn.guest_reset;
+            self.drop_conn(key);
+            if reset {
+                self.reset_guest(key.0, key.1);
+            }
+        } else {
+            self.after_io(key);
         }
     }
 
@@ -378,6 +399,7 @@ impl Muxer {
                 break;
             }
             if conn.state == State::Established
+                && !conn.guest_closed
                 && conn.host_eof
                 && !conn.host_eof_told
                 && conn.to_guest.is_empty()
@@ -410,6 +432,7 @@ impl Muxer {
             || self.conns.values().any(|c| {
                 c.sendable() > 0
                     || (c.state == State::Established
+                        && !c.guest_closed
                         && c.host_eof
                         && !c.host_eof_told
                         && c.to_guest.is_empty())
