@@ -1,11 +1,18 @@
 //! One `Exec` connection: start the process, stream its output, feed its
 //! stdin, report how it ended.
 //!
-//! Threads per exec: this one (waits for the exit status), one per output
-//! pipe, one reading host frames. Output frames share the socket behind a
-//! mutex, one whole frame per lock. Every stream is bounded: a slow host
-//! stalls the output pipes and so the child, and a child that does not
-//! read stdin stalls the host's stdin frames.
+//! Threads per exec: this one (waits for the exit status and enforces the
+//! timeout), one polling the output fds ([`exec_io::pump_output`]), one
+//! reading host frames ([`exec_io::pump_input`]). Output frames share the
+//! socket behind a mutex, one whole frame per lock. Every stream is
+//! bounded: a slow host stalls the output pipes and so the child, and a
+//! child that does not read stdin stalls the host's stdin frames.
+//!
+//! The exec ends when its main process has exited: output still readable
+//! then is forwarded for a short grace period (a daemon the child started
+//! may hold the pipes open forever), then `Exited` is sent and every fd
+//! and thread of the exec is released. Processes the child left behind
+//! keep running, as they would after a shell command.
 //!
 //! If the host goes away before `Exited` (connection closed, reset, or a
 //! malformed frame), the child's whole process group is SIGKILLed: nothing
@@ -13,45 +20,129 @@
 //! away, so the host must end stdin with `CloseStdin`, never by
 //! half-closing its side of the socket.
 
-use crate::reaper;
-use crate::spawn::{self, Child, SpawnError};
+use crate::exec_io::{self, Input, Output};
+use crate::spawn::{self, Child, ChildIo, SpawnError};
 use crate::transport::Stream;
-use std::fs::File;
-use std::io::{self, Read, Write};
+use crate::{pty, reaper, sys};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use supermachine_protocol::{
-    read_frame, write_frame, AgentMessage, ErrorKind, ExecRequest, FrameError, HostMessage,
-    MAX_CHUNK,
+    write_frame, AgentMessage, ErrorKind, ExecRequest, ExitStatus, FrameError,
 };
 
 /// The socket's write side, shared by every thread of one exec.
-type Writer = Arc<Mutex<Stream>>;
+pub type Writer = Arc<Mutex<Stream>>;
 
-fn send(writer: &Writer, msg: &AgentMessage) -> Result<(), FrameError> {
+pub fn send(writer: &Writer, msg: &AgentMessage) -> Result<(), FrameError> {
     let stream = writer.lock().unwrap_or_else(|e| e.into_inner());
     write_frame(&mut &*stream, msg)
 }
 
-/// The child's process group, killable until the exec is reported done.
-struct Group {
-    pgid: libc::pid_t,
-    finished: Mutex<bool>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The main process runs: signals go to it.
+    Running,
+    /// The main process was reaped; its pid may be reused, but the group
+    /// id stays reserved while any member lives, so the group can still
+    /// be killed.
+    Reaped,
+    /// `Exited` is being sent: the exec is over, nothing is killed.
+    Done,
+    /// The host went away or broke the protocol; the group was killed and
+    /// nothing more is sent.
+    Aborted,
+}
+
+/// The child's process group and where the exec stands.
+pub struct Group {
+    pid: libc::pid_t,
+    /// The PTY master, when there is one: signals go to its foreground group.
+    pty: Option<Arc<OwnedFd>>,
+    state: Mutex<State>,
 }
 
 impl Group {
-    fn finished(&self) -> MutexGuard<'_, bool> {
-        self.finished.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Kills every process in the group, unless `Exited` was already sent:
-    /// after that the group id may belong to someone else.
-    fn kill(&self) {
-        let finished = self.finished();
-        if !*finished {
-            // SAFETY: plain syscall; ESRCH (group already gone) is fine.
-            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+    /// Sends `sig` to the process (with a PTY: to the terminal's
+    /// foreground group), while it runs. Numbers that are no signal are
+    /// ignored: kill(2) refuses them with EINVAL.
+    pub fn signal(&self, sig: i32) {
+        let state = self.state();
+        if *state != State::Running || !(1..=libc::SIGRTMAX()).contains(&sig) {
+            return;
         }
+        let target = match self
+            .pty
+            .as_deref()
+            .and_then(|m| pty::foreground_group(m.as_fd()))
+        {
+            Some(pgrp) => -pgrp,
+            None => self.pid,
+        };
+        // SAFETY: plain syscall; the state lock keeps the pid ours.
+        unsafe { libc::kill(target, sig) };
+    }
+
+    /// SIGKILLs the whole group while the exec is not over.
+    fn kill(&self) {
+        let state = self.state();
+        if matches!(*state, State::Running | State::Reaped) {
+            self.kill_groups();
+        }
+    }
+
+    /// SIGKILLs the child's group and, with a PTY, the terminal's
+    /// foreground group, which is another one when an interactive shell
+    /// runs a job. (Background jobs of such a shell get the terminal's
+    /// SIGHUP when the master closes.) Call with the state locked.
+    fn kill_groups(&self) {
+        let fg = self
+            .pty
+            .as_deref()
+            .and_then(|m| pty::foreground_group(m.as_fd()));
+        // SAFETY: plain syscalls; ESRCH (group already gone) is fine.
+        unsafe {
+            libc::kill(-self.pid, libc::SIGKILL);
+            if let Some(fg) = fg.filter(|&fg| fg != self.pid) {
+                libc::kill(-fg, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// The host is gone: kill the group and stop reporting. Returns
+    /// whether this call ended the exec (false when it was already over).
+    pub fn abort(&self) -> bool {
+        let mut state = self.state();
+        if !matches!(*state, State::Running | State::Reaped) {
+            return false;
+        }
+        self.kill_groups();
+        *state = State::Aborted;
+        true
+    }
+
+    fn reaped(&self) {
+        let mut state = self.state();
+        if *state == State::Running {
+            *state = State::Reaped;
+        }
+    }
+
+    /// Marks the exec over; false if it was aborted (send nothing then).
+    fn finish(&self) -> bool {
+        let mut state = self.state();
+        if *state == State::Aborted {
+            return false;
+        }
+        *state = State::Done;
+        true
     }
 }
 
@@ -64,13 +155,41 @@ pub fn run(stream: Stream, req: ExecRequest) {
             return;
         }
     };
-    let argv0 = req.argv.first().cloned().unwrap_or_default();
-    let child = match spawn::spawn(&req) {
-        Ok(child) => child,
-        Err(e) => return report_spawn_error(&writer, &argv0, e),
-    };
-    serve_child(stream, writer, child);
+    let argv0 = req.argv.first().map_or("", String::as_str);
+    if req.detach {
+        return detach(&writer, &req, argv0);
+    }
+    match spawn::spawn(&req) {
+        Ok(child) => serve_child(stream, writer, child, &req),
+        Err(e) => report_spawn_error(&writer, argv0, e),
+    }
     // Dropping `stream` and the last writer closes the connection.
+}
+
+/// Starts a process nobody waits for: `Started`, then the connection
+/// closes. Its exit status goes to a dropped receiver, which the reaper
+/// tolerates, so it is reaped like any orphan.
+fn detach(writer: &Writer, req: &ExecRequest, argv0: &str) {
+    let conflict = [
+        (req.pty.is_some(), "pty"),
+        (req.stdin, "stdin"),
+        (req.timeout_ms.is_some(), "timeout_ms"),
+    ];
+    if let Some((_, what)) = conflict.iter().find(|(set, _)| *set) {
+        let message = format!("a detached exec cannot have {what}");
+        return refuse(writer, ErrorKind::BadRequest, message);
+    }
+    match spawn::spawn(req) {
+        Ok(child) => {
+            let _ = send(
+                writer,
+                &AgentMessage::Started {
+                    pid: child.pid as u32,
+                },
+            );
+        }
+        Err(e) => report_spawn_error(writer, argv0, e),
+    }
 }
 
 /// Answers an exec that never started, the way a shell would where one
@@ -79,18 +198,14 @@ fn report_spawn_error(writer: &Writer, argv0: &str, e: SpawnError) {
     let (stderr, code) = match e {
         SpawnError::NotFound => (format!("{argv0}: not found\n"), 127),
         SpawnError::NotExecutable(why) => (format!("{argv0}: {why}\n"), 126),
-        SpawnError::BadRequest(message) => return refuse(writer, ErrorKind::BadRequest, message),
-        SpawnError::Failed(message) => return refuse(writer, ErrorKind::Failed, message),
+        SpawnError::Refused(kind, message) => return refuse(writer, kind, message),
     };
-    let _ = send(writer, &AgentMessage::Stderr(stderr.into_bytes())).and_then(|()| {
-        send(
-            writer,
-            &AgentMessage::Exited {
-                code: Some(code),
-                signal: None,
-            },
-        )
+    let exited = AgentMessage::Exited(ExitStatus {
+        code: Some(code),
+        ..Default::default()
     });
+    let _ = send(writer, &AgentMessage::Stderr(stderr.into_bytes()))
+        .and_then(|()| send(writer, &exited));
 }
 
 /// Answers with an error instead of starting anything.
@@ -98,127 +213,131 @@ fn refuse(writer: &Writer, kind: ErrorKind, message: String) {
     let _ = send(writer, &AgentMessage::Error { kind, message });
 }
 
-fn serve_child(stream: Stream, writer: Writer, child: Child) {
-    let Child {
-        pid,
-        stdin,
-        stdout,
-        stderr,
-        status,
-    } = child;
+fn serve_child(stream: Stream, writer: Writer, child: Child, req: &ExecRequest) {
+    let Child { pid, io, status } = child;
+    // Split the child's stdio into what each thread owns. `hold` is the
+    // PTY slave, closed once the child is reaped (see `ChildIo::Pty`).
+    let (outputs, input, pty_master, hold) = match io {
+        ChildIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let outputs = vec![
+                Output::stdout(Arc::new(stdout), req.stdout_limit),
+                Output::stderr(Arc::new(stderr), req.stderr_limit),
+            ];
+            (outputs, Input::Pipe(stdin), None, None)
+        }
+        ChildIo::Pty { master, slave } => {
+            let master = Arc::new(master);
+            let outputs = vec![Output::stdout(master.clone(), req.stdout_limit)];
+            let input = Input::Pty {
+                master: master.clone(),
+                enabled: req.stdin,
+            };
+            (outputs, input, Some(master), Some(slave))
+        }
+        // `run` handles detached execs before spawning.
+        ChildIo::Detached => return,
+    };
     let group = Arc::new(Group {
-        pgid: pid,
-        finished: Mutex::new(false),
+        pid,
+        pty: pty_master,
+        state: Mutex::new(State::Running),
     });
     if send(&writer, &AgentMessage::Started { pid: pid as u32 }).is_err() {
-        return group.kill();
+        group.abort();
+        return;
     }
 
-    let mut pumps: Vec<JoinHandle<()>> = Vec::with_capacity(2);
-    for (pipe, stdout) in [(stdout, true), (stderr, false)] {
-        let (w, g) = (writer.clone(), group.clone());
-        match thread("exec-out", move || pump_output(pipe, stdout, &w, &g)) {
-            Ok(handle) => pumps.push(handle),
-            Err(e) => return abandon(&stream, &writer, &group, e),
-        }
-    }
+    // Closed (dropped) once the main process is reaped: the output thread
+    // then starts its grace period, the input thread stops writing stdin.
+    let (exited_r, exited_w) = match sys::pipe() {
+        Ok(pair) => pair,
+        Err(e) => return abandon(&stream, &writer, &group, e),
+    };
+    let exited_r2 = match exited_r.try_clone() {
+        Ok(fd) => fd,
+        Err(e) => return abandon(&stream, &writer, &group, e),
+    };
+    let (w, g) = (writer.clone(), group.clone());
+    let output = match thread("exec-out", move || {
+        exec_io::pump_output(outputs, exited_r, &w, &g)
+    }) {
+        Ok(handle) => handle,
+        Err(e) => return abandon(&stream, &writer, &group, e),
+    };
     let reader = match stream.try_clone() {
         Ok(reader) => reader,
         Err(e) => return abandon(&stream, &writer, &group, e),
     };
     let (w, g) = (writer.clone(), group.clone());
-    if let Err(e) = thread("exec-in", move || pump_input(reader, stdin, &w, &g)) {
+    if let Err(e) = thread("exec-in", move || {
+        exec_io::pump_input(reader, input, exited_r2, &w, &g)
+    }) {
         return abandon(&stream, &writer, &group, e);
     }
 
-    // The sender lives in the reaper's map until the child is reaped, so
-    // an error here cannot happen; report "unknown" rather than hang.
-    let (code, signal) = status.recv().map_or((None, None), reaper::decode);
-    for pump in pumps {
-        let _ = pump.join();
+    let deadline = req
+        .timeout_ms
+        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
+    let (raw, timed_out) = wait(&status, deadline, &group);
+    group.reaped();
+    drop(hold);
+    drop(exited_w);
+    let dropped = output.join().unwrap_or_default();
+    let (code, signal) = raw.map_or((None, None), reaper::decode);
+    let exited = AgentMessage::Exited(ExitStatus {
+        code,
+        signal,
+        timed_out,
+        stdout_dropped: dropped.stdout,
+        stderr_dropped: dropped.stderr,
+    });
+    if group.finish() {
+        let _ = send(&writer, &exited);
     }
-    *group.finished() = true;
-    let _ = send(&writer, &AgentMessage::Exited { code, signal });
-    // Wakes the input thread, which sees `finished` and leaves quietly.
+    // Wakes the input thread, which sees the exec is over and leaves.
     stream.shutdown();
+}
+
+/// Waits for the main process's raw status, SIGKILLing the group when
+/// `deadline` passes first. Returns the status (`None` only if the reaper
+/// dropped the channel, which it does not) and whether the timeout fired.
+fn wait(
+    status: &Receiver<reaper::WaitStatus>,
+    deadline: Option<Instant>,
+    group: &Group,
+) -> (Option<reaper::WaitStatus>, bool) {
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match status.recv_timeout(left) {
+            Ok(raw) => return (Some(raw), false),
+            Err(RecvTimeoutError::Disconnected) => return (None, false),
+            Err(RecvTimeoutError::Timeout) => {
+                group.kill();
+                return (status.recv().ok(), true);
+            }
+        }
+    }
+    (status.recv().ok(), false)
 }
 
 /// Gives up on an exec the agent cannot serve (out of threads, fds).
 fn abandon(stream: &Stream, writer: &Writer, group: &Group, e: io::Error) {
-    group.kill();
-    let message = format!("exec: {e}");
-    let _ = send(
-        writer,
-        &AgentMessage::Error {
-            kind: ErrorKind::Failed,
-            message,
-        },
-    );
+    if group.abort() {
+        refuse(writer, ErrorKind::Failed, format!("exec: {e}"));
+    }
     stream.shutdown();
 }
 
-fn thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+fn thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<JoinHandle<T>> {
     std::thread::Builder::new()
         .name(name.into())
         .stack_size(128 * 1024)
         .spawn(f)
-}
-
-/// Copies one output pipe into frames until EOF.
-fn pump_output(mut pipe: File, stdout: bool, writer: &Writer, group: &Group) {
-    let mut buf = vec![0u8; MAX_CHUNK];
-    loop {
-        let n = match pipe.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        let data = buf[..n].to_vec();
-        let msg = if stdout {
-            AgentMessage::Stdout(data)
-        } else {
-            AgentMessage::Stderr(data)
-        };
-        if send(writer, &msg).is_err() {
-            // The host is gone; dropping the pipe makes late writers fail
-            // too, should anything survive the kill.
-            return group.kill();
-        }
-    }
-}
-
-/// Reads host frames: stdin data, end of stdin, or the end of the host.
-fn pump_input(reader: Stream, mut stdin: Option<File>, writer: &Writer, group: &Group) {
-    loop {
-        match read_frame::<HostMessage, _>(&mut &reader) {
-            Ok(HostMessage::Stdin(data)) => {
-                // A child that closed its stdin just loses the rest, as
-                // with a shell pipe; stdin frames without `stdin: true`
-                // are dropped the same way.
-                if let Some(pipe) = stdin.as_mut() {
-                    if pipe.write_all(&data).is_err() {
-                        stdin = None;
-                    }
-                }
-            }
-            Ok(HostMessage::CloseStdin) => stdin = None,
-            Err(e) => {
-                let done = *group.finished();
-                if !done {
-                    if matches!(e, FrameError::Decode(_) | FrameError::TooLarge(_)) {
-                        let message = format!("bad frame during exec: {e}");
-                        let msg = AgentMessage::Error {
-                            kind: ErrorKind::BadRequest,
-                            message,
-                        };
-                        let _ = send(writer, &msg);
-                    }
-                    group.kill();
-                    reader.shutdown();
-                }
-                return;
-            }
-        }
-    }
 }

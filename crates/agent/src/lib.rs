@@ -11,12 +11,20 @@
 
 pub mod boot;
 pub mod cmdline;
+pub mod env;
 pub mod exec;
+pub mod exec_io;
+pub mod files;
 pub mod power;
+pub mod probe;
+pub mod pty;
 pub mod reaper;
 pub mod server;
 pub mod spawn;
+pub mod sys;
 pub mod transport;
+pub mod user;
+pub mod write_file;
 
 /// Version reported to the host in `Ready` and `Version`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -16,7 +16,7 @@ use supermachine_agent::power::{self, Action};
 use supermachine_agent::server::{self, OnShutdown};
 use supermachine_agent::transport::{self, Listener};
 use supermachine_agent::{boot, cmdline, log, reaper, AGENT_VERSION};
-use supermachine_protocol::{write_frame, AgentMessage, AGENT_PORT, READY_PORT};
+use supermachine_protocol::{write_frame, AgentMessage, AGENT_PORT, PROTOCOL_VERSION, READY_PORT};
 
 /// Signals PID 1 acts on, besides SIGCHLD (busybox init's meanings, so the
 /// guest's own `poweroff`, `halt` and `reboot` work).
@@ -158,6 +158,7 @@ fn listen_vsock() -> Listener {
 /// Tells the host the agent is up: one `Ready` frame on `READY_PORT`.
 fn announce_ready() {
     let ready = AgentMessage::Ready {
+        protocol: PROTOCOL_VERSION,
         agent_version: AGENT_VERSION.to_string(),
     };
     let mut last = String::new();

@@ -2,7 +2,7 @@
 
 use crate::power::{self, Action};
 use crate::transport::{Listener, Stream};
-use crate::{exec, AGENT_VERSION};
+use crate::{exec, files, probe, write_file, AGENT_VERSION};
 use std::time::Duration;
 use supermachine_protocol::{
     read_frame, write_frame, AgentMessage, ErrorKind, FrameError, Hello, Request, PROTOCOL_VERSION,
@@ -69,6 +69,19 @@ fn handle(stream: Stream, on_shutdown: OnShutdown) {
             agent_version: AGENT_VERSION.to_string(),
         },
         Request::Exec(req) => return exec::run(stream, req),
+        Request::WriteFile(req) => return write_file::write_file(&stream, &req),
+        Request::ReadFile { path } => return files::read_file(&stream, &path),
+        Request::Stat { path } => return files::stat(&stream, &path),
+        Request::Mkdir {
+            path,
+            mode,
+            parents,
+        } => return files::mkdir(&stream, &path, mode, parents),
+        Request::Remove { path, recursive } => return files::remove(&stream, &path, recursive),
+        Request::List { path } => return files::list(&stream, &path),
+        Request::MeasureSpawn { argv, iterations } => {
+            return probe::measure_spawn(&stream, argv, iterations)
+        }
         Request::Shutdown { reboot } => {
             let _ = write_frame(&mut &stream, &AgentMessage::ShuttingDown);
             stream.shutdown();

@@ -7,60 +7,151 @@
 //! between a fast-exiting child and its registration.
 
 use crate::reaper::{self, Forked, WaitStatus};
+use crate::user::{self, User, UserError};
+use crate::{env, pty, sys};
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::mpsc::Receiver;
-use supermachine_protocol::ExecRequest;
-
-/// Environment every exec starts from; request entries override or extend it.
-pub const BASE_ENV: &[(&str, &str)] = &[
-    (
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ),
-    ("HOME", "/root"),
-    ("TERM", "linux"),
-];
+use supermachine_protocol::{ErrorKind, ExecRequest};
 
 /// A started process. Its pid is also its process group and session id.
 pub struct Child {
     pub pid: libc::pid_t,
-    /// Write end of the child's stdin; `None` when stdin is /dev/null.
-    pub stdin: Option<File>,
-    pub stdout: File,
-    pub stderr: File,
+    pub io: ChildIo,
     /// Yields the raw wait status once, from the reaper.
     pub status: Receiver<WaitStatus>,
+}
+
+/// The agent's ends of the child's stdio. Every fd here is non-blocking.
+pub enum ChildIo {
+    Pipes {
+        /// Write end of the child's stdin; `None` when stdin is /dev/null.
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty {
+        master: OwnedFd,
+        /// The agent's copy of the terminal, held until the child is
+        /// reaped: the master only reports EOF (EIO) once no slave is
+        /// open, so this keeps a fast-exiting child's output from racing
+        /// with that EOF.
+        slave: OwnedFd,
+    },
+    /// stdin /dev/null, stdout and stderr the agent's own (the console).
+    Detached,
 }
 
 /// Why a process could not be started.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SpawnError {
-    /// The request itself is unusable (empty argv, NUL bytes, ...).
-    BadRequest(String),
     /// No such program: a shell's exit code 127.
     NotFound,
     /// Found but cannot be executed: a shell's exit code 126. Holds the reason.
     NotExecutable(String),
-    /// Anything else (bad cwd, out of processes, ...).
-    Failed(String),
+    /// Anything else (bad request, unknown user, bad cwd, out of
+    /// processes, ...), answered with an `Error` frame of this kind.
+    Refused(ErrorKind, String),
+}
+
+fn bad_request(message: impl Into<String>) -> SpawnError {
+    SpawnError::Refused(ErrorKind::BadRequest, message.into())
+}
+
+fn failed(what: &str, e: io::Error) -> SpawnError {
+    SpawnError::Refused(ErrorKind::Failed, format!("{what}: {}", sys::describe(&e)))
 }
 
 /// Where the child failed, reported through the exec-error pipe.
 const STEP_CHDIR: i32 = 1;
 const STEP_EXEC: i32 = 2;
+const STEP_USER: i32 = 3;
+const STEP_TTY: i32 = 4;
+
+/// The child's fds 0-2 and what the agent keeps.
+struct Stdio {
+    parent: ChildIo,
+    child: [RawFd; 3],
+    /// The child's ends, owned here until the fork is done.
+    child_owned: Vec<OwnedFd>,
+    /// The terminal the child makes its controlling TTY.
+    ctty: Option<RawFd>,
+}
+
+fn stdio(req: &ExecRequest, user: Option<&User>) -> Result<Stdio, SpawnError> {
+    let nonblocking =
+        |fd: &OwnedFd, what: &str| sys::set_nonblocking(fd.as_fd()).map_err(|e| failed(what, e));
+    if req.detach {
+        let null = sys::dev_null().map_err(|e| failed("/dev/null", e))?;
+        return Ok(Stdio {
+            parent: ChildIo::Detached,
+            child: [null.as_raw_fd(), 1, 2],
+            child_owned: vec![null],
+            ctty: None,
+        });
+    }
+    if let Some(size) = req.pty {
+        let pty = pty::open(size).map_err(|e| failed("open pty", e))?;
+        nonblocking(&pty.master, "pty")?;
+        if let Some(u) = user {
+            // What grantpt would do: the user owns its terminal, so it can
+            // reopen it (/dev/tty, `tty`-using programs) and chmod it.
+            // SAFETY: plain syscall on a live fd; -1 keeps the group.
+            unsafe { libc::fchown(pty.slave.as_raw_fd(), u.uid, u32::MAX) };
+        }
+        let fd = pty.slave.as_raw_fd();
+        return Ok(Stdio {
+            parent: ChildIo::Pty {
+                master: pty.master,
+                slave: pty.slave,
+            },
+            child: [fd; 3],
+            child_owned: Vec::new(),
+            ctty: Some(fd),
+        });
+    }
+    let (stdin_child, stdin) = if req.stdin {
+        let (r, w) = sys::pipe().map_err(|e| failed("stdin pipe", e))?;
+        nonblocking(&w, "stdin pipe")?;
+        (r, Some(w))
+    } else {
+        (sys::dev_null().map_err(|e| failed("/dev/null", e))?, None)
+    };
+    let (stdout, stdout_child) = sys::pipe().map_err(|e| failed("stdout pipe", e))?;
+    let (stderr, stderr_child) = sys::pipe().map_err(|e| failed("stderr pipe", e))?;
+    nonblocking(&stdout, "stdout pipe")?;
+    nonblocking(&stderr, "stderr pipe")?;
+    Ok(Stdio {
+        parent: ChildIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        },
+        child: [
+            stdin_child.as_raw_fd(),
+            stdout_child.as_raw_fd(),
+            stderr_child.as_raw_fd(),
+        ],
+        child_owned: vec![stdin_child, stdout_child, stderr_child],
+        ctty: None,
+    })
+}
 
 /// Starts `req` in a new session.
 pub fn spawn(req: &ExecRequest) -> Result<Child, SpawnError> {
-    let argv0 = req
-        .argv
-        .first()
-        .ok_or_else(|| SpawnError::BadRequest("empty argv".into()))?;
-    let env = merge_env(&req.env)?;
+    let argv0 = req.argv.first().ok_or_else(|| bad_request("empty argv"))?;
+    let user = match req.user.as_deref() {
+        None => None,
+        Some(spec) => Some(user::resolve(spec).map_err(|e| match e {
+            UserError::NotFound(m) => SpawnError::Refused(ErrorKind::NotFound, m),
+            UserError::Invalid(m) => bad_request(m),
+        })?),
+    };
+    let env = env::build_env(req, user.as_ref())?;
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
@@ -91,29 +182,13 @@ pub fn spawn(req: &ExecRequest) -> Result<Child, SpawnError> {
         .chain(std::iter::once(std::ptr::null()))
         .collect();
 
-    let failed = |what: &str, e: io::Error| SpawnError::Failed(format!("{what}: {e}"));
-    let (stdin_child, stdin) = if req.stdin {
-        let (r, w) = pipe().map_err(|e| failed("stdin pipe", e))?;
-        (r, Some(File::from(w)))
-    } else {
-        (
-            File::open("/dev/null")
-                .map_err(|e| failed("/dev/null", e))?
-                .into(),
-            None,
-        )
-    };
-    let (stdout, stdout_child) = pipe().map_err(|e| failed("stdout pipe", e))?;
-    let (stderr, stderr_child) = pipe().map_err(|e| failed("stderr pipe", e))?;
-    let (err_r, err_w) = pipe().map_err(|e| failed("pipe", e))?;
-
+    let io = stdio(req, user.as_ref())?;
+    let (err_r, err_w) = sys::pipe().map_err(|e| failed("pipe", e))?;
     let setup = ChildSetup {
-        stdio: [
-            stdin_child.as_raw_fd(),
-            stdout_child.as_raw_fd(),
-            stderr_child.as_raw_fd(),
-        ],
+        stdio: io.child,
+        ctty: io.ctty,
         report: err_w.as_raw_fd(),
+        user: user.as_ref(),
         cwd: &cwd,
         program: &program,
         argv: &argv_ptrs,
@@ -127,7 +202,7 @@ pub fn spawn(req: &ExecRequest) -> Result<Child, SpawnError> {
         Err(e) => return Err(failed("fork", e)),
     };
     // Close our copies of the child's ends, so EOFs arrive when it exits.
-    drop((stdin_child, stdout_child, stderr_child, err_w));
+    drop((io.child_owned, err_w));
 
     // The error pipe closes on a successful exec (CLOEXEC) and carries
     // (step, errno) otherwise. On failure the child's status goes to a
@@ -139,37 +214,47 @@ pub fn spawn(req: &ExecRequest) -> Result<Child, SpawnError> {
     if report.len() == 8 {
         let step = i32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        return Err(child_error(step, errno, argv0, cwd_str));
+        return Err(child_error(step, errno, req, cwd_str));
     } else if !report.is_empty() {
-        return Err(SpawnError::Failed(format!("{argv0}: child setup failed")));
+        return Err(SpawnError::Refused(
+            ErrorKind::Failed,
+            format!("{argv0}: child setup failed"),
+        ));
     }
     Ok(Child {
         pid,
-        stdin,
-        stdout: File::from(stdout),
-        stderr: File::from(stderr),
+        io: io.parent,
         status,
     })
 }
 
-fn child_error(step: i32, errno: i32, argv0: &str, cwd: &str) -> SpawnError {
-    let err = io::Error::from_raw_os_error(errno);
+fn child_error(step: i32, errno: i32, req: &ExecRequest, cwd: &str) -> SpawnError {
+    let err = sys::describe(&io::Error::from_raw_os_error(errno));
+    let argv0 = req.argv.first().map_or("", String::as_str);
+    let fail = |m: String| SpawnError::Refused(ErrorKind::Failed, m);
     match (step, errno) {
-        (STEP_CHDIR, _) => SpawnError::Failed(format!("chdir {cwd}: {err}")),
+        (STEP_CHDIR, _) => fail(format!("chdir {cwd}: {err}")),
+        (STEP_USER, _) => fail(format!(
+            "switch to user {}: {err}",
+            req.user.as_deref().unwrap_or("")
+        )),
+        (STEP_TTY, _) => fail(format!("set controlling terminal: {err}")),
         // ENOENT after a successful lookup: usually a missing ELF interpreter
         // or `#!` program; shells report that as 127 too.
         (_, libc::ENOENT) | (_, libc::ENOTDIR) => SpawnError::NotFound,
         (_, libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR | libc::ETXTBSY) => {
-            SpawnError::NotExecutable(err.to_string())
+            SpawnError::NotExecutable(err)
         }
-        _ => SpawnError::Failed(format!("exec {argv0}: {err}")),
+        _ => fail(format!("exec {argv0}: {err}")),
     }
 }
 
 /// Everything the child needs, prepared before forking (no allocation after).
 struct ChildSetup<'a> {
     stdio: [RawFd; 3],
+    ctty: Option<RawFd>,
     report: RawFd,
+    user: Option<&'a User>,
     cwd: &'a CStr,
     program: &'a CStr,
     argv: &'a [*const libc::c_char],
@@ -192,11 +277,33 @@ unsafe fn exec_child(s: &ChildSetup<'_>) -> ! {
         // Own session and process group, so the agent can kill the whole
         // tree with one kill(-pid) when the host goes away.
         libc::setsid();
+        // A new session has no terminal; this one becomes it, with the
+        // session as its foreground group (so ^C reaches the child).
+        if let Some(tty) = s.ctty {
+            if libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
+                report(s.report, STEP_TTY);
+            }
+        }
         // The agent keeps fds 0-2 open, so pipe fds are >= 3 and these
-        // dup2s cannot clobber each other.
+        // dup2s cannot clobber each other (a detached child's 1 and 2 are
+        // the agent's own, where dup2 onto itself is a no-op).
         for (target, &fd) in s.stdio.iter().enumerate() {
             libc::dup2(fd, target as RawFd);
         }
+        // Groups first, then gid, then uid: after setuid the rest would be
+        // refused. Raw syscalls: they change only this (the only) thread,
+        // without glibc's all-threads setxid machinery.
+        if let Some(u) = s.user {
+            let n = u.groups.len() as libc::c_long;
+            if libc::syscall(libc::SYS_setgroups, n, u.groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setgid, libc::c_long::from(u.gid)) != 0
+                || libc::syscall(libc::SYS_setuid, libc::c_long::from(u.uid)) != 0
+            {
+                report(s.report, STEP_USER);
+            }
+        }
+        // After the switch, so the user needs access to its directory, as
+        // with `su` or `docker exec -u`.
         if libc::chdir(s.cwd.as_ptr()) != 0 {
             report(s.report, STEP_CHDIR);
         }
@@ -215,26 +322,6 @@ unsafe fn report(fd: RawFd, step: i32) -> ! {
         libc::write(fd, buf.as_ptr().cast(), buf.len());
         libc::_exit(127)
     }
-}
-
-/// The base environment with the request's entries applied in order.
-fn merge_env(extra: &[(String, String)]) -> Result<Vec<(String, String)>, SpawnError> {
-    let mut env: Vec<(String, String)> = BASE_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    for (k, v) in extra {
-        if k.is_empty() || k.contains('=') {
-            return Err(SpawnError::BadRequest(format!(
-                "invalid environment variable name {k:?}"
-            )));
-        }
-        match env.iter_mut().find(|(key, _)| key == k) {
-            Some(entry) => entry.1 = v.clone(),
-            None => env.push((k.clone(), v.clone())),
-        }
-    }
-    Ok(env)
 }
 
 /// Finds the program like `execvp` would, reporting a shell's distinction
@@ -287,36 +374,12 @@ fn check(path: &str, cwd: Option<&str>) -> Result<(), SpawnError> {
 }
 
 fn cstring(s: String, what: &str) -> Result<CString, SpawnError> {
-    CString::new(s).map_err(|_| SpawnError::BadRequest(format!("{what} contains a NUL byte")))
-}
-
-/// A close-on-exec pipe as (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: writes two fds into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new fds that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    CString::new(s).map_err(|_| bad_request(format!("{what} contains a NUL byte")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_overrides_and_extends_the_base() {
-        let env = merge_env(&[("HOME".into(), "/home/x".into()), ("A".into(), "1".into())]);
-        let env = env.unwrap_or_default();
-        assert!(env.contains(&("HOME".into(), "/home/x".into())));
-        assert!(env.contains(&("A".into(), "1".into())));
-        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
-        assert!(matches!(
-            merge_env(&[("A=B".into(), "1".into())]),
-            Err(SpawnError::BadRequest(_))
-        ));
-    }
 
     #[test]
     fn resolve_follows_path_like_a_shell() {

@@ -9,14 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-/// Returns the result, or the current errno as an error when it is -1.
-fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {
-    if ret == T::from(-1) {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
+use crate::sys::cvt;
 
 /// A connected stream socket.
 #[derive(Debug)]

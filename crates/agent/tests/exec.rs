@@ -145,8 +145,8 @@ fn output_chunks_respect_max_chunk() {
                 assert!(d.len() <= MAX_CHUNK);
                 total += d.len();
             }
-            AgentMessage::Exited { code, .. } => {
-                assert_eq!(code, Some(0));
+            AgentMessage::Exited(status) => {
+                assert_eq!(status.code, Some(0));
                 break;
             }
             AgentMessage::Started { .. } => {}

@@ -116,3 +116,47 @@ fn shutdown_in_test_mode_answers_then_exits() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn measure_spawn_times_each_run_and_refuses_too_many() {
+    let agent = Agent::start();
+    let reply = agent.ask(Request::MeasureSpawn {
+        argv: vec!["true".into()],
+        iterations: 5,
+    });
+    match reply {
+        AgentMessage::SpawnTimes(times) => {
+            assert_eq!(times.len(), 5);
+            assert!(times.iter().all(|&ns| ns > 0), "{times:?}");
+        }
+        other => panic!("expected SpawnTimes, got {other:?}"),
+    }
+    let reply = agent.ask(Request::MeasureSpawn {
+        argv: vec!["no-such-program-sm".into()],
+        iterations: 1,
+    });
+    assert!(
+        matches!(
+            reply,
+            AgentMessage::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let reply = agent.ask(Request::MeasureSpawn {
+        argv: vec!["true".into()],
+        iterations: supermachine_protocol::MAX_SPAWN_PROBES + 1,
+    });
+    assert!(
+        matches!(
+            reply,
+            AgentMessage::Error {
+                kind: ErrorKind::BadRequest,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}

@@ -1,10 +1,19 @@
 //! `supermachine`: run commands in KVM microVMs.
 
+mod attach;
+mod cp;
+mod manage;
+mod options;
+mod tty;
+
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use options::{ExecOptions, VmOptions};
 use std::process::ExitCode;
-use std::time::Duration;
-use supermachine::{Disk, ExecRequest, Vm, VmConfig, VmOutcome};
+use supermachine::{Vm, VmOutcome};
+
+/// Exit code for the CLI's own failures (as `docker run` does), so they
+/// are not mistaken for the guest command's.
+const OWN_ERROR: u8 = 125;
 
 #[derive(Parser)]
 #[command(
@@ -14,7 +23,9 @@ use supermachine::{Disk, ExecRequest, Vm, VmConfig, VmOutcome};
     long_about = "Run commands in hardware-isolated KVM microVMs.\n\n\
         Each VM boots the supermachine guest kernel (build it once with `supermachine kernel build`) \
         with a root filesystem mounted read-only under a RAM-backed overlay: writes inside the VM \
-        never touch the image."
+        never touch the image.\n\n\
+        Foreground: `supermachine run -- CMD`. Background: `supermachine start` prints an id for \
+        `exec`, `cp`, `logs` and `stop`; `ps` lists running VMs."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,55 +36,80 @@ struct Cli {
 enum Command {
     /// Boot a VM, run a command in it, print its output, and exit with its exit code.
     ///
-    /// Without --rootfs the VM uses a small built-in root filesystem made from
-    /// Debian's busybox-static. The VM is powered off when the command ends.
-    Run(RunArgs),
+    /// The VM is powered off and removed when the command ends. Without --rootfs the VM
+    /// uses a small built-in root filesystem made from Debian's busybox-static.
+    Run {
+        #[command(flatten)]
+        vm: VmOptions,
+        #[command(flatten)]
+        exec: ExecOptions,
+        /// Remove the VM when the command ends. Always on (a foreground VM never outlives
+        /// its command); accepted for Docker compatibility.
+        #[arg(long)]
+        rm: bool,
+        /// The command to run, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Boot a VM in the background and print its id.
+    ///
+    /// The VM keeps running after this command exits, until `supermachine stop ID`.
+    /// A command given after `--` is started in it; its output goes to `supermachine logs ID`.
+    Start {
+        #[command(flatten)]
+        vm: VmOptions,
+        /// Environment variable for every exec in this VM, NAME=VALUE (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// A command to start in the background.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Run a command in a running VM.
+    Exec {
+        #[command(flatten)]
+        exec: ExecOptions,
+        /// The VM's id (see `supermachine ps`).
+        id: String,
+        /// The command to run, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Copy files or directories between the host and a running VM.
+    ///
+    /// One side is `ID:/path/in/guest`, the other a host path:
+    /// `supermachine cp ./app ID:/srv/app`, `supermachine cp ID:/var/log/app.log .`
+    /// A destination that is an existing directory receives the source under its own name.
+    Cp {
+        /// Source: a host path or ID:/guest/path.
+        src: String,
+        /// Destination: a host path or ID:/guest/path.
+        dst: String,
+    },
+    /// List running VMs.
+    Ps {
+        /// Print JSON (one object per VM) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop running VMs (clean guest poweroff, forced after 10 s).
+    Stop {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Print a VM's serial console: kernel and agent messages, and the output of the
+    /// command given to `start`.
+    Logs {
+        id: String,
+        /// Keep printing new output until the VM stops.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Build or locate the guest kernel.
     Kernel {
         #[command(subcommand)]
         action: KernelAction,
     },
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Root filesystem image (ext4 or EROFS). Default: the built-in busybox one.
-    #[arg(long, value_name = "IMG")]
-    rootfs: Option<PathBuf>,
-    /// Extra raw disk image, seen in the guest as /dev/vdb, /dev/vdc, …
-    /// Append `:ro` for read-only. Writes go straight to the file (sparse files stay sparse).
-    #[arg(long = "disk", value_name = "PATH[:ro]")]
-    disks: Vec<String>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256, value_name = "MiB")]
-    memory: u64,
-    /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    vcpus: u8,
-    /// Guest kernel (vmlinux). Default: the cached build.
-    #[arg(long, value_name = "PATH")]
-    kernel: Option<PathBuf>,
-    /// Extra guest kernel argument (repeatable).
-    #[arg(long = "kernel-arg", value_name = "ARG")]
-    kernel_args: Vec<String>,
-    /// Environment variable for the command, NAME=VALUE (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
-    env: Vec<String>,
-    /// Keep stdin open: stream this command's standard input to the guest command.
-    #[arg(short = 'i', long = "interactive")]
-    interactive: bool,
-    /// Working directory inside the guest.
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    workdir: Option<String>,
-    /// Seconds to wait for the VM to boot.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
-    boot_timeout: u64,
-    /// Show the guest's console (kernel and agent messages) on stderr.
-    #[arg(long)]
-    console: bool,
-    /// The command to run, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -86,8 +122,57 @@ enum KernelAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(args) => run(args),
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("supermachine: cannot start the async runtime: {e}");
+            return ExitCode::from(OWN_ERROR);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    // A blocking read of stdin (for -i) cannot be cancelled: do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("supermachine: {e}");
+            ExitCode::from(OWN_ERROR)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<i32, supermachine::Error> {
+    match command {
+        Command::Run {
+            vm,
+            exec,
+            rm: _,
+            command,
+        } => run(vm, exec, command).await,
+        Command::Start { vm, env, command } => {
+            let (image, mut config) = vm.into_config()?;
+            config.env = options::parse_env(&env)?;
+            let info = Vm::start_detached(&image, &config, &command).await?;
+            println!("{}", info.id);
+            Ok(0)
+        }
+        Command::Exec { exec, id, command } => {
+            let vm = Vm::attach(&id)?;
+            let tty = exec.tty;
+            let child = exec.builder(&vm, command)?.spawn().await?;
+            match attach::attach(child, exec.interactive, tty).await {
+                Ok(status) => Ok(status.shell_code()),
+                Err(e) => Err(vm.explain_lost(e).await),
+            }
+        }
+        Command::Cp { src, dst } => cp::run(&src, &dst).await.map(|()| 0),
+        Command::Ps { json } => manage::ps(json).map(|()| 0),
+        Command::Stop { ids } => manage::stop(&ids).await,
+        Command::Logs { id, follow } => manage::logs(&id, follow).await.map(|()| 0),
         Command::Kernel {
             action: KernelAction::Build,
         } => supermachine::kernel::build().map(|p| {
@@ -100,74 +185,27 @@ fn main() -> ExitCode {
             println!("{}", p.display());
             0
         }),
+    }
+}
+
+async fn run(
+    vm: VmOptions,
+    exec: ExecOptions,
+    command: Vec<String>,
+) -> Result<i32, supermachine::Error> {
+    let (image, config) = vm.into_config()?;
+    let vm = Vm::start(&image, &config).await?;
+    let tty = exec.tty;
+    let interactive = exec.interactive;
+    let child = exec.builder(&vm, command)?.spawn().await?;
+    let result = match attach::attach(child, interactive, tty).await {
+        Ok(status) => Ok(status),
+        Err(e) => Err(vm.explain_lost(e).await),
     };
     match result {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => {
-            eprintln!("supermachine: {e}");
-            ExitCode::from(125)
-        }
-    }
-}
-
-fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>, supermachine::Error> {
-    vars.iter()
-        .map(|v| match v.split_once('=') {
-            Some((k, val)) if !k.is_empty() => Ok((k.to_string(), val.to_string())),
-            _ => Err(supermachine::Error::InvalidArgument(format!(
-                "--env {v:?}: expected NAME=VALUE"
-            ))),
-        })
-        .collect()
-}
-
-fn parse_disk(spec: &str) -> Disk {
-    let (path, read_only) = supermachine_protocol::disk_spec::parse(spec);
-    Disk {
-        path: path.into(),
-        read_only,
-    }
-}
-
-fn run(args: RunArgs) -> Result<i32, supermachine::Error> {
-    if args.vcpus == 0 {
-        return Err(supermachine::Error::InvalidArgument(
-            "--vcpus must be at least 1".into(),
-        ));
-    }
-    let env = parse_env(&args.env)?;
-    let config = VmConfig {
-        memory_mib: args.memory,
-        vcpus: args.vcpus,
-        kernel: args.kernel,
-        rootfs: args.rootfs,
-        disks: args.disks.iter().map(|d| parse_disk(d)).collect(),
-        extra_kernel_args: args.kernel_args,
-        boot_timeout: Duration::from_secs(args.boot_timeout),
-        console: args.console,
-    };
-    let mut vm = Vm::start(&config)?;
-    let request = ExecRequest {
-        argv: args.command,
-        env,
-        cwd: args.workdir,
-        stdin: false,
-    };
-    let stdin: Option<Box<dyn std::io::Read + Send>> = if args.interactive {
-        Some(Box::new(std::io::stdin()))
-    } else {
-        None
-    };
-    let result = vm.exec_with_stdin(
-        request,
-        stdin,
-        &mut std::io::stdout(),
-        &mut std::io::stderr(),
-    );
-    match result {
-        Ok(exit) => {
-            vm.shutdown()?;
-            Ok(exit.shell_code())
+        Ok(status) => {
+            vm.stop().await?;
+            Ok(status.shell_code())
         }
         // The command powered the guest off (e.g. `poweroff`): that is a clean end.
         Err(supermachine::Error::VmEnded {

@@ -2,175 +2,44 @@
 //!
 //! Transport: one vsock stream per operation. The host connects to guest port
 //! [`AGENT_PORT`]; the first frame it sends is a [`Hello`] carrying
-//! [`PROTOCOL_VERSION`] and the request. One connection per operation keeps
-//! concurrent operations independent (no head-of-line blocking, no shared
-//! state to wedge) at the cost of one vsock handshake each, which the
-//! user-space vsock device answers without leaving the worker process.
+//! [`PROTOCOL_VERSION`] and the request; the agent refuses any other version
+//! with [`ErrorKind::VersionMismatch`], and announces its own version in
+//! [`AgentMessage::Ready`] so the host can refuse an agent it does not speak.
+//!
+//! Why a connection per operation rather than one multiplexed connection:
+//! operations stay independent (a stalled stream cannot block another, no
+//! shared state to wedge, closing the connection is a complete cancel), and
+//! the flow control is vsock's own credit, end to end. The price is one vsock
+//! handshake per operation, which the user-space vsock device answers without
+//! leaving the worker process; `supermachine-bench exec` measures it next to
+//! an exec round trip.
 //!
 //! When the agent is up it connects to the host on [`READY_PORT`] and sends
 //! one [`AgentMessage::Ready`] frame, so the host learns readiness without
 //! polling.
-//!
-//! Framing: a little-endian `u32` body length, then a postcard-encoded body.
-//! A body longer than [`MAX_FRAME_BODY`] is a protocol violation: the reader
-//! refuses it before allocating.
 
-use serde::{Deserialize, Serialize};
-use std::io::{self, Read, Write};
+mod frame;
+mod messages;
+
+pub use frame::{decode, encode, read_frame, write_frame, FrameError};
+pub use messages::*;
 
 /// Bumped on every incompatible change. Host and agent refuse any other value.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Guest vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Host vsock port the agent connects to once to announce readiness.
 pub const READY_PORT: u32 = 1025;
 /// Largest frame body either side accepts.
 pub const MAX_FRAME_BODY: usize = 1 << 20;
-/// Largest data chunk carried in one stdout/stderr/stdin frame.
+/// Largest data chunk carried in one stdout/stderr/stdin/file-data frame.
 pub const MAX_CHUNK: usize = 64 * 1024;
-
-/// First frame of every host → agent connection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    pub version: u32,
-    pub request: Request,
-}
-
-impl Hello {
-    pub fn new(request: Request) -> Self {
-        Hello {
-            version: PROTOCOL_VERSION,
-            request,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Request {
-    /// Answered with [`AgentMessage::Pong`].
-    Ping,
-    /// Answered with [`AgentMessage::Version`].
-    Version,
-    /// Runs a process. The agent answers [`AgentMessage::Started`] (or
-    /// [`AgentMessage::Exited`] with code 127 when the program cannot be
-    /// started), then streams output, then [`AgentMessage::Exited`].
-    /// The host may send [`HostMessage`] frames (stdin) after the hello.
-    Exec(ExecRequest),
-    /// Stops every process, syncs and unmounts filesystems, and powers the VM
-    /// off (or reboots it). Answered with [`AgentMessage::ShuttingDown`].
-    Shutdown { reboot: bool },
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ExecRequest {
-    pub argv: Vec<String>,
-    /// Variables added to (or replacing) the agent's base environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory; the root when unset.
-    pub cwd: Option<String>,
-    /// Whether the host will send stdin frames. When false the child's stdin
-    /// is /dev/null.
-    pub stdin: bool,
-}
-
-/// Frames the host sends after the hello, on an exec connection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum HostMessage {
-    Stdin(Vec<u8>),
-    /// End of stdin: the child's stdin is closed.
-    CloseStdin,
-}
-
-/// Frames the agent sends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum AgentMessage {
-    Ready {
-        agent_version: String,
-    },
-    Pong,
-    Version {
-        protocol: u32,
-        agent_version: String,
-    },
-    Started {
-        pid: u32,
-    },
-    Stdout(Vec<u8>),
-    Stderr(Vec<u8>),
-    /// The process ended: `code` when it exited, `signal` when a signal killed it.
-    Exited {
-        code: Option<i32>,
-        signal: Option<i32>,
-    },
-    ShuttingDown,
-    Error {
-        kind: ErrorKind,
-        message: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorKind {
-    /// The peer speaks another protocol version.
-    VersionMismatch,
-    /// A frame could not be decoded or came out of order.
-    BadRequest,
-    /// The request was understood but failed in the guest.
-    Failed,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    #[error("connection closed")]
-    Closed,
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BODY}-byte limit")]
-    TooLarge(usize),
-    #[error("malformed frame: {0}")]
-    Decode(#[from] postcard::Error),
-    #[error(transparent)]
-    Io(#[from] io::Error),
-}
-
-/// Encodes `msg` as one frame (length prefix included).
-pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut buf = vec![0u8; 4];
-    let body = postcard::to_extend(msg, Vec::new())?;
-    if body.len() > MAX_FRAME_BODY {
-        return Err(FrameError::TooLarge(body.len()));
-    }
-    buf[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&body);
-    Ok(buf)
-}
-
-/// Writes one frame.
-pub fn write_frame<T: Serialize, W: Write>(w: &mut W, msg: &T) -> Result<(), FrameError> {
-    w.write_all(&encode(msg)?)?;
-    Ok(())
-}
-
-/// Reads one frame. [`FrameError::Closed`] when the stream ends cleanly
-/// before a frame starts.
-pub fn read_frame<T: for<'de> Deserialize<'de>, R: Read>(r: &mut R) -> Result<T, FrameError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME_BODY {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    decode(&body)
-}
-
-/// Decodes a frame body (without its length prefix).
-pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
-    Ok(postcard::from_bytes(body)?)
-}
+/// Most iterations of one [`Request::MeasureSpawn`] (its answer must fit
+/// in a frame).
+pub const MAX_SPAWN_PROBES: u32 = 10_000;
+/// Most entries in one [`AgentMessage::Entries`] frame (each entry is well
+/// under 4 KiB encoded, so a batch stays inside [`MAX_FRAME_BODY`]).
+pub const MAX_ENTRIES_PER_FRAME: usize = 128;
 
 /// The power port: how the agent tells the VMM, just before the guest stops,
 /// whether it is a clean poweroff, a reboot, or a boot that failed. Without
@@ -246,10 +115,34 @@ mod tests {
             env: vec![("A".into(), "b".into())],
             cwd: Some("/tmp".into()),
             stdin: true,
+            timeout_ms: Some(5),
+            pty: Some(WindowSize { rows: 24, cols: 80 }),
+            ..Default::default()
         }));
         let bytes = encode(&hello).unwrap();
         let back: Hello = read_frame(&mut &bytes[..]).unwrap();
         assert_eq!(back, hello);
+    }
+
+    #[test]
+    fn a_full_listing_batch_fits_in_one_frame() {
+        let long = "x".repeat(255);
+        let entry = DirEntry {
+            name: long.clone(),
+            stat: FileStat {
+                kind: FileKind::Symlink,
+                mode: 0o7777,
+                uid: u32::MAX,
+                gid: u32::MAX,
+                size: u64::MAX,
+                mtime: i64::MIN,
+                link_target: Some("/".repeat(4095)),
+            },
+        };
+        let batch = AgentMessage::Entries(vec![entry; MAX_ENTRIES_PER_FRAME]);
+        assert!(encode(&batch).is_ok());
+        let chunk = AgentMessage::Data(vec![0xff; MAX_CHUNK]);
+        assert!(encode(&chunk).is_ok());
     }
 
     #[test]

@@ -39,8 +39,17 @@ pub enum Error {
     },
     #[error("agent protocol: {0}")]
     Protocol(String),
-    #[error("the agent refused the request: {0}")]
-    Agent(String),
+    #[error("{message}")]
+    Agent {
+        kind: supermachine_protocol::ErrorKind,
+        message: String,
+    },
+    #[error("the connection to the guest agent was lost (the VM may have stopped)")]
+    ConnectionLost,
+    #[error("the guest agent speaks protocol version {agent}, this library speaks {host}: rebuild the agent and the initramfs with this version (cargo xtask setup)")]
+    VersionMismatch { agent: u32, host: u32 },
+    #[error("no running VM with id {0:?} (see `supermachine ps`)")]
+    NoSuchVm(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }
@@ -62,6 +71,17 @@ fn stderr_hint(stderr: &str) -> String {
 }
 
 impl Error {
+    /// The guest said the path (or user) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::Agent {
+                kind: supermachine_protocol::ErrorKind::NotFound,
+                ..
+            }
+        )
+    }
+
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             what: what.into(),

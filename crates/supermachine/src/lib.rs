@@ -5,29 +5,44 @@
 //! per VM, and talks to the agent in the guest over vsock. It knows nothing
 //! of KVM ioctls: that is the worker's job.
 //!
+//! The API is async (tokio). Every VM operation takes `&self` and runs on
+//! its own vsock connection, so a VM serves many execs and file transfers
+//! at once.
+//!
 //! ```no_run
-//! use supermachine::{Vm, VmConfig};
-//! use supermachine_protocol::ExecRequest;
-//! let mut vm = Vm::start(&VmConfig::default())?;
-//! let req = ExecRequest { argv: vec!["echo".into(), "hi".into()], ..Default::default() };
-//! let exit = vm.exec(req, &mut std::io::stdout(), &mut std::io::stderr())?;
-//! assert_eq!(exit.code, Some(0));
-//! vm.shutdown()?;
-//! # Ok::<(), supermachine::Error>(())
+//! use supermachine::{Image, Vm, VmConfig};
+//! # async fn demo() -> Result<(), supermachine::Error> {
+//! let vm = Vm::start(&Image::builtin(), &VmConfig::default()).await?;
+//! let out = vm.exec(["echo", "hi"]).await?;
+//! assert_eq!((out.stdout.as_slice(), out.status.code), (&b"hi\n"[..], Some(0)));
+//! vm.write_file("/tmp/a", b"x").await?;
+//! assert_eq!(vm.read_file("/tmp/a").await?, b"x");
+//! vm.stop().await?;
+//! # Ok(()) }
 //! ```
 
-mod agent_conn;
 pub mod assets;
+mod child;
+mod conn;
 mod error;
+mod exec;
+mod files;
 mod hash;
+mod image;
 pub mod kernel;
 mod outcome;
 pub mod paths;
 mod runtime;
 mod vm;
+mod worker;
 
+pub use child::{Child, ChildControl, ChildOutput, ChildStdin};
 pub use error::Error;
+pub use exec::{ExecBuilder, ExitStatus, Output, DEFAULT_OUTPUT_LIMIT};
+pub use image::Image;
 pub use outcome::VmOutcome;
-pub use runtime::check_kvm;
-pub use supermachine_protocol::ExecRequest;
-pub use vm::{Disk, ExitInfo, Vm, VmConfig};
+pub use runtime::{check_kvm, VmInfo};
+pub use supermachine_protocol::{
+    DirEntry, ErrorKind, FileKind, FileStat, WindowSize, WriteFileRequest,
+};
+pub use vm::{Disk, Vm, VmConfig};

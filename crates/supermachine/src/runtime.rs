@@ -32,9 +32,32 @@ pub fn check_kvm() -> Result<(), Error> {
 pub struct VmDir {
     id: String,
     path: PathBuf,
+    /// Whether dropping this removes the directory (not for a detached VM,
+    /// whose worker removes it when it ends).
+    owned: bool,
 }
 
 const PID_FILE: &str = "worker.pid";
+const INFO_FILE: &str = "vm.json";
+
+/// What `supermachine ps` shows about a VM, kept in its runtime directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmInfo {
+    pub id: String,
+    /// Worker process id.
+    pub pid: u32,
+    /// Seconds since the epoch.
+    pub started: u64,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    /// What the VM runs from: an image reference or a root filesystem path.
+    pub image: String,
+    /// The detached command, if one was started with the VM.
+    pub command: Vec<String>,
+    pub serial_log: PathBuf,
+    /// Started by `supermachine start` (outlives the process that started it).
+    pub detached: bool,
+}
 
 impl VmDir {
     pub fn create() -> Result<VmDir, Error> {
@@ -46,7 +69,13 @@ impl VmDir {
             let id = random_id();
             let path = root.join(&id);
             match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(VmDir { id, path }),
+                Ok(()) => {
+                    return Ok(VmDir {
+                        id,
+                        path,
+                        owned: true,
+                    })
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
             }
@@ -65,12 +94,64 @@ impl VmDir {
     pub fn record_pid(&self, pid: u32) {
         let _ = std::fs::write(self.path.join(PID_FILE), pid.to_string());
     }
+
+    pub fn record_info(&self, info: &VmInfo) -> Result<(), Error> {
+        let path = self.path.join(INFO_FILE);
+        let json = serde_json::to_vec_pretty(info).map_err(|e| Error::Setup(e.to_string()))?;
+        std::fs::write(&path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Leaves the directory in place when dropped.
+    pub fn persist(&mut self) {
+        self.owned = false;
+    }
+
+    /// The directory of a running VM, by id.
+    pub fn open(id: &str) -> Result<(VmDir, VmInfo), Error> {
+        let valid = !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit());
+        let path = paths::runtime_dir().join(id);
+        let info = valid.then(|| read_info(&path)).flatten();
+        match info {
+            Some(info) if crate::worker::process_alive(info.pid) => Ok((
+                VmDir {
+                    id: id.to_string(),
+                    path,
+                    owned: false,
+                },
+                info,
+            )),
+            _ => Err(Error::NoSuchVm(id.to_string())),
+        }
+    }
 }
 
 impl Drop for VmDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
+}
+
+fn read_info(dir: &Path) -> Option<VmInfo> {
+    let bytes = std::fs::read(dir.join(INFO_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Every running VM of this user, oldest first.
+pub fn list() -> Vec<VmInfo> {
+    let root = paths::runtime_dir();
+    sweep_stale(&root);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let mut vms: Vec<VmInfo> = entries
+        .flatten()
+        .filter_map(|e| read_info(&e.path()))
+        .filter(|info| crate::worker::process_alive(info.pid))
+        .collect();
+    vms.sort_by(|a, b| (a.started, &a.id).cmp(&(b.started, &b.id)));
+    vms
 }
 
 fn random_id() -> String {
@@ -86,14 +167,6 @@ fn random_id() -> String {
     hex::encode(b)
 }
 
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe {
-        libc::kill(pid, 0) == 0
-            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-    }
-}
-
 /// Removes VM directories whose worker is gone.
 fn sweep_stale(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
@@ -103,9 +176,9 @@ fn sweep_stale(root: &Path) {
         let path = entry.path();
         let pid = std::fs::read_to_string(path.join(PID_FILE))
             .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
+            .and_then(|s| s.trim().parse::<u32>().ok());
         let stale = match pid {
-            Some(pid) => !process_alive(pid),
+            Some(pid) => !crate::worker::process_alive(pid),
             // No pid yet: a VM being created right now, unless it is old.
             None => entry
                 .metadata()

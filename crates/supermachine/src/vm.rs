@@ -1,30 +1,40 @@
 //! A running VM as the host library sees it: a supervised worker process
 //! and the sockets to talk to the agent inside.
 
-use crate::agent_conn::{self, AgentConn};
+use crate::conn::{self, Conn};
 use crate::error::Error;
-use crate::outcome::{outcome_of, VmOutcome};
-use crate::{assets, kernel, paths, runtime};
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use crate::image::Image;
+use crate::outcome::VmOutcome;
+use crate::runtime::{self, VmDir, VmInfo};
+use crate::worker::{Worker, WorkerSpec};
+use crate::{assets, kernel, paths};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use supermachine_protocol::{
-    self as proto, disk_spec, worker_exit, AgentMessage, ExecRequest, Request, READY_PORT,
-};
+use supermachine_protocol::{self as proto, AgentMessage, Request, PROTOCOL_VERSION, READY_PORT};
 
 /// How to start a VM.
+///
+/// ```
+/// use supermachine::VmConfig;
+/// let config = VmConfig {
+///     memory_mib: 512,
+///     vcpus: 2,
+///     env: vec![("RUST_LOG".into(), "debug".into())],
+///     ..VmConfig::default()
+/// };
+/// assert_eq!(config.boot_timeout.as_secs(), 60);
+/// ```
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub memory_mib: u64,
     pub vcpus: u8,
     /// Guest kernel; the cached build when `None`.
     pub kernel: Option<PathBuf>,
-    /// Root filesystem image (ext4 or EROFS); the built-in busybox one when `None`.
-    pub rootfs: Option<PathBuf>,
+    /// Environment every exec in this VM starts with (on top of the agent's
+    /// PATH/HOME/TERM); an exec's own variables win.
+    pub env: Vec<(String, String)>,
     /// Extra disks after the root filesystem: /dev/vdb, /dev/vdc, …
     pub disks: Vec<Disk>,
     /// Extra kernel command line arguments.
@@ -41,7 +51,7 @@ impl Default for VmConfig {
             memory_mib: 256,
             vcpus: 1,
             kernel: None,
-            rootfs: None,
+            env: Vec::new(),
             disks: Vec::new(),
             extra_kernel_args: Vec::new(),
             boot_timeout: Duration::from_secs(60),
@@ -52,58 +62,88 @@ impl Default for VmConfig {
 
 /// A raw disk image given to the guest as a virtio block device. Sparse
 /// files stay sparse: holes read as zeros and nothing is preallocated.
+///
+/// ```
+/// let data = supermachine::Disk { path: "/srv/data.img".into(), read_only: false };
+/// # let _ = data;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
     pub path: PathBuf,
     pub read_only: bool,
 }
 
-/// The result of [`Vm::exec`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitInfo {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-}
-
-impl ExitInfo {
-    /// Shell convention: the exit code, or 128 + the signal number.
-    pub fn shell_code(&self) -> i32 {
-        match (self.code, self.signal) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => 255,
-        }
-    }
-}
-
-/// A running VM. Dropping it stops the VM and removes its runtime files.
+/// A running VM. Dropping it stops the VM (unless it was attached to by
+/// id) and removes its runtime files.
+///
+/// Every method takes `&self`: operations run concurrently, each on its
+/// own connection to the guest.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), supermachine::Error> {
+/// use supermachine::{Image, Vm, VmConfig};
+/// let vm = Vm::start(&Image::builtin(), &VmConfig::default()).await?;
+/// let out = vm.exec(["echo", "hi"]).await?;
+/// assert_eq!(out.stdout, b"hi\n");
+/// vm.stop().await?;
+/// # Ok(()) }
+/// ```
 pub struct Vm {
-    child: Option<Child>,
-    dir: runtime::VmDir,
-    serial_log: PathBuf,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-    outcome: Option<VmOutcome>,
-    keep_log: bool,
+    dir: VmDir,
+    info: VmInfo,
+    worker: Mutex<Worker>,
+    /// Whether this handle started the worker and must stop it when dropped.
+    owns_worker: bool,
+    keep_log: AtomicBool,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Vm {
-    /// Boots a VM and waits until its agent is ready.
-    pub fn start(config: &VmConfig) -> Result<Vm, Error> {
+    /// Boots a VM from `image` and waits until its agent is ready.
+    pub async fn start(image: &Image, config: &VmConfig) -> Result<Vm, Error> {
+        Vm::boot(image, config, false).await
+    }
+
+    /// Boots a VM that keeps running after this process exits, starts
+    /// `command` in it in the background (its output goes to the serial log,
+    /// see `supermachine logs`), and returns its description. Reach it again
+    /// with [`Vm::attach`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// use supermachine::{Image, Vm, VmConfig};
+    /// let info = Vm::start_detached(&Image::builtin(), &VmConfig::default(), &[]).await?;
+    /// let vm = Vm::attach(&info.id)?;
+    /// vm.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_detached(
+        image: &Image,
+        config: &VmConfig,
+        command: &[String],
+    ) -> Result<VmInfo, Error> {
+        let mut vm = Vm::boot(image, config, true).await?;
+        if !command.is_empty() {
+            vm.exec_builder().argv(command).start_detached().await?;
+            vm.info.command = command.to_vec();
+            vm.dir.record_info(&vm.info)?;
+        }
+        vm.owns_worker = false;
+        vm.dir.persist();
+        Ok(vm.info.clone())
+    }
+
+    async fn boot(image: &Image, config: &VmConfig, detached: bool) -> Result<Vm, Error> {
+        if config.vcpus == 0 {
+            return Err(Error::InvalidArgument("a VM needs at least 1 vCPU".into()));
+        }
         runtime::check_kvm()?;
         let kernel = match &config.kernel {
             Some(k) => k.clone(),
             None => kernel::path()?,
         };
-        let rootfs = match &config.rootfs {
-            Some(r) => r.clone(),
-            None => assets::default_rootfs()?,
-        };
-        if !rootfs.is_file() {
-            return Err(Error::InvalidArgument(format!(
-                "root filesystem {} does not exist",
-                rootfs.display()
-            )));
-        }
+        let rootfs = image.rootfs()?;
+        let mut disks = vec![(rootfs, true)];
         for disk in &config.disks {
             if !disk.path.exists() {
                 return Err(Error::InvalidArgument(format!(
@@ -111,325 +151,314 @@ impl Vm {
                     disk.path.display()
                 )));
             }
+            disks.push((disk.path.clone(), disk.read_only));
         }
         let initramfs = assets::initramfs()?;
-        let worker = assets::worker_binary()?;
-        let dir = runtime::VmDir::create()?;
+        let binary = assets::worker_binary()?;
+        let dir = VmDir::create()?;
         let logs = paths::state_dir().join("logs");
         std::fs::create_dir_all(&logs)
             .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
         let serial_log = logs.join(format!("{}.log", dir.id()));
 
         let ready_path = dir.path().join(format!("vsock.sock_{READY_PORT}"));
-        let ready = UnixListener::bind(&ready_path)
+        let ready = std::os::unix::net::UnixListener::bind(&ready_path)
             .map_err(|e| Error::io(format!("binding {}", ready_path.display()), e))?;
         ready
             .set_nonblocking(true)
             .map_err(|e| Error::io("ready socket", e))?;
+        let ready =
+            tokio::net::UnixListener::from_std(ready).map_err(|e| Error::io("ready socket", e))?;
 
         let mut cmdline = vec!["supermachine.root=/dev/vda".to_string()];
         cmdline.extend(config.extra_kernel_args.iter().cloned());
-        let mut cmd = Command::new(&worker);
-        cmd.arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initramfs)
-            .arg("--memory-mib")
-            .arg(config.memory_mib.to_string())
-            .arg("--vcpus")
-            .arg(config.vcpus.to_string())
-            .arg("--disk")
-            .arg(disk_spec::format(&rootfs, true))
-            .arg("--vm-dir")
-            .arg(dir.path())
-            .arg("--serial-log")
-            .arg(&serial_log)
-            .arg("--cmdline")
-            .arg(cmdline.join(" "))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if config.console {
-                Stdio::inherit()
-            } else {
-                Stdio::piped()
-            });
-        for disk in &config.disks {
-            cmd.arg("--disk")
-                .arg(disk_spec::format(&disk.path, disk.read_only));
-        }
-        if config.console {
-            cmd.arg("--console");
-        }
-        let parent = std::process::id();
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The worker must not outlive us: SIGTERM lets it clean up its directory.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(worker_exit::STOPPED);
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {}", worker.display()), e))?;
-        dir.record_pid(child.id());
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        if let Some(mut pipe) = child.stderr.take() {
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if let Ok(mut s) = sink.lock() {
-                        if s.len() < 64 * 1024 {
-                            s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                        }
-                    }
-                }
-            });
-        }
-        let mut vm = Vm {
-            child: Some(child),
-            dir,
-            serial_log,
-            stderr,
-            outcome: None,
-            keep_log: false,
+        let spec = WorkerSpec {
+            binary,
+            kernel,
+            initramfs,
+            cmdline: cmdline.join(" "),
+            memory_mib: config.memory_mib,
+            vcpus: config.vcpus,
+            disks,
+            vm_dir: dir.path().to_path_buf(),
+            serial_log: serial_log.clone(),
+            console: config.console,
+            detached_stderr: detached.then(|| logs.join(format!("{}.worker.log", dir.id()))),
         };
-        vm.wait_ready(&ready, config.boot_timeout)?;
+        let worker = Worker::spawn(&spec)?;
+        dir.record_pid(worker.pid());
+        let info = VmInfo {
+            id: dir.id().to_string(),
+            pid: worker.pid(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            memory_mib: config.memory_mib,
+            vcpus: config.vcpus,
+            image: image.name(),
+            command: Vec::new(),
+            serial_log,
+            detached,
+        };
+        dir.record_info(&info)?;
+        let vm = Vm {
+            dir,
+            info,
+            worker: Mutex::new(worker),
+            owns_worker: true,
+            keep_log: AtomicBool::new(false),
+            env: config.env.clone(),
+        };
+        vm.wait_ready(&ready, config.boot_timeout).await?;
         let _ = std::fs::remove_file(&ready_path);
         Ok(vm)
     }
 
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    /// A handle on a running VM by id (from [`Vm::start_detached`] or
+    /// `supermachine ps`). Dropping it leaves the VM running.
+    pub fn attach(id: &str) -> Result<Vm, Error> {
+        let (dir, info) = VmDir::open(id)?;
+        Ok(Vm {
+            dir,
+            worker: Mutex::new(Worker::attached(info.pid)),
+            info,
+            owns_worker: false,
+            keep_log: AtomicBool::new(true),
+            env: Vec::new(),
+        })
     }
 
-    fn wait_ready(&mut self, listener: &UnixListener, timeout: Duration) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream
-                        .set_nonblocking(false)
-                        .map_err(|e| Error::io("ready socket", e))?;
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(10)))
-                        .map_err(|e| Error::io("ready socket", e))?;
-                    return match proto::read_frame::<AgentMessage, _>(&mut stream)? {
-                        AgentMessage::Ready { .. } => Ok(()),
-                        other => Err(Error::Protocol(format!("expected Ready, got {other:?}"))),
-                    };
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Error::io("waiting for the agent", e)),
-            }
-            if let Some(outcome) = self.try_outcome() {
-                // Give the stderr reader a moment to collect the worker's last words.
-                std::thread::sleep(Duration::from_millis(50));
-                self.keep_log = true;
-                return Err(Error::BootFailed {
-                    outcome,
-                    stderr: self.stderr_text(),
-                    serial_log: Some(self.serial_log.clone()),
-                });
-            }
-            if Instant::now() >= deadline {
-                self.keep_log = true;
-                return Err(Error::BootTimeout {
-                    secs: timeout.as_secs(),
-                    serial_log: Some(self.serial_log.clone()),
-                });
-            }
-            // Wake as soon as the agent connects; look at the worker every 50 ms.
-            let mut pfd = libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, 50) };
-        }
+    /// Every running VM of this user, oldest first.
+    pub fn running() -> Vec<VmInfo> {
+        runtime::list()
     }
 
-    /// The worker's outcome if it has ended (non-blocking).
-    pub fn try_outcome(&mut self) -> Option<VmOutcome> {
-        if self.outcome.is_none() {
-            let status = self.child.as_mut()?.try_wait().ok()??;
-            self.outcome = Some(outcome_of(status, &self.stderr_text()));
-        }
-        self.outcome.clone()
+    /// Short unique id of this VM.
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    pub fn info(&self) -> &VmInfo {
+        &self.info
     }
 
     /// Path of the guest's serial console log.
-    pub fn serial_log(&self) -> &std::path::Path {
-        &self.serial_log
+    pub fn serial_log(&self) -> &Path {
+        &self.info.serial_log
     }
 
     /// The VM's runtime directory (holds `vsock.sock`).
-    pub fn runtime_dir(&self) -> &std::path::Path {
+    pub fn runtime_dir(&self) -> &Path {
         self.dir.path()
     }
 
-    fn connect(&self, request: Request) -> Result<AgentConn, Error> {
-        agent_conn::connect(&self.dir.path().join("vsock.sock"), request)
+    fn worker(&self) -> MutexGuard<'_, Worker> {
+        self.worker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Round trip to the agent.
-    pub fn ping(&self) -> Result<(), Error> {
-        let mut c = self.connect(Request::Ping)?;
-        match c.recv()? {
-            AgentMessage::Pong => Ok(()),
-            other => Err(Error::Protocol(format!("expected Pong, got {other:?}"))),
-        }
+    /// How the VM ended, if it has (non-blocking).
+    pub fn try_outcome(&self) -> Option<VmOutcome> {
+        self.worker().try_outcome()
     }
 
-    /// Runs a command in the guest, streaming its output to `stdout` and
-    /// `stderr` as it arrives. Its stdin is empty (/dev/null).
-    pub fn exec(
-        &mut self,
-        request: ExecRequest,
-        stdout: &mut dyn Write,
-        stderr: &mut dyn Write,
-    ) -> Result<ExitInfo, Error> {
-        self.exec_with_stdin(request, None, stdout, stderr)
-    }
-
-    /// Like [`Vm::exec`], and when `stdin` is given the command reads it as
-    /// its standard input (streamed with backpressure; end of `stdin`
-    /// closes the command's stdin).
-    pub fn exec_with_stdin(
-        &mut self,
-        mut request: ExecRequest,
-        stdin: Option<Box<dyn std::io::Read + Send>>,
-        stdout: &mut dyn Write,
-        stderr: &mut dyn Write,
-    ) -> Result<ExitInfo, Error> {
-        request.stdin = stdin.is_some();
-        let mut conn = self.connect(Request::Exec(request))?;
-        if let Some(input) = stdin {
-            conn.pump_stdin(input)?;
-        }
+    async fn wait_ready(
+        &self,
+        listener: &tokio::net::UnixListener,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
         loop {
-            let msg = match conn.recv() {
-                Ok(m) => m,
-                Err(e) => return Err(self.explain_lost_connection(e)),
-            };
-            match msg {
-                AgentMessage::Started { .. } => {}
-                AgentMessage::Stdout(b) => {
-                    let _ = stdout.write_all(&b);
-                    let _ = stdout.flush();
-                }
-                AgentMessage::Stderr(b) => {
-                    let _ = stderr.write_all(&b);
-                    let _ = stderr.flush();
-                }
-                AgentMessage::Exited { code, signal } => return Ok(ExitInfo { code, signal }),
-                AgentMessage::Error { message, .. } => return Err(Error::Agent(message)),
-                other => return Err(Error::Protocol(format!("unexpected {other:?} during exec"))),
+            // Wake as soon as the agent connects; look at the worker every 50 ms.
+            if let Ok(accepted) =
+                tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+            {
+                let (stream, _) = accepted.map_err(|e| Error::io("waiting for the agent", e))?;
+                let mut stream = stream
+                    .into_std()
+                    .map_err(|e| Error::io("ready socket", e))?;
+                let read = tokio::task::spawn_blocking(move || {
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    Ok::<_, std::io::Error>(proto::read_frame::<AgentMessage, _>(&mut stream))
+                })
+                .await
+                .map_err(|e| Error::Setup(format!("ready reader: {e}")))?
+                .map_err(|e| Error::io("ready socket", e))?;
+                return match read? {
+                    AgentMessage::Ready { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(()),
+                    AgentMessage::Ready { protocol, .. } => Err(Error::VersionMismatch {
+                        agent: protocol,
+                        host: PROTOCOL_VERSION,
+                    }),
+                    other => Err(Error::Protocol(format!("expected Ready, got {other:?}"))),
+                };
+            }
+            if let Some(outcome) = self.try_outcome() {
+                // Give the stderr reader a moment to collect the worker's last words.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.keep_log.store(true, Ordering::Relaxed);
+                return Err(Error::BootFailed {
+                    outcome,
+                    stderr: self.worker().stderr_text(),
+                    serial_log: Some(self.info.serial_log.clone()),
+                });
+            }
+            if Instant::now() >= deadline {
+                self.keep_log.store(true, Ordering::Relaxed);
+                return Err(Error::BootTimeout {
+                    secs: timeout.as_secs(),
+                    serial_log: Some(self.info.serial_log.clone()),
+                });
             }
         }
     }
 
-    /// A dropped agent connection usually means the VM went away: say so.
-    fn explain_lost_connection(&mut self, e: Error) -> Error {
+    pub(crate) async fn connect(&self, request: Request) -> Result<Conn, Error> {
+        match conn::connect(&self.dir.path().join("vsock.sock"), request).await {
+            Ok(c) => Ok(c),
+            Err(e) => Err(self.explain_lost(e).await),
+        }
+    }
+
+    /// Round trip to the agent.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// vm.ping().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut c = self.connect(Request::Ping).await?;
+        match c.recv().await {
+            Ok(AgentMessage::Pong) => Ok(()),
+            Ok(other) => Err(conn::unexpected(other, "ping")),
+            Err(e) => Err(self.explain_lost(e).await),
+        }
+    }
+
+    /// Benchmark probe: the guest's own time to start `argv` and see it
+    /// end, measured inside the agent, `iterations` times (at most 10 000).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let times = vm.measure_spawn(&["true"], 100).await?;
+    /// assert_eq!(times.len(), 100);
+    /// # Ok(()) }
+    /// ```
+    pub async fn measure_spawn(
+        &self,
+        argv: &[&str],
+        iterations: u32,
+    ) -> Result<Vec<Duration>, Error> {
+        let request = Request::MeasureSpawn {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            iterations,
+        };
+        let mut c = self.connect(request).await?;
+        match c.recv().await {
+            Ok(AgentMessage::SpawnTimes(nanos)) => {
+                Ok(nanos.into_iter().map(Duration::from_nanos).collect())
+            }
+            Ok(other) => Err(conn::unexpected(other, "measure_spawn")),
+            Err(e) => Err(self.explain_lost(e).await),
+        }
+    }
+
+    /// A lost agent connection usually means the VM went away: this turns
+    /// [`Error::ConnectionLost`] into [`Error::VmEnded`] saying how (a
+    /// poweroff, a reboot, a kernel panic, …) when the VM ends within a few
+    /// seconds, and returns any other error unchanged. The library does this
+    /// itself except for errors from a [`crate::Child`]'s streams.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let mut child = vm.exec_builder().argv(["poweroff"]).spawn().await?;
+    /// if let Err(e) = child.wait().await {
+    ///     eprintln!("{}", vm.explain_lost(e).await);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn explain_lost(&self, e: Error) -> Error {
+        if !matches!(e, Error::ConnectionLost | Error::Io { .. }) {
+            return e;
+        }
+        // A rebooting or panicking guest takes a moment to stop its worker.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Some(outcome) = self.try_outcome() {
                 if outcome != VmOutcome::PowerOff {
-                    self.keep_log = true;
+                    self.keep_log.store(true, Ordering::Relaxed);
                 }
+                let keep = self.keep_log.load(Ordering::Relaxed);
                 return Error::VmEnded {
                     outcome,
-                    serial_log: self.keep_log.then(|| self.serial_log.clone()),
+                    serial_log: keep.then(|| self.info.serial_log.clone()),
                 };
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         e
     }
 
     /// Asks the guest to power off and waits for the worker to end.
     ///
-    /// Anything but [`VmOutcome::PowerOff`] is an error that names the
-    /// serial log, which is then kept for the user to read.
-    pub fn shutdown(mut self) -> Result<(), Error> {
+    /// Anything but a clean poweroff is an error that names the serial
+    /// log, which is then kept for the user to read.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// vm.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn stop(self) -> Result<(), Error> {
         let outcome = match self.try_outcome() {
             Some(o) => o,
             None => {
-                if let Ok(mut c) = self.connect(Request::Shutdown { reboot: false }) {
-                    if c.set_timeout(Some(Duration::from_secs(5))).is_ok() {
-                        let _ = c.recv();
-                    }
+                if let Ok(mut c) = self.connect(Request::Shutdown { reboot: false }).await {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), c.recv()).await;
                 }
-                self.wait_exit(Duration::from_secs(10))
+                self.wait_exit(Duration::from_secs(10)).await
             }
         };
-        if outcome == VmOutcome::PowerOff {
+        let clean =
+            outcome == VmOutcome::PowerOff || (!self.owns_worker && outcome == VmOutcome::Stopped);
+        if clean {
+            if !self.owns_worker {
+                // The detached VM is gone: so is the reason to keep its logs.
+                let _ = std::fs::remove_file(&self.info.serial_log);
+                let _ = std::fs::remove_file(self.info.serial_log.with_extension("worker.log"));
+            }
             return Ok(());
         }
-        self.keep_log = true;
+        self.keep_log.store(true, Ordering::Relaxed);
         Err(Error::VmEnded {
             outcome,
-            serial_log: Some(self.serial_log.clone()),
+            serial_log: Some(self.info.serial_log.clone()),
         })
     }
 
     /// Waits up to `grace` for the worker to end, then stops it.
-    fn wait_exit(&mut self, grace: Duration) -> VmOutcome {
+    async fn wait_exit(&self, grace: Duration) -> VmOutcome {
         let deadline = Instant::now() + grace;
-        loop {
+        while Instant::now() < deadline {
             if let Some(o) = self.try_outcome() {
                 return o;
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.stop_worker()
-    }
-
-    fn stop_worker(&mut self) -> VmOutcome {
-        if let Some(child) = self.child.as_mut() {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            if let Ok(status) = child.wait() {
-                self.outcome.get_or_insert(outcome_of(status, ""));
-            }
-        }
-        self.outcome.clone().unwrap_or(VmOutcome::Stopped)
+        self.worker().stop()
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if self.try_outcome().is_none() {
-            self.stop_worker();
+        if !self.owns_worker {
+            return;
         }
-        if !self.keep_log
-            && matches!(
-                self.outcome,
-                Some(VmOutcome::PowerOff | VmOutcome::Stopped) | None
-            )
-        {
-            let _ = std::fs::remove_file(&self.serial_log);
+        let outcome = self.worker().stop();
+        let keep = self.keep_log.load(Ordering::Relaxed);
+        if !keep && matches!(outcome, VmOutcome::PowerOff | VmOutcome::Stopped) {
+            let _ = std::fs::remove_file(&self.info.serial_log);
         }
     }
 }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use supermachine_protocol::{
-    read_frame, write_frame, AgentMessage, ErrorKind, ExecRequest, Hello, Request,
+    read_frame, write_frame, AgentMessage, ErrorKind, ExecRequest, ExitStatus, Hello, Request,
 };
 
 pub struct Agent {
@@ -34,10 +34,14 @@ impl Agent {
         let bin = std::env::var_os("SUPERMACHINE_AGENT_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_supermachine-agent")));
+        // The agent's stdout stands for the guest console (detached execs
+        // write there).
+        let console = std::fs::File::create(dir.join("console.log")).expect("console file");
         let process = Command::new(&bin)
             .arg("--serve-unix")
             .arg(&sock)
             .stdin(Stdio::null())
+            .stdout(console)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let agent = Agent { process, sock, dir };
@@ -73,6 +77,28 @@ impl Agent {
         collect(&mut self.request(Request::Exec(req)))
     }
 
+    /// What the agent's processes wrote to its stdout (the "console").
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+    }
+
+    /// A fresh empty directory for a test's files, removed with the agent.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    /// Threads of the agent process.
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.process.id())).map_or(0, |d| d.count())
+    }
+
+    /// Open fds of the agent process.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.process.id())).map_or(0, |d| d.count())
+    }
+
     /// Whether the agent process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.process.try_wait(), Ok(None))
@@ -105,6 +131,7 @@ pub struct ExecResult {
     pub stderr: Vec<u8>,
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    pub status: ExitStatus,
     pub exited: bool,
     pub error: Option<(ErrorKind, String)>,
 }
@@ -135,9 +162,10 @@ pub fn collect(s: &mut UnixStream) -> ExecResult {
             }
             AgentMessage::Stdout(d) => r.stdout.extend(d),
             AgentMessage::Stderr(d) => r.stderr.extend(d),
-            AgentMessage::Exited { code, signal } => {
-                r.code = code;
-                r.signal = signal;
+            AgentMessage::Exited(status) => {
+                r.code = status.code;
+                r.signal = status.signal;
+                r.status = status;
                 r.exited = true;
             }
             AgentMessage::Error { kind, message } => {
@@ -183,6 +211,92 @@ pub fn wait_dead(pid: u32, limit: Duration) -> bool {
             None | Some('Z') | Some('X') => return true,
             Some(_) if Instant::now() >= deadline => return false,
             Some(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// A marker unique to this test process and call, for finding processes
+/// by command line: `sleep 1000.<marker>` is a valid duration.
+pub fn marker() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}{:03}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Live (not zombie) processes whose command line contains `needle`.
+pub fn pids_with(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && !matches!(proc_state(pid), None | Some('Z') | Some('X')) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits until no live process has `needle` in its command line.
+pub fn wait_gone(needle: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if pids_with(needle).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILLs every process with `needle` in its command line (cleanup of
+/// processes a test deliberately left running).
+pub fn kill_all(needle: &str) {
+    for pid in pids_with(needle) {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// Waits (up to `limit`) until `f` is true.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads exec frames until the stdout collected so far contains `needle`;
+/// returns everything read. Panics on `Exited`, an error or EOF first.
+pub fn read_until(s: &mut UnixStream, out: &mut Vec<u8>, needle: &str) {
+    while !String::from_utf8_lossy(out).contains(needle) {
+        match read_frame::<AgentMessage, _>(s) {
+            Ok(AgentMessage::Stdout(d)) => out.extend(d),
+            Ok(AgentMessage::Started { .. } | AgentMessage::Stderr(_)) => {}
+            other => panic!(
+                "waiting for {needle:?} in {:?}, got {other:?}",
+                String::from_utf8_lossy(out)
+            ),
         }
     }
 }

@@ -6,7 +6,11 @@
 //! are reported as ignored with the reason — unless SUPERMACHINE_REQUIRE_KVM
 //! is set (CI), in which case that is a failure.
 
+mod api;
 mod boot;
+mod cli_vm;
+mod exec;
+mod files;
 mod stdin;
 mod util;
 
@@ -17,6 +21,9 @@ use supermachine_lab::KvmHost;
 fn trials() -> Vec<Trial> {
     let mut all = boot::trials();
     all.extend(stdin::trials());
+    all.extend(exec::trials());
+    all.extend(files::trials());
+    all.extend(cli_vm::trials());
     all
 }
 

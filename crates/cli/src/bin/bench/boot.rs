@@ -1,59 +1,18 @@
-//! `supermachine-bench`: measurements that are not tests. Results and the
-//! commands that produced them go in the README.
-//!
 //! `boot`: cold boot to agent-ready, ours against QEMU's microvm machine
 //! booting the same kernel, initramfs (our agent) and root filesystem, with
 //! the same handshake: the clock stops when the agent's `Ready` frame arrives
 //! over vsock (ours: the worker's user-space vsock; QEMU: vhost-vsock). Runs
 //! are interleaved so both see the same machine conditions.
 
-use clap::{Parser, Subcommand};
+use crate::{step, BoxError};
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use supermachine::{assets, kernel, Vm, VmConfig};
+use supermachine::{assets, kernel, Image, Vm, VmConfig};
 use supermachine_protocol::{AgentMessage, READY_PORT};
 
-#[derive(Parser)]
-#[command(
-    name = "supermachine-bench",
-    about = "supermachine benchmarks (run them in the lab on hosts without VT-x/AMD-V)"
-)]
-struct Cli {
-    #[command(subcommand)]
-    bench: Bench,
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Cold boot to agent-ready: supermachine vs `qemu-system-x86_64 -M microvm -enable-kvm`.
-    Boot {
-        #[arg(long, default_value_t = 10)]
-        iterations: usize,
-        /// Guest vsock CID for the QEMU runs (must be free on this host).
-        #[arg(long, default_value_t = 42)]
-        qemu_cid: u32,
-    },
-}
-
-fn main() {
-    let cli = Cli::parse();
-    let result = match cli.bench {
-        Bench::Boot {
-            iterations,
-            qemu_cid,
-        } => boot(iterations, qemu_cid),
-    };
-    if let Err(e) = result {
-        eprintln!("supermachine-bench: {e}");
-        std::process::exit(1);
-    }
-}
-
-type BoxError = Box<dyn std::error::Error>;
-
-fn boot(iterations: usize, cid: u32) -> Result<(), BoxError> {
+pub fn run(iterations: usize, cid: u32) -> Result<(), BoxError> {
     let kernel = kernel::path()?;
     let initramfs = assets::initramfs()?;
     let rootfs = assets::default_rootfs()?;
@@ -89,20 +48,18 @@ fn boot(iterations: usize, cid: u32) -> Result<(), BoxError> {
 }
 
 fn boot_ours() -> Result<Duration, BoxError> {
-    let start = Instant::now();
-    let vm = Vm::start(&VmConfig::default())?;
-    let took = start.elapsed();
-    step("supermachine ready");
-    vm.shutdown()?;
-    step("supermachine down");
-    Ok(took)
-}
-
-/// Progress on stderr, so a stuck run shows where it stuck.
-fn step(what: &str) {
-    if std::env::var_os("BENCH_VERBOSE").is_some() {
-        eprintln!("bench: {what}");
-    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let start = Instant::now();
+        let vm = Vm::start(&Image::builtin(), &VmConfig::default()).await?;
+        let took = start.elapsed();
+        step("supermachine ready");
+        vm.stop().await?;
+        step("supermachine down");
+        Ok(took)
+    })
 }
 
 fn boot_qemu(

@@ -1,0 +1,74 @@
+//! `supermachine-bench`: measurements that are not tests. Results and the
+//! commands that produced them go in the README.
+
+mod boot;
+mod exec;
+
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "supermachine-bench",
+    about = "supermachine benchmarks (run them in the lab on hosts without VT-x/AMD-V)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Cold boot to agent-ready: supermachine vs `qemu-system-x86_64 -M microvm -enable-kvm`.
+    Boot {
+        #[arg(long, default_value_t = 10)]
+        iterations: usize,
+        /// Guest vsock CID for the QEMU runs (must be free on this host).
+        #[arg(long, default_value_t = 42)]
+        qemu_cid: u32,
+    },
+    /// Exec and file transfer: `exec true` round trips against a bare agent ping and the
+    /// guest's own fork+exec time, and streaming throughput.
+    Exec {
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// MiB moved by each throughput measurement.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.bench {
+        Bench::Boot {
+            iterations,
+            qemu_cid,
+        } => boot::run(iterations, qemu_cid),
+        Bench::Exec { iterations, mib } => exec::run(iterations, mib),
+    };
+    if let Err(e) = result {
+        eprintln!("supermachine-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Progress on stderr, so a stuck run shows where it stuck.
+fn step(what: &str) {
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("bench: {what}");
+    }
+}
+
+/// The value at quantile `q` (0..=1) of `samples`, which it sorts.
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len().saturating_sub(1)) as f64 * q).round() as usize;
+    samples.get(i).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}

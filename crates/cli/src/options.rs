@@ -1,0 +1,120 @@
+//! Options shared by the commands that start VMs or run commands in them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use supermachine::{Disk, Error, ExecBuilder, Image, Vm, VmConfig};
+
+#[derive(clap::Args)]
+pub struct VmOptions {
+    /// Root filesystem image (ext4 or EROFS). Default: the built-in busybox one.
+    #[arg(long, value_name = "IMG")]
+    rootfs: Option<PathBuf>,
+    /// Extra raw disk image, seen in the guest as /dev/vdb, /dev/vdc, …
+    /// Append `:ro` for read-only. Writes go straight to the file (sparse files stay sparse).
+    #[arg(long = "disk", value_name = "PATH[:ro]")]
+    disks: Vec<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MiB")]
+    memory: u64,
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    vcpus: u8,
+    /// Guest kernel (vmlinux). Default: the cached build.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Extra guest kernel argument (repeatable).
+    #[arg(long = "kernel-arg", value_name = "ARG")]
+    kernel_args: Vec<String>,
+    /// Seconds to wait for the VM to boot.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    boot_timeout: u64,
+    /// Show the guest's console (kernel and agent messages) on stderr.
+    #[arg(long)]
+    console: bool,
+}
+
+impl VmOptions {
+    pub fn into_config(self) -> Result<(Image, VmConfig), Error> {
+        if self.vcpus == 0 {
+            return Err(Error::InvalidArgument("--vcpus must be at least 1".into()));
+        }
+        let image = match self.rootfs {
+            Some(path) => Image::from_rootfs(path),
+            None => Image::builtin(),
+        };
+        let config = VmConfig {
+            memory_mib: self.memory,
+            vcpus: self.vcpus,
+            kernel: self.kernel,
+            env: Vec::new(),
+            disks: self.disks.iter().map(|d| parse_disk(d)).collect(),
+            extra_kernel_args: self.kernel_args,
+            boot_timeout: Duration::from_secs(self.boot_timeout),
+            console: self.console,
+        };
+        Ok((image, config))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ExecOptions {
+    /// Environment variable for the command, NAME=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Keep stdin open: stream this command's standard input to the guest command.
+    #[arg(short = 'i', long = "interactive")]
+    pub interactive: bool,
+    /// Give the command a terminal (PTY) the size of this one; with -i, keys and
+    /// Ctrl-C go to the guest program.
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+    /// Working directory inside the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User to run as: name, uid, uid:gid or name:group (from the guest's /etc/passwd).
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    user: Option<String>,
+}
+
+impl ExecOptions {
+    pub fn builder<'vm>(
+        &self,
+        vm: &'vm Vm,
+        command: Vec<String>,
+    ) -> Result<ExecBuilder<'vm>, Error> {
+        let mut builder = vm.exec_builder().argv(command);
+        for (name, value) in parse_env(&self.env)? {
+            builder = builder.env(name, value);
+        }
+        if let Some(dir) = &self.workdir {
+            builder = builder.cwd(dir.clone());
+        }
+        if let Some(user) = &self.user {
+            builder = builder.user(user.clone());
+        }
+        if self.tty {
+            let (rows, cols) = crate::tty::window_size().unwrap_or((24, 80));
+            builder = builder.pty(rows, cols);
+        }
+        Ok(builder)
+    }
+}
+
+pub fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>, Error> {
+    vars.iter()
+        .map(|v| match v.split_once('=') {
+            Some((k, val)) if !k.is_empty() => Ok((k.to_string(), val.to_string())),
+            _ => Err(Error::InvalidArgument(format!(
+                "--env {v:?}: expected NAME=VALUE"
+            ))),
+        })
+        .collect()
+}
+
+fn parse_disk(spec: &str) -> Disk {
+    let (path, read_only) = supermachine_protocol::disk_spec::parse(spec);
+    Disk {
+        path: path.into(),
+        read_only,
+    }
+}

@@ -1,0 +1,300 @@
+//! What the host and the agent say to each other.
+
+use crate::PROTOCOL_VERSION;
+use serde::{Deserialize, Serialize};
+
+/// First frame of every host → agent connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub request: Request,
+}
+
+impl Hello {
+    pub fn new(request: Request) -> Self {
+        Hello {
+            version: PROTOCOL_VERSION,
+            request,
+        }
+    }
+}
+
+/// One operation. Each runs on its own connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Answered with [`AgentMessage::Pong`].
+    Ping,
+    /// Answered with [`AgentMessage::Version`].
+    Version,
+    /// Runs a process. The agent answers [`AgentMessage::Started`] (or
+    /// [`AgentMessage::Exited`] with code 127/126 and a message on stderr
+    /// when the program cannot be started, as a shell would), then streams
+    /// output, then [`AgentMessage::Exited`]. The host may send
+    /// [`HostMessage::Stdin`], [`HostMessage::CloseStdin`],
+    /// [`HostMessage::Signal`] and [`HostMessage::Resize`] meanwhile.
+    /// Closing the connection before `Exited` kills the process group.
+    Exec(ExecRequest),
+    /// Writes a file: the host sends [`HostMessage::Data`] chunks, then
+    /// [`HostMessage::End`]; the agent answers [`AgentMessage::Done`] once the
+    /// file is complete on disk. A create/truncate write goes to a temporary
+    /// file renamed over the target at `End`, so an interrupted write never
+    /// leaves a half-written file behind.
+    WriteFile(WriteFileRequest),
+    /// Reads a file: the agent answers [`AgentMessage::Stat`], then
+    /// [`AgentMessage::Data`] chunks, then [`AgentMessage::Done`] with the
+    /// byte count.
+    ReadFile { path: String },
+    /// Answered with [`AgentMessage::Stat`]. Symlinks are not followed.
+    Stat { path: String },
+    /// Creates a directory (and its missing parents when `parents`, like
+    /// `mkdir -p`, which also accepts an existing directory). Answered with
+    /// [`AgentMessage::Done`].
+    Mkdir {
+        path: String,
+        mode: u32,
+        parents: bool,
+    },
+    /// Removes a file, symlink or empty directory; with `recursive`, a
+    /// directory and everything below it (symlinks are removed, never
+    /// followed). Answered with [`AgentMessage::Done`].
+    Remove { path: String, recursive: bool },
+    /// Lists a directory: [`AgentMessage::Entries`] batches, then
+    /// [`AgentMessage::Done`] with the entry count.
+    List { path: String },
+    /// Benchmark probe: the agent starts `argv` (stdio /dev/null) and waits
+    /// for it, `iterations` times in a row, timing each from just before the
+    /// fork to the reaped exit status, and answers
+    /// [`AgentMessage::SpawnTimes`]. At most [`crate::MAX_SPAWN_PROBES`].
+    MeasureSpawn { argv: Vec<String>, iterations: u32 },
+    /// Stops every process, syncs and unmounts filesystems, and powers the VM
+    /// off (or reboots it). Answered with [`AgentMessage::ShuttingDown`].
+    Shutdown { reboot: bool },
+}
+
+/// How [`ExecRequest::env`] combines with the agent's base environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvMode {
+    /// Base environment (PATH, HOME, TERM) plus the request's variables,
+    /// which win on a clash.
+    #[default]
+    Extend,
+    /// Exactly the request's variables.
+    Replace,
+}
+
+/// A terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub env_mode: EnvMode,
+    /// Working directory; the root when unset.
+    pub cwd: Option<String>,
+    /// `name`, `uid`, `uid:gid`, `name:group`, resolved through the guest's
+    /// /etc/passwd and /etc/group (supplementary groups included); root when
+    /// unset. HOME follows the user unless `env` sets it.
+    pub user: Option<String>,
+    /// Whether the host will send stdin frames. When false the child's stdin
+    /// is /dev/null (or, with a PTY, the terminal, which never sees input).
+    pub stdin: bool,
+    /// Milliseconds until the agent kills the whole process group with
+    /// SIGKILL and reports [`ExitStatus::timed_out`].
+    pub timeout_ms: Option<u64>,
+    /// Bytes of stdout sent to the host; the rest is read and counted in
+    /// [`ExitStatus::stdout_dropped`], so the child never blocks on it.
+    pub stdout_limit: Option<u64>,
+    /// As `stdout_limit`, for stderr.
+    pub stderr_limit: Option<u64>,
+    /// Run on a new pseudo-terminal of this size: stdin, stdout and stderr
+    /// are the terminal, all output arrives as stdout, and the process is
+    /// the session leader with the terminal as its controlling TTY (so a
+    /// Ctrl-C byte in stdin sends SIGINT to its foreground group).
+    pub pty: Option<WindowSize>,
+    /// Start the process and answer `Started`, then close: the process
+    /// keeps running, its stdin is /dev/null and its output goes to the
+    /// guest console (the VM's serial log).
+    pub detach: bool,
+}
+
+/// Options of [`Request::WriteFile`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteFileRequest {
+    pub path: String,
+    /// Permission bits of a created file; an existing file keeps its own
+    /// when appended to.
+    pub mode: u32,
+    /// Owner of the file; unchanged (root for a new file) when unset.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Append to the file (created when missing) instead of replacing it.
+    pub append: bool,
+    /// Create missing parent directories (mode 0755).
+    pub create_parents: bool,
+}
+
+impl WriteFileRequest {
+    /// Create or replace `path` with mode 0644, root-owned.
+    pub fn new(path: impl Into<String>) -> Self {
+        WriteFileRequest {
+            path: path.into(),
+            mode: 0o644,
+            uid: None,
+            gid: None,
+            append: false,
+            create_parents: false,
+        }
+    }
+}
+
+/// Frames the host sends after the hello, on an exec or write-file connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HostMessage {
+    Stdin(Vec<u8>),
+    /// End of stdin: the child's stdin is closed (with a PTY: an EOF
+    /// character is written to the terminal).
+    CloseStdin,
+    /// Sends a signal to the process (with a PTY: to the terminal's
+    /// foreground process group).
+    Signal(i32),
+    /// Resizes the PTY (the process gets SIGWINCH). Ignored without a PTY.
+    Resize(WindowSize),
+    /// A chunk of a file being written.
+    Data(Vec<u8>),
+    /// End of the file being written: commit it.
+    End,
+}
+
+/// How an exec'd process ended.
+///
+/// ```
+/// use supermachine_protocol::ExitStatus;
+/// let status = ExitStatus { code: Some(3), ..Default::default() };
+/// assert!(!status.success());
+/// assert_eq!(status.shell_code(), 3);
+/// let killed = ExitStatus { signal: Some(9), ..Default::default() };
+/// assert_eq!(killed.shell_code(), 137);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// The exit code, when the process exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, when one did.
+    pub signal: Option<i32>,
+    /// The timeout expired and the agent killed the process group.
+    pub timed_out: bool,
+    /// Stdout bytes beyond `stdout_limit`, read from the process and not sent.
+    pub stdout_dropped: u64,
+    /// Stderr bytes beyond `stderr_limit`.
+    pub stderr_dropped: u64,
+}
+
+impl ExitStatus {
+    /// Exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Shell convention: the exit code, or 128 + the signal number.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// What kind of file a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+/// A file's metadata (`lstat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub kind: FileKind,
+    /// Permission bits, setuid/setgid/sticky included (no file type bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Where a symlink points.
+    pub link_target: Option<String>,
+}
+
+/// One directory entry of a [`Request::List`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// The entry's name (non-UTF-8 bytes replaced by U+FFFD).
+    pub name: String,
+    pub stat: FileStat,
+}
+
+/// Frames the agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// Sent once on [`crate::READY_PORT`] when the agent is up.
+    Ready {
+        protocol: u32,
+        agent_version: String,
+    },
+    Pong,
+    Version {
+        protocol: u32,
+        agent_version: String,
+    },
+    Started {
+        pid: u32,
+    },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exited(ExitStatus),
+    /// A chunk of a file being read.
+    Data(Vec<u8>),
+    /// The operation finished; `count` is bytes written or read, entries
+    /// listed, or 0.
+    Done {
+        count: u64,
+    },
+    Stat(FileStat),
+    Entries(Vec<DirEntry>),
+    /// Nanoseconds per spawn of a [`Request::MeasureSpawn`].
+    SpawnTimes(Vec<u64>),
+    ShuttingDown,
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// A frame could not be decoded or came out of order.
+    BadRequest,
+    /// The request was understood but failed in the guest.
+    Failed,
+    /// No such file or directory (or user, for `ExecRequest::user`).
+    NotFound,
+    PermissionDenied,
+    AlreadyExists,
+    NotADirectory,
+    IsADirectory,
+    DirectoryNotEmpty,
+}

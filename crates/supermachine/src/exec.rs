@@ -1,0 +1,368 @@
+//! Running commands in a VM: the builder, its result, and how a process
+//! ended.
+
+use crate::child::Child;
+use crate::error::Error;
+use crate::vm::Vm;
+use std::time::{Duration, Instant};
+pub use supermachine_protocol::ExitStatus;
+use supermachine_protocol::{
+    AgentMessage, EnvMode, ExecRequest, Request, WindowSize, WriteFileRequest,
+};
+
+/// Output kept per stream by [`ExecBuilder::output`] unless the caller
+/// sets a limit: enough for any sane command, small enough that a runaway
+/// one cannot exhaust the host's memory. The rest is counted, not kept.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 64 << 20;
+
+/// Slack over an exec's own timeout before the host gives up on an agent
+/// that did not report the kill (a wedged guest).
+const TIMEOUT_SLACK: Duration = Duration::from_secs(15);
+
+/// What [`ExecBuilder::output`] returns.
+///
+/// ```
+/// let out = supermachine::Output { stdout: b"hi\n".to_vec(), ..Default::default() };
+/// assert_eq!(out.stdout_lossy(), "hi\n");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// A file written into the guest before the command runs.
+struct StagedFile {
+    request: WriteFileRequest,
+    contents: Vec<u8>,
+}
+
+/// Builds a command to run in a VM: [`Vm::exec_builder`].
+///
+/// ```no_run
+/// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+/// use std::time::Duration;
+/// let out = vm
+///     .exec_builder()
+///     .stage_file("/work/main.sh", b"echo from script\n")
+///     .argv(["sh", "/work/main.sh"])
+///     .chain(["echo", "second"])
+///     .timeout(Duration::from_secs(30))
+///     .output()
+///     .await?;
+/// assert_eq!(out.stdout_lossy(), "from script\nsecond\n");
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until output(), spawn() or start_detached()"]
+pub struct ExecBuilder<'vm> {
+    vm: &'vm Vm,
+    request: ExecRequest,
+    stdin: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+    staged: Vec<StagedFile>,
+    chain: Vec<Vec<String>>,
+}
+
+impl Vm {
+    /// Starts building a command; see [`ExecBuilder`].
+    pub fn exec_builder(&self) -> ExecBuilder<'_> {
+        let request = ExecRequest {
+            env: self.env.clone(),
+            ..ExecRequest::default()
+        };
+        ExecBuilder {
+            vm: self,
+            request,
+            stdin: None,
+            timeout: None,
+            staged: Vec::new(),
+            chain: Vec::new(),
+        }
+    }
+
+    /// Runs `argv` to completion and collects its output (up to
+    /// [`DEFAULT_OUTPUT_LIMIT`] per stream). A non-zero exit is not an
+    /// error: look at `status`.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec(["sh", "-c", "echo out; echo err >&2; exit 3"]).await?;
+    /// assert_eq!((out.stdout_lossy().as_str(), out.status.code), ("out\n", Some(3)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn exec<I, S>(&self, argv: I) -> Result<Output, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.exec_builder().argv(argv).output().await
+    }
+}
+
+impl<'vm> ExecBuilder<'vm> {
+    /// The program and its arguments (the program is looked up in PATH).
+    pub fn argv<I, S>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.request.argv = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets one environment variable (added to the base environment).
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.request.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Starts from an empty environment instead of PATH/HOME/TERM and the
+    /// VM's environment: only variables set with [`Self::env`] afterwards.
+    pub fn env_clear(mut self) -> Self {
+        self.request.env.clear();
+        self.request.env_mode = EnvMode::Replace;
+        self
+    }
+
+    /// Working directory in the guest (default `/`).
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.request.cwd = Some(dir.into());
+        self
+    }
+
+    /// Runs as `name`, `uid`, `uid:gid` or `name:group` (from the guest's
+    /// /etc/passwd and /etc/group).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.request.user = Some(user.into());
+        self
+    }
+
+    /// Bytes given to the command as its standard input
+    /// ([`Self::output`] only; a spawned child has a stdin stream).
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Kills the command's whole process group after `timeout` (for a
+    /// chain: the whole chain's time, staging included).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Most stdout bytes delivered; the rest is counted in
+    /// [`ExitStatus::stdout_dropped`].
+    pub fn stdout_limit(mut self, bytes: u64) -> Self {
+        self.request.stdout_limit = Some(bytes);
+        self
+    }
+
+    /// Most stderr bytes delivered; see [`Self::stdout_limit`].
+    pub fn stderr_limit(mut self, bytes: u64) -> Self {
+        self.request.stderr_limit = Some(bytes);
+        self
+    }
+
+    /// Runs the command on a pseudo-terminal of this size.
+    pub fn pty(mut self, rows: u16, cols: u16) -> Self {
+        self.request.pty = Some(WindowSize { rows, cols });
+        self
+    }
+
+    /// Writes `contents` to `path` in the guest (mode 0644, parents
+    /// created) before running anything.
+    pub fn stage_file(self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
+        let mut request = WriteFileRequest::new(path);
+        request.create_parents = true;
+        self.stage_file_with(request, contents)
+    }
+
+    /// [`Self::stage_file`] with explicit mode, owner and options.
+    pub fn stage_file_with(
+        mut self,
+        request: WriteFileRequest,
+        contents: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.staged.push(StagedFile {
+            request,
+            contents: contents.into(),
+        });
+        self
+    }
+
+    /// Runs `argv` after the previous command if it succeeded (like `&&`),
+    /// with the same environment, directory and user. The output is every
+    /// command's output in order; the status is the last one run.
+    pub fn chain<I, S>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.chain.push(argv.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Writes the staged files into the guest, in order.
+    async fn stage(&mut self) -> Result<(), Error> {
+        for file in std::mem::take(&mut self.staged) {
+            self.vm
+                .write_file_with(file.request, &file.contents[..])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stages the files, runs the command (and its chain) to completion,
+    /// and collects the output.
+    pub async fn output(mut self) -> Result<Output, Error> {
+        let timeout = self.timeout;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let run = async {
+            self.stage().await?;
+            let mut limits = [
+                self.request.stdout_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
+                self.request.stderr_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
+            ];
+            let mut total = Output::default();
+            let commands: Vec<Vec<String>> =
+                std::iter::once(std::mem::take(&mut self.request.argv))
+                    .chain(std::mem::take(&mut self.chain))
+                    .collect();
+            let mut stdin = self.stdin.take();
+            for argv in commands {
+                let mut request = self.request.clone();
+                request.argv = argv;
+                request.stdout_limit = Some(limits[0]);
+                request.stderr_limit = Some(limits[1]);
+                request.timeout_ms = deadline.map(remaining_ms);
+                let out = run_one(self.vm, request, stdin.take()).await?;
+                limits[0] -= (out.stdout.len() as u64).min(limits[0]);
+                limits[1] -= (out.stderr.len() as u64).min(limits[1]);
+                total.stdout.extend_from_slice(&out.stdout);
+                total.stderr.extend_from_slice(&out.stderr);
+                let dropped = (
+                    total.status.stdout_dropped + out.status.stdout_dropped,
+                    total.status.stderr_dropped + out.status.stderr_dropped,
+                );
+                total.status = out.status;
+                (total.status.stdout_dropped, total.status.stderr_dropped) = dropped;
+                if !total.status.success() {
+                    break;
+                }
+            }
+            Ok(total)
+        };
+        match timeout {
+            // The agent enforces the timeout; this only catches a guest
+            // that can no longer report it.
+            Some(t) => tokio::time::timeout(t + TIMEOUT_SLACK, run)
+                .await
+                .map_err(|_| {
+                    Error::Protocol(format!(
+                        "the guest did not report the end of a command timed out after {t:?}"
+                    ))
+                })?,
+            None => run.await,
+        }
+    }
+
+    /// Stages the files and starts the command, returning a handle with its
+    /// streams. A chain is not allowed here.
+    pub async fn spawn(mut self) -> Result<Child, Error> {
+        if !self.chain.is_empty() {
+            return Err(Error::InvalidArgument(
+                "chain() works with output(), not spawn()".into(),
+            ));
+        }
+        self.stage().await?;
+        let mut request = self.request;
+        request.stdin = true;
+        request.timeout_ms = self.timeout.map(|t| t.as_millis() as u64);
+        spawn(self.vm, request).await
+    }
+
+    /// Starts the command in the background: it outlives this call and the
+    /// host process, its stdin is empty and its output goes to the VM's
+    /// serial log. Returns its pid in the guest.
+    pub async fn start_detached(mut self) -> Result<u32, Error> {
+        self.stage().await?;
+        let mut request = self.request;
+        request.detach = true;
+        request.timeout_ms = self.timeout.map(|t| t.as_millis() as u64);
+        let argv0 = request.argv.first().cloned().unwrap_or_default();
+        let mut conn = self.vm.connect(Request::Exec(request)).await?;
+        let mut stderr = Vec::new();
+        loop {
+            match conn.recv().await {
+                Ok(AgentMessage::Started { pid }) => return Ok(pid),
+                Ok(AgentMessage::Stderr(b)) => stderr.extend_from_slice(&b),
+                Ok(AgentMessage::Exited(status)) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{argv0} did not start (exit {}): {}",
+                        status.shell_code(),
+                        String::from_utf8_lossy(&stderr).trim()
+                    )))
+                }
+                Ok(other) => return Err(crate::conn::unexpected(other, "exec")),
+                Err(e) => return Err(self.vm.explain_lost(e).await),
+            }
+        }
+    }
+}
+
+fn remaining_ms(deadline: Instant) -> u64 {
+    // At least 1 ms: 0 would mean "already expired" to nobody's benefit.
+    deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .max(1) as u64
+}
+
+async fn run_one(vm: &Vm, request: ExecRequest, stdin: Option<Vec<u8>>) -> Result<Output, Error> {
+    let mut request = request;
+    request.stdin = stdin.is_some();
+    let mut child = spawn(vm, request).await?;
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // Feed stdin while the output is collected, or a command that
+        // writes before it reads everything would deadlock against us.
+        tokio::spawn(async move {
+            let _ = pipe.write(&bytes).await;
+        });
+    }
+    match child.wait_with_output().await {
+        Ok(out) => Ok(out),
+        Err(e) => Err(vm.explain_lost(e).await),
+    }
+}
+
+async fn spawn(vm: &Vm, request: ExecRequest) -> Result<Child, Error> {
+    let wants_stdin = request.stdin;
+    let crate::conn::Conn { mut reader, writer } = vm.connect(Request::Exec(request)).await?;
+    let first = match reader.recv().await {
+        Ok(msg) => msg,
+        Err(e) => return Err(vm.explain_lost(e).await),
+    };
+    let mut child = match first {
+        AgentMessage::Started { pid } => Child::serve(reader, writer, Some(pid), None),
+        msg @ (AgentMessage::Stderr(_) | AgentMessage::Exited(_)) => {
+            Child::serve(reader, writer, None, Some(msg))
+        }
+        other => return Err(crate::conn::unexpected(other, "exec")),
+    };
+    if !wants_stdin {
+        child.stdin = None;
+    }
+    Ok(child)
+}

@@ -1,0 +1,198 @@
+//! The `supermachine-worker` process behind a VM: starting it, watching
+//! it, and stopping it.
+
+use crate::error::Error;
+use crate::outcome::{outcome_of, VmOutcome};
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use supermachine_protocol::{disk_spec, worker_exit};
+
+/// Everything the worker's command line is made of.
+pub(crate) struct WorkerSpec {
+    pub binary: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    /// The root filesystem first, then the extra disks.
+    pub disks: Vec<(PathBuf, bool)>,
+    pub vm_dir: PathBuf,
+    pub serial_log: PathBuf,
+    pub console: bool,
+    /// Where the worker's stderr goes when it must outlive us; `None`:
+    /// a pipe we read, and the worker dies with this process.
+    pub detached_stderr: Option<PathBuf>,
+}
+
+/// Most worker stderr kept for error messages.
+const STDERR_KEEP: usize = 64 * 1024;
+
+pub(crate) struct Worker {
+    /// `None` for a VM attached to by id: someone else started it.
+    child: Option<Child>,
+    pid: u32,
+    stderr: Arc<Mutex<String>>,
+    outcome: Option<VmOutcome>,
+}
+
+impl Worker {
+    pub fn spawn(spec: &WorkerSpec) -> Result<Worker, Error> {
+        let mut cmd = Command::new(&spec.binary);
+        cmd.arg("--kernel")
+            .arg(&spec.kernel)
+            .arg("--initrd")
+            .arg(&spec.initramfs)
+            .arg("--memory-mib")
+            .arg(spec.memory_mib.to_string())
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--vm-dir")
+            .arg(&spec.vm_dir)
+            .arg("--serial-log")
+            .arg(&spec.serial_log)
+            .arg("--cmdline")
+            .arg(&spec.cmdline)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (path, read_only) in &spec.disks {
+            cmd.arg("--disk").arg(disk_spec::format(path, *read_only));
+        }
+        if spec.console {
+            cmd.arg("--console");
+        }
+        match &spec.detached_stderr {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                cmd.stderr(file);
+                // SAFETY: only async-signal-safe calls between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        // Its own session: the terminal's Ctrl-C and hangup
+                        // must not reach a VM the user detached from.
+                        libc::setsid();
+                        Ok(())
+                    });
+                }
+            }
+            None => {
+                cmd.stderr(if spec.console {
+                    Stdio::inherit()
+                } else {
+                    Stdio::piped()
+                });
+                let parent = std::process::id();
+                // SAFETY: only async-signal-safe calls between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        // The worker must not outlive us: SIGTERM lets it
+                        // clean up its directory.
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        if libc::getppid() as u32 != parent {
+                            libc::_exit(worker_exit::STOPPED);
+                        }
+                        Ok(())
+                    });
+                }
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", spec.binary.display()), e))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut s) = sink.lock() {
+                        if s.len() < STDERR_KEEP {
+                            s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Worker {
+            pid: child.id(),
+            child: Some(child),
+            stderr,
+            outcome: None,
+        })
+    }
+
+    /// A worker started by another process (a detached VM).
+    pub fn attached(pid: u32) -> Worker {
+        Worker {
+            child: None,
+            pid,
+            stderr: Arc::default(),
+            outcome: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// How the worker ended, if it has (non-blocking). A worker we did not
+    /// start can only be seen to be gone, not how it ended.
+    pub fn try_outcome(&mut self) -> Option<VmOutcome> {
+        if self.outcome.is_none() {
+            match self.child.as_mut() {
+                Some(child) => {
+                    let status = child.try_wait().ok()??;
+                    self.outcome = Some(outcome_of(status, &self.stderr_text()));
+                }
+                None if !process_alive(self.pid) => self.outcome = Some(VmOutcome::Stopped),
+                None => {}
+            }
+        }
+        self.outcome.clone()
+    }
+
+    /// Stops the worker: SIGTERM (it tears the VM down and removes its
+    /// directory), then SIGKILL if it has not ended within 3 s.
+    pub fn stop(&mut self) -> VmOutcome {
+        if self.try_outcome().is_none() {
+            // SAFETY: signalling a process by pid; ESRCH is harmless.
+            unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && self.try_outcome().is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.try_outcome().is_none() {
+                // SAFETY: as above.
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(status) = child.wait() {
+                    self.outcome.get_or_insert(outcome_of(status, ""));
+                }
+            }
+        }
+        self.outcome.clone().unwrap_or(VmOutcome::Stopped)
+    }
+}
+
+pub(crate) fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe {
+        libc::kill(pid as i32, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+}
