@@ -1,0 +1,1 @@
+//! Getting OCI images: references, sources, and the blob store.

@@ -1,0 +1,1 @@
+//! OCI image layers → one merged tree → a read-only EROFS image.
