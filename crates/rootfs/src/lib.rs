@@ -1,1 +1,40 @@
 //! OCI image layers → one merged tree → a read-only EROFS image.
+//!
+//! ```no_run
+//! use supermachine_rootfs::{erofs, Compression, Tree};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut tree = Tree::new()?;
+//! for (i, path) in ["layer0.tar.gz", "layer1.tar.zst"].iter().enumerate() {
+//!     tree.apply_layer(i, std::fs::File::open(path)?, Compression::Auto)?;
+//! }
+//! let stats = erofs::write(&tree, std::path::Path::new("rootfs.erofs"))?;
+//! println!("{} inodes, {} bytes", stats.inodes, stats.bytes);
+//! # Ok(()) }
+//! ```
+//!
+//! Layers are applied without privileges and without touching the host
+//! filesystem (except an anonymous spool file for contents), so ownership,
+//! modes, device nodes and xattrs come out exactly as the image says, and no
+//! member can escape the root. See [`Tree::apply_layer`] for the rules and
+//! [`erofs`] for the image format.
+
+mod compress;
+pub mod erofs;
+mod error;
+mod layer;
+mod limits;
+mod listing;
+mod nodes;
+mod path;
+mod spool;
+mod tree;
+mod ustar;
+mod whiteout;
+
+pub use compress::Compression;
+pub use error::{Error, Result, UnsafeReason};
+pub use layer::LayerStats;
+pub use limits::Limits;
+pub use listing::{FileKind, ListingEntry};
+pub use path::MAX_NAME_LEN;
+pub use tree::{Progress, Tree, TreeOptions};
