@@ -2,11 +2,13 @@
 
 mod attach;
 mod cp;
+mod images;
 mod manage;
 mod options;
+mod progress;
 mod tty;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use options::{ExecOptions, VmOptions};
 use std::process::ExitCode;
 use supermachine::{Vm, VmOutcome};
@@ -19,13 +21,14 @@ const OWN_ERROR: u8 = 125;
 #[command(
     name = "supermachine",
     version,
-    about = "Run commands in hardware-isolated KVM microVMs",
-    long_about = "Run commands in hardware-isolated KVM microVMs.\n\n\
+    about = "Run OCI/Docker images and commands in hardware-isolated KVM microVMs",
+    long_about = "Run OCI/Docker images and commands in hardware-isolated KVM microVMs.\n\n\
         Each VM boots the supermachine guest kernel (build it once with `supermachine kernel build`) \
         with a root filesystem mounted read-only under a RAM-backed overlay: writes inside the VM \
         never touch the image.\n\n\
-        Foreground: `supermachine run -- CMD`. Background: `supermachine start` prints an id for \
-        `exec`, `cp`, `logs` and `stop`; `ps` lists running VMs."
+        Foreground: `supermachine run [IMAGE] [-- CMD]`. Background: `supermachine start` prints an \
+        id for `exec`, `cp`, `logs` and `stop`; `ps` lists running VMs. Images: `pull`, `images`, \
+        `inspect`, `rmi`, `gc` (see `supermachine pull --help` for image sources and registries)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,8 +39,13 @@ struct Cli {
 enum Command {
     /// Boot a VM, run a command in it, print its output, and exit with its exit code.
     ///
-    /// The VM is powered off and removed when the command ends. Without --rootfs the VM
-    /// uses a small built-in root filesystem made from Debian's busybox-static.
+    /// With an IMAGE, the command is the image's Entrypoint followed by its Cmd, or by
+    /// CMD when one is given after `--` (it replaces the Cmd, as in `docker run`); the
+    /// image's Env, WorkingDir and User apply unless -e, -w, -u say otherwise. The image
+    /// is pulled first if it is not stored (see --pull). Without an IMAGE the VM boots a
+    /// small built-in root filesystem made from Debian's busybox-static, and CMD is needed.
+    /// The VM is powered off and removed when the command ends.
+    #[command(after_help = images::SOURCES_HELP)]
     Run {
         #[command(flatten)]
         vm: VmOptions,
@@ -47,20 +55,30 @@ enum Command {
         /// its command); accepted for Docker compatibility.
         #[arg(long)]
         rm: bool,
-        /// The command to run, after `--`.
-        #[arg(last = true, required = true, value_name = "CMD")]
+        /// The command to run (or, with an image that has an Entrypoint, its arguments), after `--`.
+        #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
     /// Boot a VM in the background and print its id.
     ///
     /// The VM keeps running after this command exits, until `supermachine stop ID`.
-    /// A command given after `--` is started in it; its output goes to `supermachine logs ID`.
+    /// The image's command (Entrypoint + Cmd, or Entrypoint + CMD when given after `--`)
+    /// is started in it; its output goes to `supermachine logs ID`. Without an image
+    /// command and without CMD the VM just runs, waiting for `exec`. Every `exec` into
+    /// the VM starts with the image's Env, WorkingDir and User and the -e/-w/-u given here.
+    #[command(after_help = images::SOURCES_HELP)]
     Start {
         #[command(flatten)]
         vm: VmOptions,
         /// Environment variable for every exec in this VM, NAME=VALUE (repeatable).
         #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
+        /// Working directory of every exec in this VM (default: the image's WorkingDir).
+        #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+        workdir: Option<String>,
+        /// User of every exec in this VM (default: the image's User).
+        #[arg(short = 'u', long = "user", value_name = "USER")]
+        user: Option<String>,
         /// A command to start in the background.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -105,6 +123,42 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Pull an image into the local store and build its root filesystem; print its digest.
+    ///
+    /// Layers are downloaded in parallel and verified (size and sha256) into a
+    /// content-addressed store; a blob already stored is never fetched again. Then the
+    /// layers are applied in order (whiteouts, hard links, owners, modes, xattrs; without
+    /// root) and written as a read-only EROFS image, cached per image digest. Progress goes
+    /// to stderr, the manifest digest to stdout.
+    #[command(after_help = images::SOURCES_HELP)]
+    Pull {
+        /// The image: a registry reference, oci:DIR[:TAG] or docker-archive:FILE.
+        #[arg(value_name = "IMAGE")]
+        image: String,
+    },
+    /// List pulled images: reference, manifest digest (short), size in the store, when pulled.
+    Images {
+        /// Print JSON (one object per image) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a pulled image's config, digests and layers as JSON.
+    Inspect {
+        /// The image, as given to pull.
+        #[arg(value_name = "IMAGE")]
+        image: String,
+    },
+    /// Remove pulled images (their blobs stay until `supermachine gc`).
+    ///
+    /// IMAGE is a reference as given to pull, or a manifest digest (sha256:...) for every
+    /// reference to that image. A cached root filesystem no remaining image uses is deleted.
+    Rmi {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Delete blobs and cached root filesystems that no pulled image uses, and leftovers
+    /// of interrupted pulls.
+    Gc,
     /// Build or locate the guest kernel.
     Kernel {
         #[command(subcommand)]
@@ -153,9 +207,24 @@ async fn dispatch(command: Command) -> Result<i32, supermachine::Error> {
             rm: _,
             command,
         } => run(vm, exec, command).await,
-        Command::Start { vm, env, command } => {
-            let (image, mut config) = vm.into_config()?;
-            config.env = options::parse_env(&env)?;
+        Command::Start {
+            vm,
+            env,
+            workdir,
+            user,
+            command,
+        } => {
+            let env = options::parse_env(&env)?;
+            let (image, mut config) = vm.into_config().await?;
+            config.env = env;
+            config.workdir = workdir;
+            config.user = user;
+            // No command anywhere: the VM just runs, waiting for `exec`.
+            let command = match image.command(&command) {
+                Ok(argv) => argv,
+                Err(supermachine::Error::NoCommand { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            };
             let info = Vm::start_detached(&image, &config, &command).await?;
             println!("{}", info.id);
             Ok(0)
@@ -170,6 +239,11 @@ async fn dispatch(command: Command) -> Result<i32, supermachine::Error> {
             }
         }
         Command::Cp { src, dst } => cp::run(&src, &dst).await.map(|()| 0),
+        Command::Pull { image } => images::pull(&image).await,
+        Command::Images { json } => images::list(json),
+        Command::Inspect { image } => images::inspect(&image),
+        Command::Rmi { images: refs } => images::remove(&refs),
+        Command::Gc => images::gc(),
         Command::Ps { json } => manage::ps(json).map(|()| 0),
         Command::Stop { ids } => manage::stop(&ids).await,
         Command::Logs { id, follow } => manage::logs(&id, follow).await.map(|()| 0),
@@ -193,11 +267,29 @@ async fn run(
     exec: ExecOptions,
     command: Vec<String>,
 ) -> Result<i32, supermachine::Error> {
-    let (image, config) = vm.into_config()?;
+    if vm.is_builtin() && command.is_empty() {
+        // The built-in image has no command of its own: a usage error, as before images.
+        let mut cli = Cli::command();
+        cli.build();
+        let mut usage = match cli.find_subcommand_mut("run") {
+            Some(run) => run.clone().bin_name("supermachine run"),
+            None => cli,
+        };
+        usage
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "give an IMAGE, or a command after `--` for the built-in image \
+                 (supermachine run -- echo hello)",
+            )
+            .exit();
+    }
+    let (image, config) = vm.into_config().await?;
+    // Checked before booting: an image with nothing to run fails at once.
+    let argv = image.command(&command)?;
     let vm = Vm::start(&image, &config).await?;
     let tty = exec.tty;
     let interactive = exec.interactive;
-    let child = exec.builder(&vm, command)?.spawn().await?;
+    let child = exec.builder(&vm, argv)?.spawn().await?;
     let result = match attach::attach(child, interactive, tty).await {
         Ok(status) => Ok(status),
         Err(e) => Err(vm.explain_lost(e).await),

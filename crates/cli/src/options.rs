@@ -1,13 +1,21 @@
 //! Options shared by the commands that start VMs or run commands in them.
 
+use crate::images::Policy;
 use std::path::PathBuf;
 use std::time::Duration;
 use supermachine::{Disk, Error, ExecBuilder, Image, Vm, VmConfig};
 
 #[derive(clap::Args)]
 pub struct VmOptions {
-    /// Root filesystem image (ext4 or EROFS). Default: the built-in busybox one.
-    #[arg(long, value_name = "IMG")]
+    /// The OCI image to boot: a registry reference, oci:DIR[:TAG] or
+    /// docker-archive:FILE (see below). Default: the built-in busybox root filesystem.
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// When to pull IMAGE: `missing` uses the stored image if there is one.
+    #[arg(long, value_enum, default_value_t = Policy::Missing, value_name = "WHEN")]
+    pull: Policy,
+    /// Boot a root filesystem image file (ext4 or EROFS) instead of an OCI image.
+    #[arg(long, value_name = "IMG", conflicts_with = "image")]
     rootfs: Option<PathBuf>,
     /// Extra raw disk image, seen in the guest as /dev/vdb, /dev/vdc, …
     /// Append `:ro` for read-only. Writes go straight to the file (sparse files stay sparse).
@@ -34,19 +42,29 @@ pub struct VmOptions {
 }
 
 impl VmOptions {
-    pub fn into_config(self) -> Result<(Image, VmConfig), Error> {
+    /// True when no image or root filesystem was named.
+    pub fn is_builtin(&self) -> bool {
+        self.image.is_none() && self.rootfs.is_none()
+    }
+
+    /// The image (pulled and built as `--pull` says, with progress on
+    /// stderr) and the VM's config.
+    pub async fn into_config(self) -> Result<(Image, VmConfig), Error> {
         if self.vcpus == 0 {
             return Err(Error::InvalidArgument("--vcpus must be at least 1".into()));
         }
-        let image = match self.rootfs {
-            Some(path) => Image::from_rootfs(path),
-            None => Image::builtin(),
+        let image = match (self.rootfs, &self.image) {
+            (Some(path), _) => Image::from_rootfs(path),
+            (None, Some(source)) => crate::images::get(source, self.pull.into()).await?,
+            (None, None) => Image::builtin(),
         };
         let config = VmConfig {
             memory_mib: self.memory,
             vcpus: self.vcpus,
             kernel: self.kernel,
             env: Vec::new(),
+            workdir: None,
+            user: None,
             disks: self.disks.iter().map(|d| parse_disk(d)).collect(),
             extra_kernel_args: self.kernel_args,
             boot_timeout: Duration::from_secs(self.boot_timeout),
@@ -58,7 +76,8 @@ impl VmOptions {
 
 #[derive(clap::Args)]
 pub struct ExecOptions {
-    /// Environment variable for the command, NAME=VALUE (repeatable).
+    /// Environment variable for the command, NAME=VALUE (repeatable); replaces a
+    /// same-named variable of the image's Env.
     #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
     /// Keep stdin open: stream this command's standard input to the guest command.
@@ -68,10 +87,11 @@ pub struct ExecOptions {
     /// Ctrl-C go to the guest program.
     #[arg(short = 't', long = "tty")]
     pub tty: bool,
-    /// Working directory inside the guest.
+    /// Working directory inside the guest. Default: the image's WorkingDir, else /.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     workdir: Option<String>,
-    /// User to run as: name, uid, uid:gid or name:group (from the guest's /etc/passwd).
+    /// User to run as: name, uid, uid:gid or name:group (from the guest's /etc/passwd
+    /// and /etc/group). Default: the image's User, else root.
     #[arg(short = 'u', long = "user", value_name = "USER")]
     user: Option<String>,
 }

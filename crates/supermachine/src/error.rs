@@ -1,3 +1,5 @@
+//! The library's error type.
+
 use crate::outcome::VmOutcome;
 use std::path::PathBuf;
 
@@ -52,6 +54,23 @@ pub enum Error {
     NoSuchVm(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Getting an image failed: a bad reference or source, the registry,
+    /// a corrupt blob, the store (the message says which, and what to do).
+    #[error(transparent)]
+    Oci(#[from] supermachine_oci::Error),
+    /// An image's layers could not be turned into a root filesystem.
+    #[error("building the root filesystem of {image}: {source}")]
+    Rootfs {
+        image: String,
+        #[source]
+        source: supermachine_rootfs::Error,
+    },
+    /// The image names no command and the caller gave none.
+    #[error("image {image} has no command to run (its config has no Entrypoint and no Cmd): give one after `--`, e.g. `supermachine run {image} -- sh`")]
+    NoCommand { image: String },
+    /// [`crate::Image::from_store`] of an image that was never pulled.
+    #[error("image {0} is not in the local image store: pull it first (`supermachine pull {0}`)")]
+    NotPulled(String),
 }
 
 fn log_hint(log: &Option<PathBuf>) -> String {

@@ -75,10 +75,14 @@ pub struct ExecBuilder<'vm> {
 }
 
 impl Vm {
-    /// Starts building a command; see [`ExecBuilder`].
+    /// Starts building a command; see [`ExecBuilder`]. It starts with the
+    /// VM's defaults: an OCI image's Env, WorkingDir and User, with
+    /// [`crate::VmConfig`]'s env, workdir and user on top.
     pub fn exec_builder(&self) -> ExecBuilder<'_> {
         let request = ExecRequest {
-            env: self.env.clone(),
+            env: self.defaults.env.clone(),
+            cwd: self.defaults.cwd.clone(),
+            user: self.defaults.user.clone(),
             ..ExecRequest::default()
         };
         ExecBuilder {
@@ -135,14 +139,16 @@ impl<'vm> ExecBuilder<'vm> {
         self
     }
 
-    /// Working directory in the guest (default `/`).
+    /// Working directory in the guest (default: the VM's, see
+    /// [`Vm::exec_builder`]; else `/`).
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
         self.request.cwd = Some(dir.into());
         self
     }
 
     /// Runs as `name`, `uid`, `uid:gid` or `name:group` (from the guest's
-    /// /etc/passwd and /etc/group).
+    /// /etc/passwd and /etc/group); default: the VM's (the image's User),
+    /// else root.
     pub fn user(mut self, user: impl Into<String>) -> Self {
         self.request.user = Some(user.into());
         self

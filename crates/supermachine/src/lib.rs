@@ -9,6 +9,10 @@
 //! its own vsock connection, so a VM serves many execs and file transfers
 //! at once.
 //!
+//! Any OCI image runs the same way: [`Image::pull`] takes a registry
+//! reference, an `oci:` layout or a `docker-archive:` tarball, and the VM
+//! boots from the image's root filesystem (built once per image digest).
+//!
 //! ```no_run
 //! use supermachine::{Image, Vm, VmConfig};
 //! # async fn demo() -> Result<(), supermachine::Error> {
@@ -24,25 +28,36 @@
 pub mod assets;
 mod child;
 mod conn;
+mod defaults;
 mod error;
 mod exec;
 mod files;
 mod hash;
 mod image;
+pub mod images;
 pub mod kernel;
 mod outcome;
 pub mod paths;
+mod pull;
+mod rootfs;
 mod runtime;
 mod vm;
 mod worker;
 
 pub use child::{Child, ChildControl, ChildOutput, ChildStdin};
+pub use defaults::{docker_command, merge_env, ExecDefaults};
 pub use error::Error;
 pub use exec::{ExecBuilder, ExitStatus, Output, DEFAULT_OUTPUT_LIMIT};
 pub use image::Image;
 pub use outcome::VmOutcome;
+pub use pull::{ImageEvent, ImageProgressFn, PullOptions};
+pub use rootfs::rootfs_dir;
 pub use runtime::{check_kvm, VmInfo};
 pub use supermachine_protocol::{
     DirEntry, ErrorKind, FileKind, FileStat, WindowSize, WriteFileRequest,
 };
 pub use vm::{Disk, Vm, VmConfig};
+
+/// Image references, sources, the blob store and image configs
+/// (the `supermachine-oci` crate).
+pub use supermachine_oci as oci;

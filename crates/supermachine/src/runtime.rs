@@ -52,6 +52,15 @@ pub struct VmInfo {
     pub vcpus: u8,
     /// What the VM runs from: an image reference or a root filesystem path.
     pub image: String,
+    /// The image's manifest digest (OCI images only).
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    /// The image's ExposedPorts (`80/tcp`, ...), recorded for port forwarding.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+    /// Env, working directory and user every exec in the VM starts with.
+    #[serde(default)]
+    pub defaults: crate::defaults::ExecDefaults,
     /// The detached command, if one was started with the VM.
     pub command: Vec<String>,
     pub serial_log: PathBuf,

@@ -2,6 +2,7 @@
 //! and the sockets to talk to the agent inside.
 
 use crate::conn::{self, Conn};
+use crate::defaults::ExecDefaults;
 use crate::error::Error;
 use crate::image::Image;
 use crate::outcome::VmOutcome;
@@ -33,8 +34,16 @@ pub struct VmConfig {
     /// Guest kernel; the cached build when `None`.
     pub kernel: Option<PathBuf>,
     /// Environment every exec in this VM starts with (on top of the agent's
-    /// PATH/HOME/TERM); an exec's own variables win.
+    /// PATH/HOME/TERM and an OCI image's Env, replacing same-named ones);
+    /// an exec's own variables win.
     pub env: Vec<(String, String)>,
+    /// Working directory of every exec unless it sets one; `None`: the
+    /// image's WorkingDir, else `/`.
+    pub workdir: Option<String>,
+    /// User of every exec unless it sets one (`name`, `uid`, `uid:gid`,
+    /// `name:group`, resolved in the guest); `None`: the image's User,
+    /// else root.
+    pub user: Option<String>,
     /// Extra disks after the root filesystem: /dev/vdb, /dev/vdc, …
     pub disks: Vec<Disk>,
     /// Extra kernel command line arguments.
@@ -52,6 +61,8 @@ impl Default for VmConfig {
             vcpus: 1,
             kernel: None,
             env: Vec::new(),
+            workdir: None,
+            user: None,
             disks: Vec::new(),
             extra_kernel_args: Vec::new(),
             boot_timeout: Duration::from_secs(60),
@@ -95,7 +106,7 @@ pub struct Vm {
     /// Whether this handle started the worker and must stop it when dropped.
     owns_worker: bool,
     keep_log: AtomicBool,
-    pub(crate) env: Vec<(String, String)>,
+    pub(crate) defaults: ExecDefaults,
 }
 
 impl Vm {
@@ -107,7 +118,8 @@ impl Vm {
     /// Boots a VM that keeps running after this process exits, starts
     /// `command` in it in the background (its output goes to the serial log,
     /// see `supermachine logs`), and returns its description. Reach it again
-    /// with [`Vm::attach`].
+    /// with [`Vm::attach`]. For an OCI image's own command pass
+    /// [`Image::command`]`(&[])`; an empty `command` starts nothing.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), supermachine::Error> {
@@ -196,6 +208,12 @@ impl Vm {
             memory_mib: config.memory_mib,
             vcpus: config.vcpus,
             image: image.name(),
+            image_digest: image.digest().map(|d| d.to_string()),
+            exposed_ports: image
+                .config()
+                .map(|c| c.exposed_ports.clone())
+                .unwrap_or_default(),
+            defaults: exec_defaults(image, config),
             command: Vec::new(),
             serial_log,
             detached,
@@ -203,11 +221,11 @@ impl Vm {
         dir.record_info(&info)?;
         let vm = Vm {
             dir,
-            info,
             worker: Mutex::new(worker),
             owns_worker: true,
             keep_log: AtomicBool::new(false),
-            env: config.env.clone(),
+            defaults: info.defaults.clone(),
+            info,
         };
         vm.wait_ready(&ready, config.boot_timeout).await?;
         let _ = std::fs::remove_file(&ready_path);
@@ -215,16 +233,18 @@ impl Vm {
     }
 
     /// A handle on a running VM by id (from [`Vm::start_detached`] or
-    /// `supermachine ps`). Dropping it leaves the VM running.
+    /// `supermachine ps`). Dropping it leaves the VM running. Its execs
+    /// start with the VM's defaults (the image's Env, WorkingDir and User,
+    /// and the config's), as `docker exec` does.
     pub fn attach(id: &str) -> Result<Vm, Error> {
         let (dir, info) = VmDir::open(id)?;
         Ok(Vm {
             dir,
             worker: Mutex::new(Worker::attached(info.pid)),
-            info,
             owns_worker: false,
             keep_log: AtomicBool::new(true),
-            env: Vec::new(),
+            defaults: info.defaults.clone(),
+            info,
         })
     }
 
@@ -238,6 +258,7 @@ impl Vm {
         &self.info.id
     }
 
+    /// What `supermachine ps` shows: id, image, exposed ports, defaults, ...
     pub fn info(&self) -> &VmInfo {
         &self.info
     }
@@ -448,6 +469,18 @@ impl Vm {
         }
         self.worker().stop()
     }
+}
+
+/// An image's Env/WorkingDir/User with the config's settings on top.
+fn exec_defaults(image: &Image, config: &VmConfig) -> ExecDefaults {
+    let mut d = image.exec_defaults().with_env(config.env.iter().cloned());
+    if config.workdir.is_some() {
+        d.cwd = config.workdir.clone();
+    }
+    if config.user.is_some() {
+        d.user = config.user.clone();
+    }
+    d
 }
 
 impl Drop for Vm {

@@ -9,8 +9,12 @@
 mod api;
 mod boot;
 mod cli_vm;
+mod debian;
 mod exec;
 mod files;
+mod images;
+mod oci_layout;
+mod registry;
 mod stdin;
 mod util;
 
@@ -24,7 +28,29 @@ fn trials() -> Vec<Trial> {
     all.extend(exec::trials());
     all.extend(files::trials());
     all.extend(cli_vm::trials());
+    all.extend(images::trials());
+    all.extend(debian::trials());
     all
+}
+
+/// Builds the cached Debian test image on the host (it needs the network,
+/// which the lab has not) when the Debian test is selected.
+fn prepare_host(args: &Arguments) {
+    let selected = |name: &str| {
+        args.filter.as_deref().is_none_or(|f| {
+            if args.exact {
+                name == f
+            } else {
+                name.contains(f)
+            }
+        }) && !args.skip.iter().any(|s| name.contains(s.as_str()))
+    };
+    if !args.list && selected(debian::TRIAL) {
+        if let Err(e) = debian::prepare() {
+            // The test itself reports it.
+            eprintln!("e2e: could not prepare the Debian test image: {e}");
+        }
+    }
 }
 
 fn main() {
@@ -35,6 +61,9 @@ fn main() {
         args.test_threads = Some(1);
     }
     let in_lab = std::env::var_os("SUPERMACHINE_IN_LAB").is_some();
+    if !in_lab {
+        prepare_host(&args);
+    }
     let host = supermachine_lab::detect();
     if in_lab || host == KvmHost::Hardware || args.list {
         libtest_mimic::run(&args, trials()).exit();

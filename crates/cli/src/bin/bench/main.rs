@@ -3,6 +3,7 @@
 
 mod boot;
 mod exec;
+mod image;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -36,6 +37,14 @@ enum Bench {
         #[arg(long, default_value_t = 1024)]
         mib: u64,
     },
+    /// Pull + unpack + root filesystem build of an image, cold (empty store and cache)
+    /// and warm (no KVM needed).
+    Image {
+        /// The image: a registry reference, oci:DIR[:TAG] or docker-archive:FILE.
+        source: String,
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+    },
 }
 
 fn main() {
@@ -46,6 +55,7 @@ fn main() {
             qemu_cid,
         } => boot::run(iterations, qemu_cid),
         Bench::Exec { iterations, mib } => exec::run(iterations, mib),
+        Bench::Image { source, iterations } => image::run(&source, iterations),
     };
     if let Err(e) = result {
         eprintln!("supermachine-bench: {e}");
