@@ -76,7 +76,13 @@ pub fn absolute(path: &str) -> Result<&Path, OpError> {
 
 /// Sends `msg`; a host that went away has nobody left to tell.
 pub fn send(stream: &Stream, msg: &AgentMessage) -> bool {
-    write_frame(&mut &*stream, msg).is_ok()
+    match write_frame(&mut &*stream, msg) {
+        Ok(()) => true,
+        Err(e) => {
+            crate::transport::report_send_failure(&e);
+            false
+        }
+    }
 }
 
 /// Sends the one-frame answer of a request, or its error.

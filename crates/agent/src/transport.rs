@@ -10,6 +10,8 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use crate::sys::cvt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// A connected stream socket.
 #[derive(Debug)]
@@ -41,17 +43,7 @@ impl Read for &Stream {
 
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // MSG_NOSIGNAL: a vanished peer must be an error, not a SIGPIPE.
-        // SAFETY: sends from a live buffer of the given length.
-        let n = cvt(unsafe {
-            libc::send(
-                self.0.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        })?;
-        Ok(n as usize)
+        send_adaptively(self.0.as_raw_fd(), buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -155,4 +147,78 @@ fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
     addr.svm_port = port;
     addr.svm_cid = cid;
     addr
+}
+
+/// Largest single send(2) attempted. Linux 6.1's virtio-vsock copies each
+/// send into one linear kernel buffer: the payload (up to 64 KiB) plus its
+/// header and skb bookkeeping. 64 KiB payloads need order-5 allocations,
+/// which the page allocator gives up on (ENOMEM) instead of reclaiming when
+/// guest memory is fragmented — as it is after streaming a file larger than
+/// guest RAM through the page cache. [`MAX_SEND`] keeps every buffer within
+/// order 3 (32 KiB), the largest size the kernel reclaims for. Should a send
+/// still fail with ENOMEM, it is retried at half the size, down to
+/// [`MIN_SEND`], with a short backoff at the bottom; sizes grow back after a
+/// run of successful sends. Guest-wide, because memory pressure is.
+static SEND_LIMIT: AtomicUsize = AtomicUsize::new(MAX_SEND);
+static SENDS_SINCE_SHRINK: AtomicU32 = AtomicU32::new(0);
+static SHRINK_REPORTED: AtomicBool = AtomicBool::new(false);
+/// 32 KiB less room for the packet header and `skb_shared_info`.
+const MAX_SEND: usize = 31 * 1024;
+const MIN_SEND: usize = 4 * 1024;
+/// Successful sends at a reduced size before trying twice the size again.
+const GROW_AFTER: u32 = 1024;
+/// Backoff while even the smallest send finds no memory: 1, 2, 4 … 64 ms,
+/// about 10 s in all before the error is returned.
+const ENOMEM_RETRIES: u32 = 160;
+
+fn send_adaptively(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let mut waits = 0;
+    loop {
+        let limit = SEND_LIMIT.load(Ordering::Relaxed);
+        let len = buf.len().min(limit);
+        // MSG_NOSIGNAL: a vanished peer must be an error, not a SIGPIPE.
+        // SAFETY: sends from a live buffer of at most its length.
+        let sent = cvt(unsafe { libc::send(fd, buf.as_ptr().cast(), len, libc::MSG_NOSIGNAL) });
+        match sent {
+            Ok(n) => {
+                if limit < MAX_SEND
+                    && SENDS_SINCE_SHRINK.fetch_add(1, Ordering::Relaxed) >= GROW_AFTER
+                {
+                    SENDS_SINCE_SHRINK.store(0, Ordering::Relaxed);
+                    SEND_LIMIT.store((limit * 2).min(MAX_SEND), Ordering::Relaxed);
+                }
+                return Ok(n as usize);
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::ENOBUFS)) => {
+                SENDS_SINCE_SHRINK.store(0, Ordering::Relaxed);
+                if limit > MIN_SEND {
+                    if !SHRINK_REPORTED.swap(true, Ordering::Relaxed) {
+                        crate::log!("the kernel has no memory for {limit}-byte vsock sends; sending less at a time");
+                    }
+                    SEND_LIMIT.store((limit / 2).max(MIN_SEND), Ordering::Relaxed);
+                    continue;
+                }
+                if waits == ENOMEM_RETRIES {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(1 << (waits / 16).min(6)));
+                waits += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Tells the console why a reply could not be sent, unless the host simply
+/// went away (its own side reports that).
+pub fn report_send_failure(e: &supermachine_protocol::FrameError) {
+    if let supermachine_protocol::FrameError::Io(io) = e {
+        if matches!(
+            io.raw_os_error(),
+            Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+        ) {
+            return;
+        }
+    }
+    crate::log(format_args!("sending a reply failed: {e}"));
 }

@@ -19,6 +19,18 @@ pub struct VcpuRunner {
 }
 
 impl VcpuRunner {
+    /// Where the guest was when it triple-faulted, for the worker's log.
+    fn triple_fault_report(&self) -> String {
+        let at = match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                " at RIP {:#x} (RSP {:#x}, CR2 {:#x}, CR3 {:#x})",
+                r.rip, r.rsp, s.cr2, s.cr3
+            ),
+            _ => String::new(),
+        };
+        format!("the guest triple-faulted on vCPU {}{at}", self.id)
+    }
+
     /// Runs until the VM ends; the outcome goes to the exit channel.
     pub fn run(mut self) {
         let exit = self.reset.exit.clone();
@@ -38,8 +50,17 @@ impl VcpuRunner {
                 }
                 Ok(VcpuExit::Hlt) => {}
                 Ok(VcpuExit::Shutdown) => {
-                    // Triple fault: the classic last step of a reboot.
-                    self.reset.reset();
+                    // A triple fault. Guests reboot through the i8042 port
+                    // (`reboot=k`), so this is a crash unless a panic came first.
+                    if self
+                        .reset
+                        .panicked
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        self.reset.reset();
+                    } else {
+                        exit.send(Outcome::Crash(self.triple_fault_report()));
+                    }
                     return;
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => {

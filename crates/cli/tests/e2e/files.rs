@@ -12,11 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub fn trials() -> Vec<Trial> {
     vec![
         Trial::test("files::binary_round_trip_and_metadata", binary_and_metadata),
-        // Ignored by default: reading a file of hundreds of MiB back from
-        // the guest intermittently loses the connection (about one read in
-        // three in the lab; under investigation, see the README's known
-        // issues). Run it with `-- --include-ignored files::one_gib`.
-        Trial::test("files::one_gib_round_trip", one_gib_round_trip).with_ignored_flag(true),
+        Trial::test("files::one_gib_round_trip", one_gib_round_trip),
     ]
 }
 

@@ -132,6 +132,10 @@ impl Muxer {
             OP_RW if conn.state == State::Established && !conn.guest_closed => {
                 if conn.host_hung_up {
                     // Nobody on the host side will ever read it.
+                    tracing::info!(
+                        "vsock: guest port {} sent data after the host hung up; resetting",
+                        key.1
+                    );
                     self.drop_conn(key);
                     self.reset_guest(key.0, key.1);
                     return;
@@ -210,18 +214,23 @@ impl Muxer {
             let Some(conn) = self.conns.get_mut(&key) else {
                 return;
             };
-            let mut failed = false;
+            let mut failed = None;
             if events.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {
-                failed |= conn.flush_to_host().is_err();
+                failed = conn.flush_to_host().err();
             }
             if events.intersects(EventSet::IN | EventSet::HANG_UP) {
-                failed |= conn.fill_from_host().is_err();
+                failed = failed.or(conn.fill_from_host().err());
             }
             if events.contains(EventSet::HANG_UP) {
                 conn.host_hung_up = true;
                 conn.host_eof = true;
             }
-            if failed {
+            if let Some(e) = failed {
+                tracing::info!(
+                    ?events,
+                    "vsock: host socket of guest port {} failed ({e}); resetting",
+                    key.1
+                );
                 self.drop_conn(key);
                 self.reset_guest(key.0, key.1);
             } else if conn.guest_closed {
