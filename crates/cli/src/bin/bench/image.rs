@@ -4,22 +4,55 @@
 //! split at the first build event into pull (resolve, download, verify) and
 //! build (apply the layers, write the EROFS image). No VM is booted, so this
 //! needs no KVM. A registry source is contacted on every run, cold and warm.
+//! Every timed case starts after a sync(2), so none pays for the writeback
+//! of the files the one before it wrote.
+//!
+//! `--local-registry` serves the image from a registry started here
+//! ([`crate::registry`]); `--compare-skopeo-umoci` times `skopeo copy` +
+//! `umoci unpack` on the same source in the same run, interleaved
+//! ([`crate::skopeo_umoci`]).
 
+use crate::registry::Registry;
+use crate::skopeo_umoci;
 use crate::{quantile, BoxError};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use supermachine::oci::{PullPolicy, Store};
 use supermachine::{Image, ImageEvent, PullOptions};
 
-pub fn run(source: &str, iterations: usize) -> Result<(), BoxError> {
+pub struct Options {
+    pub iterations: usize,
+    pub local_registry: bool,
+    pub compare_skopeo_umoci: bool,
+}
+
+pub fn run(source: &str, options: &Options) -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let scratch = std::env::temp_dir().join(format!("sm-bench-image-{}", std::process::id()));
-    let result = rt.block_on(bench(source, iterations.max(1), &scratch));
+    let result = serve_and_bench(&rt, source, options, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// The benchmark, against a registry started here with `--local-registry`
+/// (stopped before `scratch` is removed).
+fn serve_and_bench(
+    rt: &tokio::runtime::Runtime,
+    source: &str,
+    options: &Options,
+    scratch: &Path,
+) -> Result<(), BoxError> {
+    let registry = if options.local_registry {
+        Some(Registry::serve(source, &scratch.join("registry"))?)
+    } else {
+        None
+    };
+    let source = registry.as_ref().map_or(source, |r| r.reference.as_str());
+    rt.block_on(bench(source, options, scratch))
 }
 
 struct Run {
@@ -58,26 +91,39 @@ async fn once(source: &str, dir: &std::path::Path) -> Result<(Run, Image), BoxEr
     Ok((Run { total, pull }, image))
 }
 
-async fn bench(source: &str, iterations: usize, scratch: &std::path::Path) -> Result<(), BoxError> {
-    let (mut cold, mut cold_pull, mut cold_build, mut warm) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut described = None;
-    for i in 0..iterations {
-        let dir = scratch.join(format!("run{i}"));
-        let (c, image) = once(source, &dir).await?;
-        let (w, _) = once(source, &dir).await?;
+#[derive(Default)]
+struct Ours {
+    cold: Vec<Duration>,
+    cold_pull: Vec<Duration>,
+    cold_build: Vec<Duration>,
+    warm: Vec<Duration>,
+}
+
+impl Ours {
+    /// One cold and one warm run in `dir` (removed after); the image
+    /// described on the first call.
+    async fn measure(
+        &mut self,
+        source: &str,
+        dir: &Path,
+        described: &mut Option<String>,
+    ) -> Result<(), BoxError> {
+        crate::settle();
+        let (c, image) = once(source, dir).await?;
+        crate::settle();
+        let (w, _) = once(source, dir).await?;
         eprintln!(
-            "run {i}: cold {:?} (pull {:?}), warm {:?}",
+            "  supermachine: cold {:?} (pull {:?}), warm {:?}",
             c.total, c.pull, w.total
         );
-        cold.push(c.total);
-        cold_pull.push(c.pull);
-        cold_build.push(c.total - c.pull);
-        warm.push(w.total);
+        self.cold.push(c.total);
+        self.cold_pull.push(c.pull);
+        self.cold_build.push(c.total - c.pull);
+        self.warm.push(w.total);
         if described.is_none() {
             let o = image.oci().ok_or("not an OCI image")?;
             let rootfs = image.rootfs_path().ok_or("no rootfs")?;
-            described = Some(format!(
+            *described = Some(format!(
                 "{} ({} layers, {} MiB compressed, rootfs {} MiB)",
                 o.reference,
                 o.layers.len(),
@@ -85,21 +131,69 @@ async fn bench(source: &str, iterations: usize, scratch: &std::path::Path) -> Re
                 std::fs::metadata(rootfs)?.len() >> 20
             ));
         }
-        std::fs::remove_dir_all(&dir)?;
+        std::fs::remove_dir_all(dir)?;
+        Ok(())
+    }
+}
+
+async fn bench(source: &str, options: &Options, scratch: &Path) -> Result<(), BoxError> {
+    let iterations = options.iterations.max(1);
+    let tools = if options.compare_skopeo_umoci {
+        Some(skopeo_umoci::versions()?)
+    } else {
+        None
+    };
+    let mut ours = Ours::default();
+    let mut theirs = skopeo_umoci::Samples::default();
+    let mut described = None;
+    for i in 0..iterations {
+        eprintln!("run {}/{iterations}", i + 1);
+        let dir = scratch.join(format!("run{i}"));
+        // Alternate which goes first, so neither always runs on a cooler cache.
+        let theirs_first = i % 2 == 1;
+        if tools.is_some() && theirs_first {
+            theirs.measure(source, &dir.join("theirs"))?;
+        }
+        ours.measure(source, &dir.join("ours"), &mut described)
+            .await?;
+        if tools.is_some() && !theirs_first {
+            theirs.measure(source, &dir.join("theirs"))?;
+        }
     }
     println!(
         "{}: pull + unpack + rootfs, {iterations} runs (ms)",
         described.unwrap_or_default()
     );
+    if let Some(tools) = &tools {
+        println!("against {tools}, interleaved");
+    }
     println!("| case | min | median | max |");
     println!("| --- | --- | --- | --- |");
-    for (name, v) in [
-        ("cold (empty store and cache)", &mut cold),
-        ("  of which pull", &mut cold_pull),
-        ("  of which layers + EROFS", &mut cold_build),
-        ("warm (all cached)", &mut warm),
-    ] {
-        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    let mut rows = vec![
+        ("supermachine cold (empty store and cache)", &mut ours.cold),
+        ("  of which pull", &mut ours.cold_pull),
+        ("  of which layers + EROFS", &mut ours.cold_build),
+        ("supermachine warm (all cached)", &mut ours.warm),
+    ];
+    if tools.is_some() {
+        rows.extend([
+            (
+                "skopeo copy + umoci unpack cold (fresh dirs)",
+                &mut theirs.cold,
+            ),
+            ("  of which skopeo copy", &mut theirs.cold_copy),
+            ("  of which umoci unpack", &mut theirs.cold_unpack),
+            (
+                "skopeo copy + umoci unpack warm (blobs kept; umoci has no cache)",
+                &mut theirs.warm,
+            ),
+            (
+                "umoci raw unpack alone (rootfs tree only)",
+                &mut theirs.raw_unpack,
+            ),
+        ]);
+    }
+    for (name, v) in rows {
         println!(
             "| {name} | {} | {} | {} |",
             ms(quantile(v, 0.0)),
@@ -107,5 +201,23 @@ async fn bench(source: &str, iterations: usize, scratch: &std::path::Path) -> Re
             ms(quantile(v, 1.0))
         );
     }
+    if tools.is_some() {
+        let ratio = |a: &mut [Duration], b: &mut [Duration]| {
+            quantile(a, 0.5).as_secs_f64() / quantile(b, 0.5).as_secs_f64()
+        };
+        let (cold, warm) = (
+            ratio(&mut ours.cold, &mut theirs.cold),
+            ratio(&mut ours.warm, &mut theirs.warm),
+        );
+        println!(
+            "median ratio supermachine / (skopeo + umoci): cold {cold:.3} ({:.1}x faster), warm {warm:.5} ({:.0}x faster)",
+            1.0 / cold,
+            1.0 / warm
+        );
+    }
     Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
 }

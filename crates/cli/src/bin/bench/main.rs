@@ -4,6 +4,8 @@
 mod boot;
 mod exec;
 mod image;
+mod registry;
+mod skopeo_umoci;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -38,12 +40,20 @@ enum Bench {
         mib: u64,
     },
     /// Pull + unpack + root filesystem build of an image, cold (empty store and cache)
-    /// and warm (no KVM needed).
+    /// and warm (no KVM needed), optionally against `skopeo copy` + `umoci unpack`.
     Image {
         /// The image: a registry reference, oci:DIR[:TAG] or docker-archive:FILE.
         source: String,
         #[arg(long, default_value_t = 5)]
         iterations: usize,
+        /// Start Debian's docker-registry on 127.0.0.1 (free port, temp storage), push
+        /// SOURCE there with skopeo, and benchmark pulls from it.
+        #[arg(long)]
+        local_registry: bool,
+        /// Also time `skopeo copy` + `umoci unpack --rootless` (Debian's packages) on the
+        /// same image, cold and warm, interleaved with ours.
+        #[arg(long)]
+        compare_skopeo_umoci: bool,
     },
 }
 
@@ -55,7 +65,19 @@ fn main() {
             qemu_cid,
         } => boot::run(iterations, qemu_cid),
         Bench::Exec { iterations, mib } => exec::run(iterations, mib),
-        Bench::Image { source, iterations } => image::run(&source, iterations),
+        Bench::Image {
+            source,
+            iterations,
+            local_registry,
+            compare_skopeo_umoci,
+        } => image::run(
+            &source,
+            &image::Options {
+                iterations,
+                local_registry,
+                compare_skopeo_umoci,
+            },
+        ),
     };
     if let Err(e) = result {
         eprintln!("supermachine-bench: {e}");
@@ -70,6 +92,23 @@ fn step(what: &str) {
     if std::env::var_os("BENCH_VERBOSE").is_some() {
         eprintln!("bench: {what}");
     }
+}
+
+/// Fails, naming the Debian package, unless every `(path, package)` exists.
+fn require(tools: &[(&str, &str)]) -> Result<(), BoxError> {
+    for (bin, package) in tools {
+        if !std::path::Path::new(bin).exists() {
+            return Err(format!("{bin} is missing: apt-get install -y {package}").into());
+        }
+    }
+    Ok(())
+}
+
+/// Flushes dirty pages to disk (untimed) before a timed case, so no case
+/// pays for the writeback of the one before it.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 /// The value at quantile `q` (0..=1) of `samples`, which it sorts.
