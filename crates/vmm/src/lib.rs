@@ -9,6 +9,7 @@ pub mod arch;
 pub mod bus;
 pub mod devices;
 pub mod outcome;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -1,0 +1,70 @@
+//! Snapshot state of the machine itself: what KVM holds for each vCPU and
+//! for the VM (interrupt controllers, PIT, clock), as plain serde trees, and
+//! the versioned, checksummed container they are stored in.
+//!
+//! Devices and guest memory are not here: every device owns its own state
+//! struct, and memory is a separate file mapped copy-on-write on restore.
+//!
+//! - [`vcpu`]: [`save_vcpu`] / [`restore_vcpu`] and [`VcpuState`].
+//! - [`vm`]: [`save_vm`] / [`restore_vm`] and [`VmState`].
+//! - [`format`]: [`encode`] / [`decode`], the on-disk envelope.
+
+pub mod format;
+pub mod vcpu;
+pub mod vm;
+
+use serde::{Deserialize, Serialize};
+
+pub use format::{decode, encode, FormatError, FORMAT_VERSION, HEADER_LEN, MAGIC};
+pub use vcpu::{msr_index_list, restore_vcpu, save_vcpu, FpuState, VcpuState};
+pub use vm::{restore_vm, save_vm, VmState};
+
+/// One KVM ioctl that failed while saving or restoring state. The name is
+/// the ioctl (`"KVM_GET_SREGS"`), so a failure says exactly which piece of
+/// the machine could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{ioctl} failed: {source}")]
+    Ioctl {
+        ioctl: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// `KVM_SET_MSRS` stops at the first MSR it rejects; this names it.
+    #[error("KVM_SET_MSRS rejected MSR {index:#x} (value {data:#x})")]
+    MsrRejected { index: u32, data: u64 },
+    #[error("cannot read the host's MSR index list (KVM_GET_MSR_INDEX_LIST): {0}")]
+    MsrIndexList(String),
+    #[error("building a KVM {what} buffer: {source:?}")]
+    Fam {
+        what: &'static str,
+        source: vmm_sys_util::fam::Error,
+    },
+    #[error("saved xsave area is {words} u32 words; at least 1024 are required")]
+    XsaveTooSmall { words: usize },
+}
+
+impl StateError {
+    pub(crate) fn ioctl(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> StateError {
+        move |source| StateError::Ioctl { ioctl, source }
+    }
+
+    /// The errno of a failed ioctl, if this is one (used to tell "not
+    /// supported on this host" apart from real failures).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            StateError::Ioctl { source, .. } => Some(source.errno()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StateError>;
+
+/// The KVM-held state of a whole machine: the VM plus each vCPU, in vCPU id
+/// order. Device states and the memory file sit beside it in a snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MachineState {
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+}
