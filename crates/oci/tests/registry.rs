@@ -495,11 +495,14 @@ fn killed_pull_leaves_no_blob_and_gc_cleans_up() {
         !store.blob_path(&d).exists(),
         "a killed download leaves no blob at the final path"
     );
-    assert_eq!(
-        temp_files(&root).len(),
-        1,
-        "only the partial temp file remains"
-    );
+    // Other blobs may have been mid-download too when the child died (layers
+    // download in parallel), so count only the big layer's partial file.
+    let leftovers = temp_files(&root);
+    let big_partials = leftovers
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(&big.hex()))
+        .count();
+    assert_eq!(big_partials, 1, "the big layer's partial temp file remains");
 
     // The dead process's lock is gone: a new pull completes.
     let p = pull(
@@ -514,7 +517,7 @@ fn killed_pull_leaves_no_blob_and_gc_cleans_up() {
     );
     // gc removes the leftover and keeps the pulled image.
     let report = store.gc().unwrap();
-    assert_eq!(report.temp_files_removed, 1);
+    assert_eq!(report.temp_files_removed, leftovers.len() as u64);
     assert_eq!(report.blobs_removed, 0);
     assert!(temp_files(&root).is_empty());
     assert!(store

@@ -10,7 +10,8 @@ pub enum VmOutcome {
     PowerOff,
     Reboot,
     Panic,
-    Crash,
+    /// The worker's account of it (where the guest was), if it gave one.
+    Crash(Option<String>),
     Stopped,
     BootFailed,
     Error(String),
@@ -23,7 +24,8 @@ impl std::fmt::Display for VmOutcome {
             VmOutcome::PowerOff => write!(f, "the guest powered off"),
             VmOutcome::Reboot => write!(f, "the guest rebooted"),
             VmOutcome::Panic => write!(f, "the guest kernel panicked"),
-            VmOutcome::Crash => write!(f, "the virtual CPU crashed"),
+            VmOutcome::Crash(None) => write!(f, "the virtual CPU crashed"),
+            VmOutcome::Crash(Some(why)) => write!(f, "the virtual CPU crashed: {why}"),
             VmOutcome::Stopped => write!(f, "the VM was stopped"),
             VmOutcome::BootFailed => write!(f, "the guest agent could not boot the VM"),
             VmOutcome::Error(e) => write!(f, "the worker failed: {e}"),
@@ -37,7 +39,13 @@ pub(crate) fn outcome_of(status: ExitStatus, stderr: &str) -> VmOutcome {
         (Some(worker_exit::POWER_OFF), _) => VmOutcome::PowerOff,
         (Some(worker_exit::REBOOT), _) => VmOutcome::Reboot,
         (Some(worker_exit::PANIC), _) => VmOutcome::Panic,
-        (Some(worker_exit::CRASH), _) => VmOutcome::Crash,
+        (Some(worker_exit::CRASH), _) => VmOutcome::Crash(
+            stderr
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("supermachine-worker: "))
+                .map(str::to_string),
+        ),
         (Some(worker_exit::STOPPED), _) => VmOutcome::Stopped,
         (Some(worker_exit::BOOT_FAILED), _) => VmOutcome::BootFailed,
         (Some(code), _) => VmOutcome::Error(if stderr.trim().is_empty() {
