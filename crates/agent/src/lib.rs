@@ -19,6 +19,7 @@ pub mod power;
 pub mod probe;
 pub mod pty;
 pub mod reaper;
+pub mod restore;
 pub mod server;
 pub mod spawn;
 pub mod sys;

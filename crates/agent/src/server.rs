@@ -2,7 +2,7 @@
 
 use crate::power::{self, Action};
 use crate::transport::{Listener, Stream};
-use crate::{exec, files, probe, write_file, AGENT_VERSION};
+use crate::{exec, files, probe, restore, write_file, AGENT_VERSION};
 use std::time::Duration;
 use supermachine_protocol::{
     read_frame, write_frame, AgentMessage, ErrorKind, FrameError, Hello, Request, PROTOCOL_VERSION,
@@ -13,7 +13,8 @@ use supermachine_protocol::{
 pub enum OnShutdown {
     /// PID 1 in a VM: stop everything and power off or reboot.
     Power,
-    /// Test mode: just exit the agent process.
+    /// Test mode: just exit the agent process (and let `Restored` change
+    /// nothing).
     Exit,
 }
 
@@ -79,6 +80,11 @@ fn handle(stream: Stream, on_shutdown: OnShutdown) {
         } => return files::mkdir(&stream, &path, mode, parents),
         Request::Remove { path, recursive } => return files::remove(&stream, &path, recursive),
         Request::List { path } => return files::list(&stream, &path),
+        // Only PID 1 in a VM changes the clock, RNG and identity: in test
+        // mode they would be the test machine's own.
+        Request::Restored(fixup) => {
+            return restore::handle(&stream, &fixup, on_shutdown == OnShutdown::Power)
+        }
         Request::MeasureSpawn { argv, iterations } => {
             return probe::measure_spawn(&stream, argv, iterations)
         }

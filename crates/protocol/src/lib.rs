@@ -20,12 +20,13 @@
 
 mod frame;
 mod messages;
+pub mod worker_control;
 
 pub use frame::{decode, encode, read_frame, write_frame, FrameError};
 pub use messages::*;
 
 /// Bumped on every incompatible change. Host and agent refuse any other value.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Guest vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Host vsock port the agent connects to once to announce readiness.

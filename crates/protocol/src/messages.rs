@@ -69,6 +69,29 @@ pub enum Request {
     /// Stops every process, syncs and unmounts filesystems, and powers the VM
     /// off (or reboots it). Answered with [`AgentMessage::ShuttingDown`].
     Shutdown { reboot: bool },
+    /// Sent by the host once after it restores the VM from a snapshot,
+    /// before anything else: the guest was frozen and copied, so its wall
+    /// clock is stale and every copy starts with the same random state and
+    /// identity. The agent sets the clock, mixes the seed into the kernel's
+    /// entropy pool and reseeds its CRNG, sets the hostname and machine id,
+    /// and answers [`AgentMessage::Done`]; a step that fails is an
+    /// [`AgentMessage::Error`] naming it.
+    Restored(RestoreFixup),
+}
+
+/// What makes a restored copy of a VM its own machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreFixup {
+    /// The host's wall clock when it sent this, in nanoseconds since the
+    /// Unix epoch; becomes the guest's `CLOCK_REALTIME`.
+    pub unix_time_ns: u64,
+    /// Fresh random bytes from the host for this copy alone (at least 32).
+    pub seed: Vec<u8>,
+    /// The copy's hostname; empty leaves it unchanged.
+    pub hostname: String,
+    /// The copy's `/etc/machine-id` (32 lowercase hex digits); empty leaves
+    /// it unchanged.
+    pub machine_id: String,
 }
 
 /// How [`ExecRequest::env`] combines with the agent's base environment.

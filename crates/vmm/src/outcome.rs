@@ -1,5 +1,7 @@
-//! How a VM run ends, and the channel devices and vCPUs report it on.
+//! How a VM run ends, and the channel devices and vCPUs report it on (the
+//! same channel carries control requests to the thread running the VM).
 
+use crate::control::SnapshotRequest;
 use std::sync::mpsc::{Receiver, Sender};
 use supermachine_protocol::worker_exit;
 
@@ -32,18 +34,24 @@ impl Outcome {
     }
 }
 
+/// What the thread running the VM waits for.
+pub enum Event {
+    Exit(Outcome),
+    Snapshot(SnapshotRequest),
+}
+
 /// Anything that can end the VM holds one of these. Sending after the VM
 /// already ended is harmless.
 #[derive(Clone)]
-pub struct ExitSender(Sender<Outcome>);
+pub struct ExitSender(pub(crate) Sender<Event>);
 
 impl ExitSender {
     pub fn send(&self, outcome: Outcome) {
-        let _ = self.0.send(outcome);
+        let _ = self.0.send(Event::Exit(outcome));
     }
 }
 
-pub fn channel() -> (ExitSender, Receiver<Outcome>) {
+pub fn channel() -> (ExitSender, Receiver<Event>) {
     let (tx, rx) = std::sync::mpsc::channel();
     (ExitSender(tx), rx)
 }

@@ -1,9 +1,11 @@
 //! One thread per vCPU, each blocked in KVM_RUN until the guest needs the
-//! VMM (port I/O, MMIO) or the machine ends.
+//! VMM (port I/O, MMIO), the machine ends, or the VMM pauses it (see
+//! [`crate::pause`]).
 
 use crate::bus::Bus;
 use crate::devices::legacy::ResetReporter;
 use crate::outcome::Outcome;
+use crate::pause::{ParkedVcpu, PauseGate};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -16,6 +18,7 @@ pub struct VcpuRunner {
     pub pio: Bus,
     pub mmio: Bus,
     pub reset: ResetReporter,
+    pub gate: PauseGate,
 }
 
 impl VcpuRunner {
@@ -31,10 +34,30 @@ impl VcpuRunner {
         format!("the guest triple-faulted on vCPU {}{at}", self.id)
     }
 
+    /// Stays off the CPU until the VMM resumes the machine, serving its
+    /// requests for this vCPU's state meanwhile.
+    fn park(&mut self) {
+        // KVM completes an I/O or MMIO exit's instruction only on the next
+        // KVM_RUN; one with immediate_exit set does that and returns at once,
+        // so the state saved below is never mid-instruction.
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+        self.gate.park(ParkedVcpu {
+            id: self.id,
+            fd: &self.fd,
+        });
+    }
+
     /// Runs until the VM ends; the outcome goes to the exit channel.
     pub fn run(mut self) {
         let exit = self.reset.exit.clone();
+        self.gate.register_current_thread();
         loop {
+            if self.gate.pause_requested() {
+                self.park();
+                continue;
+            }
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.pio.write(port as u64, data);
@@ -89,6 +112,7 @@ impl VcpuRunner {
                 Ok(other) => {
                     tracing::debug!("vCPU {}: unhandled exit {other:?}", self.id);
                 }
+                // EINTR: the pause kick (or any signal); the loop head decides.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
                 Err(e) => {
                     exit.send(Outcome::Crash(format!("KVM_RUN on vCPU {}: {e}", self.id)));

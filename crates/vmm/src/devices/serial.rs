@@ -90,6 +90,17 @@ impl SerialDevice {
     pub fn save(&self) -> crate::devices::state::SerialState {
         self.0.state().into()
     }
+
+    /// The UART as it was saved, writing to a new sink.
+    pub fn restore(
+        state: &crate::devices::state::SerialState,
+        irq: IrqTrigger,
+        sink: ConsoleSink,
+    ) -> Result<Self, String> {
+        Serial::from_state(&state.into(), irq, NoEvents, sink)
+            .map(SerialDevice)
+            .map_err(|e| format!("serial port: {e:?}"))
+    }
 }
 
 impl BusDevice for SerialDevice {

@@ -1,7 +1,7 @@
 //! The state each device saves for a snapshot. Plain, serializable data:
 //! no fds, no guest memory, nothing that only makes sense in this process.
-//! Restoring is the snapshot work's job; every device already answers
-//! `save()` with one of these.
+//! Every device answers `save()` with one of these and is rebuilt from it
+//! on restore (see `MmioTransport::restore`).
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
@@ -33,6 +33,25 @@ impl From<&Queue> for QueueState {
             next_used: q.next_used(),
             event_idx: q.event_idx_enabled(),
         }
+    }
+}
+
+impl QueueState {
+    /// The queue this state describes, for a restore. Fails on a state no
+    /// device could have had (e.g. a size that is not a power of two).
+    pub fn to_queue(&self) -> Result<Queue, String> {
+        Queue::try_from(virtio_queue::QueueState {
+            max_size: self.max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        })
+        .map_err(|e| format!("invalid saved virtqueue: {e:?}"))
     }
 }
 
@@ -79,6 +98,23 @@ pub struct SerialState {
     pub modem_status: u8,
     pub scratch: u8,
     pub in_buffer: Vec<u8>,
+}
+
+impl From<&SerialState> for vm_superio::serial::SerialState {
+    fn from(s: &SerialState) -> Self {
+        vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
 }
 
 impl From<vm_superio::serial::SerialState> for SerialState {

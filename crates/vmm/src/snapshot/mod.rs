@@ -8,8 +8,12 @@
 //! - [`vcpu`]: [`save_vcpu`] / [`restore_vcpu`] and [`VcpuState`].
 //! - [`vm`]: [`save_vm`] / [`restore_vm`] and [`VmState`].
 //! - [`format`]: [`encode`] / [`decode`], the on-disk envelope.
+//! - [`memory`]: the sparse guest memory file and its copy-on-write mapping.
+//! - [`bundle`]: the snapshot directory (state file + memory file).
 
+pub mod bundle;
 pub mod format;
+pub mod memory;
 pub mod vcpu;
 pub mod vm;
 

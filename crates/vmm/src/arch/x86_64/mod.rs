@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod cpuid;
+pub mod host;
 pub mod layout;
 pub mod mptable;
 pub mod msrs;

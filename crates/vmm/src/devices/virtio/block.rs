@@ -194,6 +194,35 @@ impl VirtioDevice for Block {
     fn active_queues(&self) -> Vec<QueueState> {
         SingleQueue::state(&self.active)
     }
+    fn check_restore(&self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Block {
+                read_only,
+                capacity_bytes,
+                ..
+            } => {
+                // The guest's page cache and filesystem hold what the disk
+                // said at snapshot time; a disk of another size is surely
+                // another disk.
+                if *capacity_bytes != self.capacity_bytes {
+                    return Err(format!(
+                        "disk {}: {} bytes now, {capacity_bytes} when snapshotted",
+                        String::from_utf8_lossy(&self.id).trim_end_matches('\0'),
+                        self.capacity_bytes
+                    ));
+                }
+                if *read_only != self.read_only {
+                    return Err(format!(
+                        "disk {}: read-only {} now, {read_only} when snapshotted",
+                        String::from_utf8_lossy(&self.id).trim_end_matches('\0'),
+                        self.read_only
+                    ));
+                }
+                Ok(())
+            }
+            other => Err(format!("a block device cannot restore {other:?}")),
+        }
+    }
     fn handle_queue(&mut self, _index: usize) {
         // Taken out for the drain so `serve` can borrow the rest of `self`.
         let Some(mut active) = self.active.take() else {

@@ -59,6 +59,9 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     activated: bool,
+    /// Set by [`Self::restore`] for [`Self::resume_after_restore`].
+    restored_active: bool,
+    restored_interrupt: u32,
 }
 
 impl MmioTransport {
@@ -100,12 +103,26 @@ impl MmioTransport {
             queue_sel: 0,
             status: 0,
             activated: false,
+            restored_active: false,
+            restored_interrupt: 0,
         })
     }
 
     /// Registers, queues and device state, for a snapshot.
     pub fn save(&self) -> TransportState {
-        let device = lock(&self.device);
+        let device = self.device.clone();
+        let guard = lock(&device);
+        self.save_with(&*guard)
+    }
+
+    /// The device behind the registers: a snapshot holds its lock while it
+    /// copies guest memory, so the device's thread cannot change it.
+    pub fn device(&self) -> Arc<Mutex<dyn VirtioDevice>> {
+        self.device.clone()
+    }
+
+    /// [`Self::save`] with the device already locked by the caller.
+    pub fn save_with(&self, device: &dyn VirtioDevice) -> TransportState {
         let queues = if self.activated {
             device.active_queues()
         } else {
@@ -122,6 +139,47 @@ impl MmioTransport {
             queues,
             device: device.save(),
         }
+    }
+
+    /// Puts a freshly built transport into the saved state. The device
+    /// comes back to life only in [`Self::resume_after_restore`], once the
+    /// interrupt controllers and vCPUs are restored too.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), String> {
+        lock(&self.device).check_restore(&state.device)?;
+        if state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "virtio-{}: the snapshot has {} queues, the device {}",
+                self.name,
+                state.queues.len(),
+                self.queues.len()
+            ));
+        }
+        self.queues = state
+            .queues
+            .iter()
+            .map(QueueState::to_queue)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("virtio-{}: {e}", self.name))?;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.acked_features = state.acked_features & self.offered_features;
+        self.queue_sel = state.queue_sel;
+        self.status = state.status;
+        self.restored_active = state.activated;
+        self.restored_interrupt = state.interrupt_status;
+        Ok(())
+    }
+
+    /// Activates a device that was active when snapshotted and lets it
+    /// catch up on anything the pause interrupted.
+    pub fn resume_after_restore(&mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.restored_active) {
+            self.activate()?;
+            lock(&self.device).after_restore();
+        }
+        self.interrupt
+            .restore(std::mem::take(&mut self.restored_interrupt));
+        Ok(())
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {

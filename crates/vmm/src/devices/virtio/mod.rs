@@ -64,6 +64,19 @@ impl Interrupt {
     fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// Puts back a saved status and, if anything was pending, raises the
+    /// line again: an interrupt in flight when the machine was paused may
+    /// not have reached the saved interrupt controller state. A spurious
+    /// one is harmless (the driver finds nothing new and returns).
+    fn restore(&self, status: u32) {
+        self.status.store(status, Ordering::SeqCst);
+        if status != 0 {
+            if let Err(e) = self.irqfd.write(1) {
+                tracing::warn!("virtio irqfd write failed: {e}");
+            }
+        }
+    }
 }
 
 /// Tokens below this value are queue indexes; devices use the rest for
@@ -116,6 +129,17 @@ pub trait VirtioDevice: Send + 'static {
     /// The queues the device runs on once active (their progress lives here,
     /// not in the transport's copies).
     fn active_queues(&self) -> Vec<QueueState>;
+    /// Whether this device can stand in for the one that saved `state`
+    /// (same kind, same disk size, …); the reason if not.
+    fn check_restore(&self, state: &DeviceState) -> Result<(), String>;
+    /// Runs once a restored device is active again, before the vCPUs do.
+    /// The default handles every queue as if kicked: a kick that reached
+    /// the device just before the pause may not have been served.
+    fn after_restore(&mut self) {
+        for index in 0..self.queue_max_sizes().len() {
+            self.handle_queue(index);
+        }
+    }
 }
 
 /// Copies `data` out of a little-endian config space image at `offset`;

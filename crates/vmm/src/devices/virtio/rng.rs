@@ -38,6 +38,12 @@ impl VirtioDevice for Rng {
     fn save(&self) -> DeviceState {
         DeviceState::Rng
     }
+    fn check_restore(&self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Rng => Ok(()),
+            other => Err(format!("an rng device cannot restore {other:?}")),
+        }
+    }
     fn active_queues(&self) -> Vec<QueueState> {
         SingleQueue::state(&self.active)
     }

@@ -21,6 +21,9 @@ use vmm_sys_util::epoll::EventSet;
 
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// `virtio_vsock_event.id` for "all connections are gone; re-read the CID".
+const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZE: u16 = 256;
 /// Largest payload we accept in one guest packet (Linux sends ≤ 64 KiB).
 const MAX_PAYLOAD: usize = 64 * 1024;
@@ -76,6 +79,40 @@ impl Vsock {
             }
             0
         });
+    }
+
+    /// Tells the guest driver that every connection it had is gone (the
+    /// host side of them did not survive the snapshot). Linux resets its
+    /// connected sockets and keeps its listening ones, so the agent keeps
+    /// serving on the same port.
+    fn post_transport_reset(&mut self) {
+        let Some(a) = &mut self.active else { return };
+        let mem = &a.mem;
+        let queue = &mut a.queues[EVENT];
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            tracing::warn!("vsock: no event buffer for the transport reset");
+            return;
+        };
+        let head = chain.head_index();
+        let len = match Writer::<()>::new(mem, chain) {
+            Ok(mut w) => match w.write_obj(EVENT_TRANSPORT_RESET.to_le()) {
+                Ok(()) => 4,
+                Err(e) => {
+                    tracing::warn!("vsock: writing the transport reset event: {e:?}");
+                    0
+                }
+            },
+            Err(e) => {
+                tracing::warn!("vsock: event buffer: {e:?}");
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(mem, head, len) {
+            tracing::warn!("vsock event add_used: {e:?}");
+        }
+        if queue.needs_notification(mem).unwrap_or(true) {
+            a.interrupt.signal_used_queue();
+        }
     }
 
     fn process_rx(&mut self) {
@@ -156,6 +193,21 @@ impl VirtioDevice for Vsock {
         DeviceState::Vsock {
             guest_cid: self.guest_cid,
         }
+    }
+    fn check_restore(&self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Vsock { guest_cid } if *guest_cid == self.guest_cid => Ok(()),
+            DeviceState::Vsock { guest_cid } => Err(format!(
+                "vsock: CID {} now, {guest_cid} when snapshotted",
+                self.guest_cid
+            )),
+            other => Err(format!("a vsock device cannot restore {other:?}")),
+        }
+    }
+    fn after_restore(&mut self) {
+        self.post_transport_reset();
+        self.process_tx();
+        self.process_rx();
     }
     fn active_queues(&self) -> Vec<QueueState> {
         self.active

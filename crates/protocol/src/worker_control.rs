@@ -1,0 +1,39 @@
+//! The worker's control socket: how the host library asks a running worker
+//! (not the guest) to do VMM-level things, such as taking a snapshot.
+//!
+//! The worker listens on [`SOCKET`] in its VM directory. Each connection
+//! carries one [`WorkerRequest`] frame and gets one [`WorkerReply`] frame,
+//! framed like the agent protocol ([`crate::write_frame`]).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// File name of the control socket inside the VM directory.
+pub const SOCKET: &str = "control.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerRequest {
+    /// Pause the machine, write its state and memory into `dir` (an
+    /// existing, empty directory), then resume it, or end the worker with
+    /// [`crate::worker_exit::STOPPED`] when `stop_after` is set.
+    Snapshot { dir: PathBuf, stop_after: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerReply {
+    Snapshotted(SnapshotReport),
+    Failed(String),
+}
+
+/// What a snapshot wrote and what it cost the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    /// Guest RAM size: the memory file's length.
+    pub memory_bytes: u64,
+    /// Non-zero pages written; the rest of the file is holes.
+    pub memory_data_bytes: u64,
+    /// Size of the state file (vCPUs, VM, devices).
+    pub state_bytes: u64,
+    /// How long the vCPUs were stopped, in microseconds.
+    pub paused_us: u64,
+}

@@ -1,0 +1,335 @@
+//! A virtual machine, assembled either by a cold boot from a [`VmConfig`]
+//! (kernel, initramfs, fresh devices) or from a snapshot
+//! ([`Vm::restore`]), then run until it ends.
+//!
+//! - `devices`: what both assemble alike (KVM VM, memory, devices);
+//! - `snapshot`: pausing a running VM and writing its snapshot;
+//! - `restore`: rebuilding a VM from one.
+
+mod devices;
+mod restore;
+mod snapshot;
+
+pub use restore::RestoreConfig;
+
+use crate::arch::x86_64::{self as arch, layout::*};
+use crate::bus::Bus;
+use crate::control::ControlHandle;
+use crate::devices::legacy::ResetReporter;
+use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::MmioTransport;
+use crate::outcome::{self, Event, ExitSender, Outcome};
+use crate::pause::PauseGate;
+use crate::vcpu::VcpuRunner;
+use devices::ConsoleConfig;
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::VmFd;
+use linux_loader::cmdline::Cmdline;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Kernel arguments every guest gets. `reboot=k` makes reboots reach our
+/// i8042 port; `panic=-1` turns a panic into an immediate reset we report.
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet";
+/// After the kernel prints its panic banner, how long to wait for it to reset
+/// the machine before we call it a panic ourselves (for `panic=0` guests).
+const PANIC_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    /// Host muxer socket; guest-initiated streams go to `<uds_path>_<port>`.
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to the base command line.
+    pub extra_cmdline: String,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    /// In order: the first is /dev/vda.
+    pub disks: Vec<DiskConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub rng: bool,
+    pub serial_log: Option<PathBuf>,
+    /// Also copy the console to our stderr.
+    pub console_echo: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm: {0}")]
+    Kvm(String),
+    #[error("{what}: {source}")]
+    KvmCall {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("guest memory of {mib} MiB: {reason}")]
+    Memory { mib: u64, reason: String },
+    #[error(transparent)]
+    Boot(#[from] arch::boot::BootError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+fn kvm_call<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmError> {
+    r.map_err(|source| VmError::KvmCall { what, source })
+}
+
+fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T, VmError> {
+    r.map_err(|source| VmError::Io {
+        what: what.into(),
+        source,
+    })
+}
+
+/// A built machine, ready to run.
+pub struct Vm {
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    memory_mib: u64,
+    /// Moved onto their threads by [`Vm::run`].
+    vcpus: Vec<VcpuRunner>,
+    vcpu_count: usize,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    gate: PauseGate,
+    exit: ExitSender,
+    events: Receiver<Event>,
+    panicked: Arc<AtomicBool>,
+}
+
+/// The buses, exit channel and pause gate every vCPU shares.
+struct Wiring {
+    pio: Bus,
+    mmio: Bus,
+    reset: ResetReporter,
+    gate: PauseGate,
+    exit: ExitSender,
+    events: Receiver<Event>,
+    panicked: Arc<AtomicBool>,
+}
+
+impl Wiring {
+    fn new() -> Wiring {
+        let (exit, events) = outcome::channel();
+        let panicked = Arc::new(AtomicBool::new(false));
+        Wiring {
+            pio: Bus::default(),
+            mmio: Bus::default(),
+            reset: ResetReporter {
+                exit: exit.clone(),
+                panicked: panicked.clone(),
+            },
+            gate: PauseGate::default(),
+            exit,
+            events,
+            panicked,
+        }
+    }
+
+    fn runner(&self, id: u8, fd: kvm_ioctls::VcpuFd) -> VcpuRunner {
+        VcpuRunner {
+            id,
+            fd,
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            reset: self.reset.clone(),
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+impl Vm {
+    fn assemble(
+        vm: VmFd,
+        mem: GuestMemoryMmap,
+        memory_mib: u64,
+        vcpus: Vec<VcpuRunner>,
+        transports: Vec<Arc<Mutex<MmioTransport>>>,
+        serial: Arc<Mutex<SerialDevice>>,
+        w: Wiring,
+    ) -> Vm {
+        Vm {
+            vm,
+            mem,
+            memory_mib,
+            vcpu_count: vcpus.len(),
+            vcpus,
+            transports,
+            serial,
+            gate: w.gate,
+            exit: w.exit,
+            events: w.events,
+            panicked: w.panicked,
+        }
+    }
+
+    /// A cold boot: fresh memory, the kernel and initramfs loaded, vCPU 0
+    /// at the kernel's 64-bit entry point.
+    pub fn build(config: &VmConfig) -> Result<Vm, VmError> {
+        if config.vcpus == 0 || config.vcpus as u32 > 64 {
+            return Err(VmError::Config(format!(
+                "{} vCPUs: choose 1 to 64",
+                config.vcpus
+            )));
+        }
+        if config.memory_mib < 64 {
+            return Err(VmError::Config(format!(
+                "{} MiB of memory: at least 64 MiB is needed",
+                config.memory_mib
+            )));
+        }
+        let kvm = devices::open_kvm()?;
+        let vm = devices::create_vm(&kvm)?;
+        let mem = devices::create_memory(&vm, config.memory_mib)?;
+        let mut w = Wiring::new();
+        let console = ConsoleConfig {
+            serial_log: config.serial_log.as_ref(),
+            echo: config.console_echo,
+        };
+        let serial = devices::add_legacy_devices(&vm, &mut w.pio, console, &w.reset, None)?;
+
+        let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| VmError::Config(e.to_string()))?;
+        cmdline
+            .insert_str(BASE_CMDLINE)
+            .map_err(|e| VmError::Config(e.to_string()))?;
+        let mut transports = Vec::new();
+        let virtio = devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng)?;
+        for (index, device) in virtio.into_iter().enumerate() {
+            transports.push(devices::add_virtio_device(
+                &vm,
+                &mem,
+                &mut w.mmio,
+                index,
+                device,
+            )?);
+            let (base, irq) = devices::virtio_slot(index);
+            cmdline
+                .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
+                .map_err(|e| VmError::Config(format!("kernel command line: {e}")))?;
+        }
+        if !config.extra_cmdline.trim().is_empty() {
+            cmdline
+                .insert_str(config.extra_cmdline.trim())
+                .map_err(|e| VmError::Config(format!("kernel command line: {e}")))?;
+        }
+
+        let kernel = arch::boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+        arch::regs::write_boot_tables(&mem)
+            .map_err(|e| VmError::Config(format!("boot tables: {e}")))?;
+        let mptable = arch::mptable::build(config.vcpus);
+        mem.write_slice(&mptable, GuestAddress(MPTABLE_ADDR))
+            .map_err(|e| VmError::Config(format!("MP table: {e}")))?;
+
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        let supported = kvm_call(
+            "KVM_GET_SUPPORTED_CPUID",
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+        )?;
+        let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+        for id in 0..config.vcpus {
+            let fd = kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(id as u64))?;
+            let mut cpuid = supported.clone();
+            arch::cpuid::for_vcpu(&mut cpuid, id, config.vcpus, tsc_deadline);
+            kvm_call("KVM_SET_CPUID2", fd.set_cpuid2(&cpuid))?;
+            let msrs =
+                arch::msrs::boot_msrs().map_err(|e| VmError::Config(format!("MSR list: {e:?}")))?;
+            kvm_call("KVM_SET_MSRS", fd.set_msrs(&msrs))?;
+            let mut lapic = kvm_call("KVM_GET_LAPIC", fd.get_lapic())?;
+            arch::configure_lint(&mut lapic);
+            kvm_call("KVM_SET_LAPIC", fd.set_lapic(&lapic))?;
+            kvm_call("KVM_SET_FPU", fd.set_fpu(&arch::regs::boot_fpu()))?;
+            if id == 0 {
+                let sregs = kvm_call("KVM_GET_SREGS", fd.get_sregs())?;
+                kvm_call(
+                    "KVM_SET_SREGS",
+                    fd.set_sregs(&arch::regs::long_mode_sregs(sregs)),
+                )?;
+                kvm_call(
+                    "KVM_SET_REGS",
+                    fd.set_regs(&arch::regs::boot_regs(kernel.entry)),
+                )?;
+            }
+            vcpus.push(w.runner(id, fd));
+        }
+        Ok(Vm::assemble(
+            vm,
+            mem,
+            config.memory_mib,
+            vcpus,
+            transports,
+            serial,
+            w,
+        ))
+    }
+
+    /// A handle that ends the VM with the given outcome (e.g. on SIGTERM).
+    pub fn exit_sender(&self) -> ExitSender {
+        self.exit.clone()
+    }
+
+    /// A handle for control requests (snapshots) while the VM runs.
+    pub fn control(&self) -> ControlHandle {
+        ControlHandle(self.exit.clone())
+    }
+
+    /// Starts the vCPUs and blocks until the machine ends, serving control
+    /// requests meanwhile.
+    pub fn run(mut self) -> Result<Outcome, VmError> {
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            let name = format!("vcpu{}", vcpu.id);
+            io(
+                "starting a vCPU thread",
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || vcpu.run()),
+            )?;
+        }
+        let mut panic_seen_for = Duration::ZERO;
+        let tick = Duration::from_millis(250);
+        loop {
+            match self.events.recv_timeout(tick) {
+                Ok(Event::Exit(outcome)) => return Ok(outcome),
+                Ok(Event::Snapshot(request)) => {
+                    let result = self.snapshot_to(&request.dir, request.stay_paused);
+                    let _ = request.reply.send(result.map_err(|e| e.to_string()));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.panicked.load(Ordering::SeqCst) {
+                        panic_seen_for += tick;
+                        if panic_seen_for >= PANIC_GRACE {
+                            return Ok(Outcome::Panic);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(Outcome::Crash(
+                        "every vCPU stopped without an outcome".into(),
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Rebuilding a VM from a snapshot.
+//!
+//! The devices are built exactly as for a boot, from the same kind of
+//! configuration, and then put into their saved state; guest memory is the
+//! snapshot's memory file mapped copy-on-write. Order: memory, devices
+//! (registers only), VM state (interrupt controllers, PIT, clock), vCPUs,
+//! and only then are the devices brought back to life, so whatever they
+//! signal lands in restored interrupt controllers.
+
+use super::devices::{self, ConsoleConfig};
+use super::{DiskConfig, Vm, VmError, VsockConfig, Wiring};
+use crate::arch::x86_64::host;
+use crate::bus::lock;
+use crate::snapshot::bundle::{read_state, MEMORY_FILE};
+use crate::snapshot::memory::map_memory;
+use crate::snapshot::{restore_vcpu, restore_vm};
+use std::fs::File;
+use std::path::PathBuf;
+
+/// The host side of a restored VM: which files stand in for its disks,
+/// where its sockets and logs go. The snapshot says everything else.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    /// A directory written by a snapshot (state + memory files).
+    pub snapshot_dir: PathBuf,
+    /// The same disks, in the same order, as the snapshotted VM had.
+    pub disks: Vec<DiskConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub rng: bool,
+    pub serial_log: Option<PathBuf>,
+    pub console_echo: bool,
+}
+
+fn snapshot_err(e: impl std::fmt::Display) -> VmError {
+    VmError::Snapshot(e.to_string())
+}
+
+impl Vm {
+    /// Builds the VM saved in `config.snapshot_dir`, ready to [`Vm::run`]
+    /// from the instruction it was paused at.
+    pub fn restore(config: &RestoreConfig) -> Result<Vm, VmError> {
+        let dir = &config.snapshot_dir;
+        let state = read_state(dir).map_err(snapshot_err)?;
+        let vcpu_count = state.machine.vcpus.len();
+        if vcpu_count == 0 || vcpu_count > 64 {
+            return Err(snapshot_err(format!(
+                "{} saved vCPUs: not a machine this VMM makes",
+                vcpu_count
+            )));
+        }
+        let kvm = devices::open_kvm()?;
+        let vm = devices::create_vm(&kvm)?;
+        let memory_path = dir.join(MEMORY_FILE);
+        let memory_file = File::open(&memory_path)
+            .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
+        let mem = map_memory(&memory_file, &state.memory)
+            .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
+        devices::register_memory(&vm, &mem, false)?;
+
+        let mut w = Wiring::new();
+        let console = ConsoleConfig {
+            serial_log: config.serial_log.as_ref(),
+            echo: config.console_echo,
+        };
+        let serial =
+            devices::add_legacy_devices(&vm, &mut w.pio, console, &w.reset, Some(&state.serial))?;
+        let virtio = devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng)?;
+        if virtio.len() != state.devices.len() {
+            return Err(snapshot_err(format!(
+                "the snapshot has {} virtio devices, this restore would make {} \
+                 (give it the same disks as the snapshotted VM)",
+                state.devices.len(),
+                virtio.len()
+            )));
+        }
+        let mut transports = Vec::with_capacity(virtio.len());
+        for (index, (device, saved)) in virtio.into_iter().zip(&state.devices).enumerate() {
+            let transport = devices::add_virtio_device(&vm, &mem, &mut w.mmio, index, device)?;
+            lock(&transport).restore(saved).map_err(snapshot_err)?;
+            transports.push(transport);
+        }
+
+        restore_vm(&vm, &state.machine.vm).map_err(snapshot_err)?;
+        let mut vcpus = Vec::with_capacity(vcpu_count);
+        let under_tcg = host::under_qemu_tcg();
+        for (id, saved) in state.machine.vcpus.iter().enumerate() {
+            let fd = super::kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(id as u64))?;
+            let mut saved = saved.clone();
+            saved.sregs.tr.type_ = host::restored_tr_type(saved.sregs.tr.type_, under_tcg);
+            restore_vcpu(&fd, &saved)
+                .map_err(|e| snapshot_err(format!("restoring vCPU {id}: {e}")))?;
+            vcpus.push(w.runner(id as u8, fd));
+        }
+        for transport in &transports {
+            lock(transport)
+                .resume_after_restore()
+                .map_err(|e| snapshot_err(format!("reactivating a device: {e}")))?;
+        }
+        Ok(Vm::assemble(
+            vm,
+            mem,
+            state.memory_mib,
+            vcpus,
+            transports,
+            serial,
+            w,
+        ))
+    }
+}
