@@ -71,6 +71,9 @@ pub enum Error {
     /// [`crate::Image::from_store`] of an image that was never pulled.
     #[error("image {0} is not in the local image store: pull it first (`supermachine pull {0}`)")]
     NotPulled(String),
+    /// A snapshot could not be taken, read or restored.
+    #[error("snapshot {}: {reason}", .path.display())]
+    Snapshot { path: PathBuf, reason: String },
 }
 
 fn log_hint(log: &Option<PathBuf>) -> String {

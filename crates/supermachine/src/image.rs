@@ -3,6 +3,7 @@
 use crate::assets;
 use crate::defaults::{docker_command, ExecDefaults};
 use crate::error::Error;
+use crate::snapshot::{self, SnapshotMeta};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use supermachine_oci::{Digest, ImageConfig, PulledImage};
@@ -32,6 +33,14 @@ enum Kind {
     Builtin,
     Rootfs(PathBuf),
     Oci(Arc<OciImage>),
+    Snapshot(Arc<SnapshotImage>),
+}
+
+/// A snapshot directory and what its `meta.json` says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotImage {
+    pub dir: PathBuf,
+    pub meta: SnapshotMeta,
 }
 
 /// An OCI image whose root filesystem is built.
@@ -57,6 +66,50 @@ impl Image {
         }
     }
 
+    /// A snapshot written by [`crate::Vm::snapshot`] or [`Image::build`]:
+    /// a VM started from it is restored (copy-on-write from the snapshot's
+    /// memory file) instead of booted, and runs on from where the snapshot
+    /// was taken. Its memory size and vCPU count are the snapshot's.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// use supermachine::{Image, Vm, VmConfig};
+    /// let image = Image::from_snapshot("/srv/snapshots/app")?;
+    /// let vm = Vm::start(&image, &VmConfig::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_snapshot(dir: impl Into<PathBuf>) -> Result<Image, Error> {
+        let dir = dir.into();
+        let dir = std::fs::canonicalize(&dir).map_err(|e| Error::Snapshot {
+            path: dir.clone(),
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => "no such snapshot".into(),
+                _ => e.to_string(),
+            },
+        })?;
+        let meta = snapshot::read_meta(&dir)?;
+        Ok(Image {
+            kind: Kind::Snapshot(Arc::new(SnapshotImage { dir, meta })),
+        })
+    }
+
+    /// The snapshot directory, for an image made by [`Image::from_snapshot`].
+    pub fn snapshot_dir(&self) -> Option<&Path> {
+        self.snapshot().map(|s| s.dir.as_path())
+    }
+
+    /// The build key of a snapshot made by [`Image::build`].
+    pub fn snapshot_key(&self) -> Option<&str> {
+        self.snapshot().and_then(|s| s.meta.key.as_deref())
+    }
+
+    pub(crate) fn snapshot(&self) -> Option<&SnapshotImage> {
+        match &self.kind {
+            Kind::Snapshot(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// An OCI image from the store whose root filesystem is `rootfs`.
     pub(crate) fn from_pulled(pulled: PulledImage, rootfs: PathBuf) -> Image {
         Image {
@@ -72,6 +125,7 @@ impl Image {
             Kind::Builtin => "builtin:busybox".into(),
             Kind::Rootfs(p) => p.display().to_string(),
             Kind::Oci(o) => o.pulled.reference.clone(),
+            Kind::Snapshot(s) => s.meta.image.clone(),
         }
     }
 
@@ -99,6 +153,7 @@ impl Image {
             Kind::Builtin => None,
             Kind::Rootfs(p) => Some(p),
             Kind::Oci(o) => Some(&o.rootfs),
+            Kind::Snapshot(_) => None,
         }
     }
 
@@ -119,8 +174,12 @@ impl Image {
     }
 
     /// The Env, WorkingDir and User of an OCI image's config, which every
-    /// exec in a VM booted from it starts with; empty for other images.
+    /// exec in a VM booted from it starts with (for a snapshot: those of
+    /// the VM it was taken from); empty for other images.
     pub fn exec_defaults(&self) -> ExecDefaults {
+        if let Some(s) = self.snapshot() {
+            return s.meta.defaults.clone();
+        }
         self.config()
             .map(ExecDefaults::from_config)
             .unwrap_or_default()
@@ -139,6 +198,12 @@ impl Image {
                 )))
             }
             Kind::Oci(o) => o.rootfs.clone(),
+            Kind::Snapshot(s) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is a snapshot: it is restored, not booted",
+                    s.dir.display()
+                )))
+            }
         };
         if !path.is_file() {
             return Err(Error::InvalidArgument(format!(

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod assets;
+mod build;
 mod child;
 mod conn;
 mod defaults;
@@ -39,11 +40,17 @@ pub mod kernel;
 mod outcome;
 pub mod paths;
 mod pull;
+mod restore;
 mod rootfs;
 mod runtime;
+pub mod snapshot;
 mod vm;
 mod worker;
 
+pub use build::{
+    build, build_key, default_snapshots_dir, BuildOptions, Built, ExtraFile, Warmup,
+    SNAPSHOTS_DIR_ENV,
+};
 pub use child::{Child, ChildControl, ChildOutput, ChildStdin};
 pub use defaults::{docker_command, merge_env, ExecDefaults};
 pub use error::Error;

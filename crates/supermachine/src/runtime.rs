@@ -66,6 +66,12 @@ pub struct VmInfo {
     pub serial_log: PathBuf,
     /// Started by `supermachine start` (outlives the process that started it).
     pub detached: bool,
+    /// The disks the worker was given, root filesystem first: (path, read-only).
+    #[serde(default)]
+    pub disks: Vec<(PathBuf, bool)>,
+    /// The snapshot it was restored from, if it was.
+    #[serde(default)]
+    pub snapshot: Option<PathBuf>,
 }
 
 impl VmDir {
@@ -165,15 +171,32 @@ pub fn list() -> Vec<VmInfo> {
 
 fn random_id() -> String {
     let mut b = [0u8; 4];
-    // SAFETY: writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
+    if random_bytes(&mut b).is_err() {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         b = (t.subsec_nanos() ^ std::process::id()).to_le_bytes();
     }
     hex::encode(b)
+}
+
+/// Fills `buf` from the kernel's CRNG.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: writes at most rest.len() bytes into rest.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        filled += n as usize;
+    }
+    Ok(())
 }
 
 /// Removes VM directories whose worker is gone.

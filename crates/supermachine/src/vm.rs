@@ -100,12 +100,12 @@ pub struct Disk {
 /// # Ok(()) }
 /// ```
 pub struct Vm {
-    dir: VmDir,
-    info: VmInfo,
-    worker: Mutex<Worker>,
+    pub(crate) dir: VmDir,
+    pub(crate) info: VmInfo,
+    pub(crate) worker: Mutex<Worker>,
     /// Whether this handle started the worker and must stop it when dropped.
-    owns_worker: bool,
-    keep_log: AtomicBool,
+    pub(crate) owns_worker: bool,
+    pub(crate) keep_log: AtomicBool,
     pub(crate) defaults: ExecDefaults,
 }
 
@@ -146,6 +146,9 @@ impl Vm {
     }
 
     async fn boot(image: &Image, config: &VmConfig, detached: bool) -> Result<Vm, Error> {
+        if let Some(snapshot) = image.snapshot() {
+            return Vm::restore(image, snapshot, config, detached).await;
+        }
         if config.vcpus == 0 {
             return Err(Error::InvalidArgument("a VM needs at least 1 vCPU".into()));
         }
@@ -186,25 +189,21 @@ impl Vm {
         cmdline.extend(config.extra_kernel_args.iter().cloned());
         let spec = WorkerSpec {
             binary,
-            kernel,
-            initramfs,
+            boot: Some((kernel, initramfs)),
+            restore: None,
             cmdline: cmdline.join(" "),
             memory_mib: config.memory_mib,
             vcpus: config.vcpus,
-            disks,
+            disks: disks.clone(),
             vm_dir: dir.path().to_path_buf(),
             serial_log: serial_log.clone(),
             console: config.console,
             detached_stderr: detached.then(|| logs.join(format!("{}.worker.log", dir.id()))),
         };
-        let worker = Worker::spawn(&spec)?;
-        dir.record_pid(worker.pid());
         let info = VmInfo {
             id: dir.id().to_string(),
-            pid: worker.pid(),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            pid: 0,
+            started: 0,
             memory_mib: config.memory_mib,
             vcpus: config.vcpus,
             image: image.name(),
@@ -217,19 +216,33 @@ impl Vm {
             command: Vec::new(),
             serial_log,
             detached,
+            disks,
+            snapshot: None,
         };
+        let vm = Vm::supervise(dir, &spec, info)?;
+        vm.wait_ready(&ready, config.boot_timeout).await?;
+        let _ = std::fs::remove_file(&ready_path);
+        Ok(vm)
+    }
+
+    /// Starts the worker for `spec` and records the VM as running; `info`
+    /// gets the worker's pid and the start time.
+    pub(crate) fn supervise(dir: VmDir, spec: &WorkerSpec, mut info: VmInfo) -> Result<Vm, Error> {
+        let worker = Worker::spawn(spec)?;
+        dir.record_pid(worker.pid());
+        info.pid = worker.pid();
+        info.started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         dir.record_info(&info)?;
-        let vm = Vm {
+        Ok(Vm {
             dir,
             worker: Mutex::new(worker),
             owns_worker: true,
             keep_log: AtomicBool::new(false),
             defaults: info.defaults.clone(),
             info,
-        };
-        vm.wait_ready(&ready, config.boot_timeout).await?;
-        let _ = std::fs::remove_file(&ready_path);
-        Ok(vm)
+        })
     }
 
     /// A handle on a running VM by id (from [`Vm::start_detached`] or
@@ -246,6 +259,12 @@ impl Vm {
             defaults: info.defaults.clone(),
             info,
         })
+    }
+
+    /// Records the workload command (shown by `ps`, kept in snapshots).
+    pub(crate) fn set_command(&mut self, command: Vec<String>) {
+        self.info.command = command;
+        let _ = self.dir.record_info(&self.info);
     }
 
     /// Every running VM of this user, oldest first.
@@ -273,7 +292,7 @@ impl Vm {
         self.dir.path()
     }
 
-    fn worker(&self) -> MutexGuard<'_, Worker> {
+    pub(crate) fn worker(&self) -> MutexGuard<'_, Worker> {
         self.worker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -472,7 +491,7 @@ impl Vm {
 }
 
 /// An image's Env/WorkingDir/User with the config's settings on top.
-fn exec_defaults(image: &Image, config: &VmConfig) -> ExecDefaults {
+pub(crate) fn exec_defaults(image: &Image, config: &VmConfig) -> ExecDefaults {
     let mut d = image.exec_defaults().with_env(config.env.iter().cloned());
     if config.workdir.is_some() {
         d.cwd = config.workdir.clone();

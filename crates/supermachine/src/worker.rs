@@ -14,8 +14,10 @@ use supermachine_protocol::{disk_spec, worker_exit};
 /// Everything the worker's command line is made of.
 pub(crate) struct WorkerSpec {
     pub binary: PathBuf,
-    pub kernel: PathBuf,
-    pub initramfs: PathBuf,
+    /// Kernel and initramfs to boot; `None` for a restore.
+    pub boot: Option<(PathBuf, PathBuf)>,
+    /// Snapshot directory to restore instead of booting.
+    pub restore: Option<PathBuf>,
     pub cmdline: String,
     pub memory_mib: u64,
     pub vcpus: u8,
@@ -43,11 +45,16 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn spawn(spec: &WorkerSpec) -> Result<Worker, Error> {
         let mut cmd = Command::new(&spec.binary);
-        cmd.arg("--kernel")
-            .arg(&spec.kernel)
-            .arg("--initrd")
-            .arg(&spec.initramfs)
-            .arg("--memory-mib")
+        if let Some((kernel, initramfs)) = &spec.boot {
+            cmd.arg("--kernel")
+                .arg(kernel)
+                .arg("--initrd")
+                .arg(initramfs);
+        }
+        if let Some(dir) = &spec.restore {
+            cmd.arg("--restore").arg(dir);
+        }
+        cmd.arg("--memory-mib")
             .arg(spec.memory_mib.to_string())
             .arg("--vcpus")
             .arg(spec.vcpus.to_string())

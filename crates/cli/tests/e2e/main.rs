@@ -15,6 +15,7 @@ mod files;
 mod images;
 mod oci_layout;
 mod registry;
+mod snapshot;
 mod stdin;
 mod util;
 
@@ -30,6 +31,7 @@ fn trials() -> Vec<Trial> {
     all.extend(cli_vm::trials());
     all.extend(images::trials());
     all.extend(debian::trials());
+    all.extend(snapshot::trials());
     all
 }
 

@@ -1,0 +1,153 @@
+//! Snapshots and copy-on-write restores through the library: what a
+//! snapshot keeps (files, running processes), what each restored copy gets
+//! of its own (clock, randomness, identity, its own writes), and that a
+//! damaged snapshot fails cleanly.
+
+use crate::api::ensure;
+use crate::util::TempDir;
+use libtest_mimic::{Failed, Trial};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use supermachine::{Image, Vm, VmConfig};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "snapshot::restored_copies_keep_state_and_are_independent",
+            restored_copies,
+        ),
+        Trial::test("snapshot::a_damaged_snapshot_fails_cleanly", damaged),
+    ]
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failed> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+async fn sh(vm: &Vm, script: &str) -> Result<String, Failed> {
+    let out = vm.exec(["sh", "-c", script]).await?;
+    ensure(
+        out.status.code == Some(0),
+        format!("`{script}` failed: {out:?}"),
+    )?;
+    Ok(out.stdout_lossy().trim().to_string())
+}
+
+/// Boots a VM with a file and a background process, snapshots it into
+/// `dir/snap`, and checks the original runs on.
+async fn snapshot_of_a_busy_vm(dir: &TempDir) -> Result<(Image, String), Failed> {
+    let vm = Vm::start(&Image::builtin(), &VmConfig::default()).await?;
+    vm.write_file("/tmp/before", b"written before the snapshot")
+        .await?;
+    let pid = sh(&vm, "sleep 100000 >/dev/null 2>&1 & echo $!").await?;
+    let image = vm.snapshot(dir.0.join("snap")).await?;
+    // The original keeps running.
+    ensure(
+        sh(&vm, &format!("kill -0 {pid} && echo alive")).await? == "alive",
+        "the original VM's process after its snapshot",
+    )?;
+    vm.stop().await?;
+    Ok((image, pid))
+}
+
+fn restored_copies() -> Result<(), Failed> {
+    let dir = TempDir::new("snapshot");
+    runtime()?.block_on(async {
+        let (image, pid) = snapshot_of_a_busy_vm(&dir).await?;
+        let a = Vm::start(&image, &VmConfig::default()).await?;
+        let b = Vm::start(&image, &VmConfig::default()).await?;
+        for (name, vm) in [("a", &a), ("b", &b)] {
+            // Exec works at once; the file and the process are there.
+            ensure(
+                vm.read_file("/tmp/before").await? == b"written before the snapshot",
+                format!("{name}: the file written before the snapshot"),
+            )?;
+            ensure(
+                sh(vm, &format!("kill -0 {pid} && echo alive")).await? == "alive",
+                format!("{name}: the process started before the snapshot"),
+            )?;
+            // The clock is the host's, not the snapshot's.
+            let guest: f64 = sh(vm, "date +%s").await?.parse()?;
+            let host = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+            ensure(
+                (guest - host).abs() <= 1.5,
+                format!("{name}: guest clock {guest} vs host {host}"),
+            )?;
+            ensure(
+                sh(vm, "hostname").await? == vm.id(),
+                format!("{name}: hostname is the VM id"),
+            )?;
+        }
+        // Independent: a write in one copy is invisible in the other.
+        a.write_file("/tmp/only-a", b"a").await?;
+        ensure(
+            sh(&b, "test -e /tmp/only-a && echo yes || echo no").await? == "no",
+            "a write in one copy showed up in the other",
+        )?;
+        // Their random streams differ, and so do their machine ids.
+        let random = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+        let (ra, rb) = (sh(&a, random).await?, sh(&b, random).await?);
+        ensure(ra.len() == 64 && ra != rb, format!("urandom: {ra} vs {rb}"))?;
+        let id = "cat /etc/machine-id";
+        let (ia, ib) = (sh(&a, id).await?, sh(&b, id).await?);
+        ensure(
+            ia.len() == 32 && ia != ib,
+            format!("machine ids {ia} vs {ib}"),
+        )?;
+        a.stop().await?;
+        b.stop().await?;
+        Ok(())
+    })
+}
+
+fn damaged() -> Result<(), Failed> {
+    let dir = TempDir::new("snapshot-damaged");
+    runtime()?.block_on(async {
+        let (image, _) = snapshot_of_a_busy_vm(&dir).await?;
+        let snap = image.snapshot_dir().ok_or("no snapshot dir")?.to_path_buf();
+        let config = VmConfig {
+            boot_timeout: Duration::from_secs(30),
+            ..VmConfig::default()
+        };
+
+        // A flipped byte in the state file: refused by its checksum.
+        let state = snap.join("state");
+        let good = std::fs::read(&state)?;
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        std::fs::write(&state, &bad)?;
+        let e = Vm::start(&Image::from_snapshot(&snap)?, &config)
+            .await
+            .err()
+            .ok_or("a corrupted state file restored")?;
+        ensure(
+            e.to_string().contains("checksum"),
+            format!("corrupted: {e}"),
+        )?;
+        std::fs::write(&state, &good)?;
+
+        // A truncated memory file: refused before any vCPU runs.
+        let memory = std::fs::OpenOptions::new()
+            .write(true)
+            .open(snap.join("memory"))?;
+        memory.set_len(1 << 20)?;
+        let e = Vm::start(&Image::from_snapshot(&snap)?, &config)
+            .await
+            .err()
+            .ok_or("a truncated memory file restored")?;
+        ensure(
+            e.to_string().contains("truncated"),
+            format!("truncated: {e}"),
+        )?;
+
+        // No worker is left behind by either failure.
+        ensure(
+            Vm::running().is_empty(),
+            format!("VMs left running: {:?}", Vm::running()),
+        )?;
+        Ok(())
+    })
+}

@@ -1,0 +1,425 @@
+//! Baking: boot an image, start its workload, wait for it to listen, warm
+//! it up, and snapshot it; cached by a key over every input, so the same
+//! build twice boots once.
+
+use crate::error::Error;
+use crate::hash::{file_digest, Hasher};
+use crate::image::Image;
+use crate::vm::{Vm, VmConfig};
+use crate::{assets, kernel};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use supermachine_oci::lock::{FileLock, LockMode};
+
+/// Bumped when the meaning of a build changes (what a bake does), so old
+/// snapshots are not reused for new semantics.
+const BUILD_VERSION: &str = "supermachine-build-v1";
+/// Environment variable naming the default snapshots directory.
+pub const SNAPSHOTS_DIR_ENV: &str = "SUPERMACHINE_SNAPSHOTS_DIR";
+
+/// A warmup step: receives the booted VM (workload started and, if asked,
+/// listening) and prepares it before the snapshot, e.g. by running the
+/// commands that fill caches.
+pub type Warmup = Box<
+    dyn for<'a> FnOnce(&'a Vm) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>
+        + Send,
+>;
+
+/// A host file copied into the guest before the workload starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraFile {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+}
+
+/// How to bake an image into a snapshot ([`Image::build`]).
+///
+/// ```
+/// use supermachine::{BuildOptions, Image};
+/// let options = BuildOptions {
+///     cmd: Some(vec!["sh".into(), "-c".into(), "httpd -f -p 80".into()]),
+///     listener_required: true,
+///     guest_port: 80,
+///     ..BuildOptions::new(Image::builtin())
+/// };
+/// assert_eq!(options.memory_mib, 256);
+/// ```
+pub struct BuildOptions {
+    pub image: Image,
+    /// Names the snapshot directory (else the key names it). A named
+    /// snapshot whose inputs changed is re-baked in place.
+    pub name: Option<String>,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    /// The workload, started in the background before the snapshot.
+    /// `None`: the image's own command, if it has one.
+    pub cmd: Option<Vec<String>>,
+    /// Environment of the workload and of every later exec.
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// Copied into the guest before the workload starts; their contents
+    /// are part of the key.
+    pub extra_files: Vec<ExtraFile>,
+    pub extra_kernel_args: Vec<String>,
+    pub warmup: Option<Warmup>,
+    /// Part of the key in place of the warmup closure (which cannot be
+    /// hashed): change it when the warmup changes.
+    pub warmup_tag: Option<String>,
+    /// Wait until something in the guest listens on TCP `guest_port`.
+    pub listener_required: bool,
+    pub guest_port: u16,
+    /// Where snapshots go; `None`: `$SUPERMACHINE_SNAPSHOTS_DIR`, else
+    /// `<data dir>/snapshots` (`~/.local/share/supermachine/snapshots`).
+    pub snapshots_dir: Option<PathBuf>,
+    /// Boot, listener wait and warmup each get this long.
+    pub timeout: Duration,
+}
+
+impl BuildOptions {
+    pub fn new(image: Image) -> BuildOptions {
+        BuildOptions {
+            image,
+            name: None,
+            memory_mib: 256,
+            vcpus: 1,
+            cmd: None,
+            env: Vec::new(),
+            workdir: None,
+            user: None,
+            extra_files: Vec::new(),
+            extra_kernel_args: Vec::new(),
+            warmup: None,
+            warmup_tag: None,
+            listener_required: false,
+            guest_port: 80,
+            snapshots_dir: None,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The default snapshots directory.
+pub fn default_snapshots_dir() -> Result<PathBuf, Error> {
+    if let Some(d) = std::env::var_os(SNAPSHOTS_DIR_ENV).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    Ok(supermachine_oci::data_dir()?.join("snapshots"))
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |e| Error::io(what, e)
+}
+
+/// The build key: a hash over every input of the bake.
+pub fn build_key(o: &BuildOptions) -> Result<String, Error> {
+    let mut h = Hasher::new(BUILD_VERSION);
+    let image_identity = match o.image.snapshot() {
+        Some(_) => {
+            return Err(Error::InvalidArgument(
+                "a snapshot cannot be baked again: build from its image".into(),
+            ))
+        }
+        None => match o.image.digest() {
+            Some(d) => d.to_string(),
+            None => {
+                let rootfs = o.image.rootfs()?;
+                file_digest(&rootfs).map_err(io_err(format!("reading {}", rootfs.display())))?
+            }
+        },
+    };
+    h.field(image_identity.as_bytes());
+    for (what, path) in [
+        ("kernel", kernel::path()?),
+        ("initramfs", assets::initramfs()?),
+        ("worker", assets::worker_binary()?),
+    ] {
+        let digest =
+            file_digest(&path).map_err(io_err(format!("reading the {what} {}", path.display())))?;
+        h.field(digest.as_bytes());
+    }
+    h.field(&o.memory_mib.to_le_bytes()).field(&[o.vcpus]);
+    match &o.cmd {
+        None => h.field(b"image-command"),
+        Some(argv) => {
+            h.field(b"cmd").field(&(argv.len() as u64).to_le_bytes());
+            for a in argv {
+                h.field(a.as_bytes());
+            }
+            &mut h
+        }
+    };
+    h.field(&(o.env.len() as u64).to_le_bytes());
+    for (k, v) in &o.env {
+        h.field(k.as_bytes()).field(v.as_bytes());
+    }
+    for opt in [&o.workdir, &o.user, &o.warmup_tag] {
+        h.field(opt.as_deref().unwrap_or("\0none").as_bytes());
+    }
+    h.field(&(o.extra_files.len() as u64).to_le_bytes());
+    for f in &o.extra_files {
+        let bytes = std::fs::read(&f.host_path).map_err(io_err(format!(
+            "reading extra file {}",
+            f.host_path.display()
+        )))?;
+        h.field(f.guest_path.as_bytes()).field(&bytes);
+    }
+    h.field(&(o.extra_kernel_args.len() as u64).to_le_bytes());
+    for a in &o.extra_kernel_args {
+        h.field(a.as_bytes());
+    }
+    h.field(&[o.listener_required as u8])
+        .field(&o.guest_port.to_le_bytes());
+    // A warmup closure without a tag would make two different bakes share
+    // a key; mark its presence at least.
+    h.field(&[o.warmup.is_some() as u8]);
+    Ok(h.short())
+}
+
+impl Image {
+    /// Bakes `options.image` into a snapshot and returns it as an image to
+    /// start VMs from ([`crate::Vm::start`] restores it): boots it, copies
+    /// the extra files in, starts the workload in the background, waits for
+    /// it to listen on `guest_port` if `listener_required`, runs the warmup,
+    /// and snapshots the VM. The snapshot is keyed by every input
+    /// ([`build_key`]): a build whose key exists returns at once without
+    /// booting, and concurrent builds of one key bake once.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// use supermachine::{BuildOptions, Image, Vm, VmConfig};
+    /// let options = BuildOptions {
+    ///     cmd: Some(vec!["sleep".into(), "infinity".into()]),
+    ///     warmup: Some(Box::new(|vm| Box::pin(async move {
+    ///         vm.exec(["sh", "-c", "echo warm > /tmp/cache"]).await?;
+    ///         Ok(())
+    ///     }))),
+    ///     warmup_tag: Some("v1".into()),
+    ///     ..BuildOptions::new(Image::builtin())
+    /// };
+    /// let image = Image::build(options).await?;
+    /// let vm = Vm::start(&image, &VmConfig::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn build(options: BuildOptions) -> Result<Image, Error> {
+        Ok(build(options).await?.image)
+    }
+}
+
+/// What [`build`] did.
+pub struct Built {
+    pub image: Image,
+    pub key: String,
+    pub dir: PathBuf,
+    /// `true` when an existing snapshot was reused (nothing booted).
+    pub cached: bool,
+}
+
+/// [`Image::build`], also saying where the snapshot is and whether it was
+/// a cache hit (for `supermachine build`).
+pub async fn build(options: BuildOptions) -> Result<Built, Error> {
+    let key = build_key(&options)?;
+    let root = match &options.snapshots_dir {
+        Some(d) => d.clone(),
+        None => default_snapshots_dir()?,
+    };
+    let name = match &options.name {
+        Some(n) if valid_name(n) => n.clone(),
+        Some(n) => {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot name {n:?}: use letters, digits, '.', '-' and '_' (not starting with '.')"
+            )))
+        }
+        None => key.clone(),
+    };
+    let dir = root.join(&name);
+    std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
+    if let Some(hit) = cached(&dir, &key) {
+        return Ok(Built {
+            image: hit,
+            key,
+            dir,
+            cached: true,
+        });
+    }
+    // One bake per name at a time, across processes: the second waits and
+    // then finds the first one's snapshot.
+    let lock_path = root.join(format!(".{name}.lock"));
+    let lock =
+        tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path, LockMode::Exclusive))
+            .await
+            .map_err(|e| Error::Setup(format!("build lock: {e}")))??;
+    if let Some(hit) = cached(&dir, &key) {
+        return Ok(Built {
+            image: hit,
+            key,
+            dir,
+            cached: true,
+        });
+    }
+    let image = bake(options, &key, &dir).await?;
+    drop(lock);
+    Ok(Built {
+        image,
+        key,
+        dir,
+        cached: false,
+    })
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && !n.starts_with('.')
+        && n.len() <= 128
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// The snapshot at `dir` if it exists and was built with `key`.
+fn cached(dir: &Path, key: &str) -> Option<Image> {
+    let image = Image::from_snapshot(dir).ok()?;
+    (image.snapshot_key() == Some(key)).then_some(image)
+}
+
+async fn bake(options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Error> {
+    let started = Instant::now();
+    let config = VmConfig {
+        memory_mib: options.memory_mib,
+        vcpus: options.vcpus,
+        env: options.env.clone(),
+        workdir: options.workdir.clone(),
+        user: options.user.clone(),
+        extra_kernel_args: options.extra_kernel_args.clone(),
+        boot_timeout: options.timeout,
+        ..VmConfig::default()
+    };
+    let vm = Vm::start(&options.image, &config).await?;
+    for f in &options.extra_files {
+        let bytes = std::fs::read(&f.host_path).map_err(io_err(format!(
+            "reading extra file {}",
+            f.host_path.display()
+        )))?;
+        if let Some(parent) = Path::new(&f.guest_path).parent() {
+            let parent = parent.to_string_lossy();
+            if !parent.is_empty() && parent != "/" {
+                vm.mkdir(&parent, true).await?;
+            }
+        }
+        vm.write_file(&f.guest_path, &bytes).await?;
+    }
+    let command = match &options.cmd {
+        Some(argv) => argv.clone(),
+        None => options.image.command(&[]).unwrap_or_default(),
+    };
+    if !command.is_empty() {
+        vm.exec_builder().argv(&command).start_detached().await?;
+    }
+    if options.listener_required {
+        wait_for_listener(&vm, options.guest_port, options.timeout).await?;
+    }
+    if let Some(warmup) = options.warmup {
+        tokio::time::timeout(options.timeout, warmup(&vm))
+            .await
+            .map_err(|_| {
+                Error::Setup(format!(
+                    "the warmup did not finish within {} s",
+                    options.timeout.as_secs()
+                ))
+            })??;
+    }
+    let mut vm = vm;
+    vm.set_command(command);
+    // A named snapshot being re-baked: build beside it, then swap.
+    let target = if dir.exists() {
+        dir.with_file_name(format!(
+            ".{}.rebake-{}",
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ))
+    } else {
+        dir.to_path_buf()
+    };
+    vm.snapshot_and_stop(&target, Some(key.to_string())).await?;
+    if target != dir {
+        let old = dir.with_file_name(format!(
+            ".{}.old-{}",
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::rename(dir, &old).map_err(io_err(format!("moving {} aside", dir.display())))?;
+        std::fs::rename(&target, dir).map_err(io_err(format!("installing {}", dir.display())))?;
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    tracing::info!(key, "baked {} in {:?}", dir.display(), started.elapsed());
+    Image::from_snapshot(dir)
+}
+
+/// Polls the guest's TCP tables until something listens on `port`.
+async fn wait_for_listener(vm: &Vm, port: u16, timeout: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = vm.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).await?;
+        if listens_on(&out.stdout_lossy(), port) {
+            return Ok(());
+        }
+        if let Some(outcome) = vm.try_outcome() {
+            return Err(Error::VmEnded {
+                outcome,
+                serial_log: Some(vm.serial_log().to_path_buf()),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Setup(format!(
+                "nothing listened on guest TCP port {port} within {} s (is the workload \
+                 starting? its output is in {})",
+                timeout.as_secs(),
+                vm.serial_log().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a `/proc/net/tcp{,6}` table has a socket in LISTEN state (0A)
+/// on local `port`.
+fn listens_on(tables: &str, port: u16) -> bool {
+    let want = format!("{port:04X}");
+    tables.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (Some(_slot), Some(local), Some(_remote), Some(state)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        state == "0A" && local.rsplit(':').next() == Some(want.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_lines_parse() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+                   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n\
+                   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000\n";
+        assert!(listens_on(tcp, 80));
+        assert!(!listens_on(tcp, 8080), "established, not listening");
+        let tcp6 =
+            "0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 0\n";
+        assert!(listens_on(tcp6, 8080));
+        assert!(!listens_on("garbage", 80));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("app-v1.2_x"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(""));
+    }
+}

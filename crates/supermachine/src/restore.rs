@@ -1,0 +1,196 @@
+//! Starting a VM from a snapshot, and taking one of a running VM.
+//!
+//! A restored VM resumes exactly where the snapshot paused it, so before
+//! anyone uses it the library makes it its own machine: the agent gets the
+//! host's wall clock (the guest's stood still since the snapshot), fresh
+//! randomness mixed into the kernel's pool with a forced CRNG reseed (or
+//! every copy would produce the same "random" bytes), a hostname (the VM
+//! id) and a machine id. That exchange doubles as the readiness check.
+
+use crate::conn;
+use crate::error::Error;
+use crate::image::SnapshotImage;
+use crate::outcome::VmOutcome;
+use crate::runtime::{self, random_bytes, VmDir, VmInfo};
+use crate::snapshot::{self, SnapshotMeta};
+use crate::vm::{exec_defaults, Vm, VmConfig};
+use crate::worker::WorkerSpec;
+use crate::{assets, paths, Image};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use supermachine_protocol::{AgentMessage, Request, RestoreFixup};
+
+/// Bytes of host randomness each restored VM mixes into its kernel's pool.
+const SEED_BYTES: usize = 64;
+
+impl Vm {
+    /// Starts a worker that restores `image` (a snapshot) and waits until
+    /// the restored agent has made the copy its own.
+    pub(crate) async fn restore(
+        image: &Image,
+        snapshot: &SnapshotImage,
+        config: &VmConfig,
+        detached: bool,
+    ) -> Result<Vm, Error> {
+        runtime::check_kvm()?;
+        let meta = &snapshot.meta;
+        let binary = assets::worker_binary()?;
+        let dir = VmDir::create()?;
+        let logs = paths::state_dir().join("logs");
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
+        let serial_log = logs.join(format!("{}.log", dir.id()));
+        let disks: Vec<_> = meta
+            .disks
+            .iter()
+            .map(|d| (snapshot.dir.join(&d.file), d.read_only))
+            .collect();
+        let spec = WorkerSpec {
+            binary,
+            boot: None,
+            restore: Some(snapshot.dir.clone()),
+            cmdline: String::new(),
+            memory_mib: meta.memory_mib,
+            vcpus: meta.vcpus,
+            disks: disks.clone(),
+            vm_dir: dir.path().to_path_buf(),
+            serial_log: serial_log.clone(),
+            console: config.console,
+            detached_stderr: detached.then(|| logs.join(format!("{}.worker.log", dir.id()))),
+        };
+        let info = VmInfo {
+            id: dir.id().to_string(),
+            pid: 0,
+            started: 0,
+            memory_mib: meta.memory_mib,
+            vcpus: meta.vcpus,
+            image: meta.image.clone(),
+            image_digest: meta.image_digest.clone(),
+            exposed_ports: meta.exposed_ports.clone(),
+            defaults: exec_defaults(image, config),
+            command: meta.command.clone(),
+            serial_log,
+            detached,
+            disks,
+            snapshot: Some(snapshot.dir.clone()),
+        };
+        let vm = Vm::supervise(dir, &spec, info)?;
+        vm.make_unique(config.boot_timeout).await?;
+        Ok(vm)
+    }
+
+    /// Sends the restore fixup until the agent confirms it. The worker
+    /// may still be mapping memory (no muxer socket yet), and the guest
+    /// resets every vsock connection once after a restore, possibly ours:
+    /// both mean "try again in a moment".
+    async fn make_unique(&self, timeout: Duration) -> Result<(), Error> {
+        let mut seed = vec![0u8; SEED_BYTES];
+        let mut machine_id = [0u8; 16];
+        random_bytes(&mut seed).map_err(|e| Error::io("reading host randomness", e))?;
+        random_bytes(&mut machine_id).map_err(|e| Error::io("reading host randomness", e))?;
+        let muxer = self.dir.path().join("vsock.sock");
+        let deadline = Instant::now() + timeout;
+        let mut last_error = None;
+        loop {
+            let fixup = RestoreFixup {
+                unix_time_ns: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                seed: seed.clone(),
+                hostname: self.info.id.clone(),
+                machine_id: hex::encode(machine_id),
+            };
+            if muxer.exists() {
+                match conn::connect(&muxer, Request::Restored(fixup)).await {
+                    Ok(mut c) => match c.recv().await {
+                        Ok(AgentMessage::Done { .. }) => return Ok(()),
+                        Ok(other) => return Err(conn::unexpected(other, "restore")),
+                        Err(e) => last_error = Some(e),
+                    },
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            if let Some(outcome) = self.try_outcome() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.keep_log.store(true, Ordering::Relaxed);
+                return Err(Error::BootFailed {
+                    outcome,
+                    stderr: self.worker().stderr_text(),
+                    serial_log: Some(self.info.serial_log.clone()),
+                });
+            }
+            if Instant::now() >= deadline {
+                self.keep_log.store(true, Ordering::Relaxed);
+                tracing::debug!(?last_error, "restore: the agent never answered");
+                return Err(Error::BootTimeout {
+                    secs: timeout.as_secs(),
+                    serial_log: Some(self.info.serial_log.clone()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Snapshots this VM into the directory `path` (which must not exist)
+    /// and lets it run on. The guest is paused only while its state and
+    /// memory are copied. Start copies of it with [`Image::from_snapshot`].
+    /// VMs with writable disks cannot be snapshotted (the disk would go on
+    /// changing under the snapshot).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// use supermachine::{Image, Vm, VmConfig};
+    /// vm.write_file("/tmp/state", b"warm").await?;
+    /// let image = vm.snapshot("/tmp/snap").await?;
+    /// let copy = Vm::start(&image, &VmConfig::default()).await?;
+    /// assert_eq!(copy.read_file("/tmp/state").await?, b"warm");
+    /// # Ok(()) }
+    /// ```
+    pub async fn snapshot(&self, path: impl AsRef<Path>) -> Result<Image, Error> {
+        self.snapshot_with(path.as_ref(), None, false).await?;
+        Image::from_snapshot(path.as_ref())
+    }
+
+    /// Snapshots the VM and ends it (a bake): nothing runs after the
+    /// snapshot, so the snapshot is exactly the VM's last state.
+    pub(crate) async fn snapshot_and_stop(
+        self,
+        path: &Path,
+        key: Option<String>,
+    ) -> Result<SnapshotMeta, Error> {
+        let meta = self.snapshot_with(path, key, true).await?;
+        let outcome = self.worker().stop();
+        if outcome != VmOutcome::Stopped {
+            tracing::debug!(?outcome, "worker after a final snapshot");
+        }
+        Ok(meta)
+    }
+
+    async fn snapshot_with(
+        &self,
+        path: &Path,
+        key: Option<String>,
+        stop_after: bool,
+    ) -> Result<SnapshotMeta, Error> {
+        let path = path.to_path_buf();
+        let info = self.info.clone();
+        let defaults = self.defaults.clone();
+        let control_socket = snapshot::control_socket(self.dir.path());
+        // The request blocks for as long as the memory copy takes.
+        tokio::task::spawn_blocking(move || {
+            snapshot::take(
+                snapshot::Source {
+                    control_socket,
+                    info: &info,
+                    defaults: &defaults,
+                    key,
+                    stop_after,
+                },
+                &path,
+            )
+        })
+        .await
+        .map_err(|e| Error::Setup(format!("snapshot task: {e}")))?
+    }
+}
