@@ -6,10 +6,12 @@ mod images;
 mod manage;
 mod options;
 mod progress;
+mod snapshots;
 mod tty;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use options::{ExecOptions, VmOptions};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use supermachine::{Vm, VmOutcome};
 
@@ -159,10 +161,49 @@ enum Command {
     /// Delete blobs and cached root filesystems that no pulled image uses, and leftovers
     /// of interrupted pulls.
     Gc,
+    /// Bake an image into a snapshot: boot it, start its workload, wait for it to listen
+    /// (--listen), warm it up (--warmup), and snapshot it. Prints KEY<TAB>PATH.
+    ///
+    /// The snapshot is keyed by a hash of every input (image digest, command, env,
+    /// memory, vCPUs, --file contents, kernel arguments, warmup, and the kernel, agent
+    /// and worker builds): the same build again prints the same key at once without
+    /// booting; any change bakes anew. Start copies with `run --snapshot KEY|PATH`.
+    #[command(after_help = images::SOURCES_HELP)]
+    Build(Box<snapshots::BuildArgs>),
+    /// Snapshot a running VM into PATH (a new directory); the VM keeps running.
+    Snapshot {
+        /// The VM's id (see `supermachine ps`).
+        id: String,
+        path: PathBuf,
+    },
+    /// List or remove snapshots.
+    Snapshots {
+        #[command(subcommand)]
+        action: SnapshotsAction,
+    },
     /// Build or locate the guest kernel.
     Kernel {
         #[command(subcommand)]
         action: KernelAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotsAction {
+    /// List the snapshots in the snapshots directory, newest first.
+    Ls {
+        /// Print JSON (one object per snapshot) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The snapshots directory (default: $SUPERMACHINE_SNAPSHOTS_DIR, else
+        /// ~/.local/share/supermachine/snapshots).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Remove snapshots, by name, key or path.
+    Rm {
+        #[arg(required = true, value_name = "KEY|PATH")]
+        snapshots: Vec<String>,
     },
 }
 
@@ -244,6 +285,14 @@ async fn dispatch(command: Command) -> Result<i32, supermachine::Error> {
         Command::Inspect { image } => images::inspect(&image),
         Command::Rmi { images: refs } => images::remove(&refs),
         Command::Gc => images::gc(),
+        Command::Build(args) => snapshots::build(*args).await,
+        Command::Snapshot { id, path } => snapshots::snapshot(&id, &path).await,
+        Command::Snapshots {
+            action: SnapshotsAction::Ls { json, dir },
+        } => snapshots::ls(json, dir),
+        Command::Snapshots {
+            action: SnapshotsAction::Rm { snapshots: specs },
+        } => snapshots::rm(&specs),
         Command::Ps { json } => manage::ps(json).map(|()| 0),
         Command::Stop { ids } => manage::stop(&ids).await,
         Command::Logs { id, follow } => manage::logs(&id, follow).await.map(|()| 0),

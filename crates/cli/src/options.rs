@@ -17,6 +17,10 @@ pub struct VmOptions {
     /// Boot a root filesystem image file (ext4 or EROFS) instead of an OCI image.
     #[arg(long, value_name = "IMG", conflicts_with = "image")]
     rootfs: Option<PathBuf>,
+    /// Restore a snapshot instead of booting: a path, or a name or key from
+    /// `supermachine snapshots ls`. Memory and vCPUs are the snapshot's.
+    #[arg(long, value_name = "KEY|PATH", conflicts_with_all = ["image", "rootfs"])]
+    snapshot: Option<String>,
     /// Extra raw disk image, seen in the guest as /dev/vdb, /dev/vdc, …
     /// Append `:ro` for read-only. Writes go straight to the file (sparse files stay sparse).
     #[arg(long = "disk", value_name = "PATH[:ro]")]
@@ -44,7 +48,11 @@ pub struct VmOptions {
 impl VmOptions {
     /// True when no image or root filesystem was named.
     pub fn is_builtin(&self) -> bool {
-        self.image.is_none() && self.rootfs.is_none()
+        self.image.is_none() && self.rootfs.is_none() && self.snapshot.is_none()
+    }
+
+    pub fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.boot_timeout)
     }
 
     /// The image (pulled and built as `--pull` says, with progress on
@@ -53,10 +61,11 @@ impl VmOptions {
         if self.vcpus == 0 {
             return Err(Error::InvalidArgument("--vcpus must be at least 1".into()));
         }
-        let image = match (self.rootfs, &self.image) {
-            (Some(path), _) => Image::from_rootfs(path),
-            (None, Some(source)) => crate::images::get(source, self.pull.into()).await?,
-            (None, None) => Image::builtin(),
+        let image = match (self.rootfs, &self.image, &self.snapshot) {
+            (_, _, Some(snapshot)) => crate::snapshots::find(snapshot)?,
+            (Some(path), _, None) => Image::from_rootfs(path),
+            (None, Some(source), None) => crate::images::get(source, self.pull.into()).await?,
+            (None, None, None) => Image::builtin(),
         };
         let config = VmConfig {
             memory_mib: self.memory,

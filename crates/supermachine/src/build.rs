@@ -27,6 +27,25 @@ pub type Warmup = Box<
         + Send,
 >;
 
+/// Boxes a warmup closure as a [`Warmup`] (spelling out the higher-ranked
+/// closure type is otherwise awkward).
+///
+/// ```
+/// let w = supermachine::warmup(|vm| Box::pin(async move {
+///     vm.exec(["true"]).await?;
+///     Ok(())
+/// }));
+/// # let _ = w;
+/// ```
+pub fn warmup<F>(f: F) -> Warmup
+where
+    F: for<'a> FnOnce(&'a Vm) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>
+        + Send
+        + 'static,
+{
+    Box::new(f)
+}
+
 /// A host file copied into the guest before the workload starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraFile {
@@ -193,7 +212,7 @@ impl Image {
     /// use supermachine::{BuildOptions, Image, Vm, VmConfig};
     /// let options = BuildOptions {
     ///     cmd: Some(vec!["sleep".into(), "infinity".into()]),
-    ///     warmup: Some(Box::new(|vm| Box::pin(async move {
+    ///     warmup: Some(supermachine::warmup(|vm| Box::pin(async move {
     ///         vm.exec(["sh", "-c", "echo warm > /tmp/cache"]).await?;
     ///         Ok(())
     ///     }))),

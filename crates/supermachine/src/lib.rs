@@ -48,7 +48,7 @@ mod vm;
 mod worker;
 
 pub use build::{
-    build, build_key, default_snapshots_dir, BuildOptions, Built, ExtraFile, Warmup,
+    build, build_key, default_snapshots_dir, warmup, BuildOptions, Built, ExtraFile, Warmup,
     SNAPSHOTS_DIR_ENV,
 };
 pub use child::{Child, ChildControl, ChildOutput, ChildStdin};

@@ -16,7 +16,100 @@ pub fn trials() -> Vec<Trial> {
             restored_copies,
         ),
         Trial::test("snapshot::a_damaged_snapshot_fails_cleanly", damaged),
+        Trial::test(
+            "snapshot::cli_build_caches_by_key_and_rebakes_on_change",
+            cli_build,
+        ),
     ]
+}
+
+/// `supermachine build …` → (key, path, stderr).
+fn build_with(snapshots: &str, file: &str) -> Result<(String, String, String), Failed> {
+    let file_arg = format!("{file}:/etc/app.conf");
+    let out = crate::util::run(&[
+        "build",
+        "--snapshots-dir",
+        snapshots,
+        "--file",
+        &file_arg,
+        "--listen",
+        "8080",
+        "--warmup",
+        "cat /etc/app.conf > /tmp/warm",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ])?;
+    let stdout = crate::util::stdout(&out);
+    crate::util::check(out.status.success(), "build", &out)?;
+    let (key, path) = stdout
+        .trim()
+        .split_once('\t')
+        .ok_or_else(|| format!("build printed {stdout:?}"))?;
+    Ok((key.into(), path.into(), crate::util::stderr(&out)))
+}
+
+fn cli_build() -> Result<(), Failed> {
+    let dir = TempDir::new("snapshot-build");
+    let snapshots = dir.0.join("snapshots");
+    let snapshots = snapshots.to_str().ok_or("path")?;
+    let conf = dir.0.join("app.conf");
+    let conf_arg = conf.to_str().ok_or("path")?;
+    std::fs::write(&conf, "one")?;
+
+    let (key1, path1, err1) = build_with(snapshots, conf_arg)?;
+    ensure(err1.contains("baked"), format!("first build: {err1}"))?;
+    let (key1b, path1b, err1b) = build_with(snapshots, conf_arg)?;
+    ensure(
+        key1b == key1 && path1b == path1 && err1b.contains("cached"),
+        format!("second build: {key1b} {path1b} {err1b}"),
+    )?;
+
+    // The warmup's work and the listening workload are in the snapshot.
+    let out = crate::util::run(&[
+        "run",
+        "--snapshot",
+        &path1,
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/warm; cat /proc/net/tcp /proc/net/tcp6 | grep -c ':1F90 [0-9A-F:]* 0A '",
+    ])?;
+    crate::util::check(
+        out.status.success() && crate::util::stdout(&out) == "one1\n",
+        "run --snapshot",
+        &out,
+    )?;
+
+    // A changed staged file is a new key and a new bake.
+    std::fs::write(&conf, "two")?;
+    let (key2, path2, err2) = build_with(snapshots, conf_arg)?;
+    ensure(
+        key2 != key1 && err2.contains("baked"),
+        format!("after the change: {key2} {err2}"),
+    )?;
+    let out = crate::util::run(&["run", "--snapshot", &path2, "--", "cat", "/tmp/warm"])?;
+    crate::util::check(
+        crate::util::stdout(&out) == "two",
+        "the re-baked snapshot",
+        &out,
+    )?;
+
+    let out = crate::util::run(&["snapshots", "ls", "--dir", snapshots])?;
+    let listing = crate::util::stdout(&out);
+    ensure(
+        listing.contains(&key1) && listing.contains(&key2),
+        format!("snapshots ls: {listing}"),
+    )?;
+    let out = crate::util::run(&["snapshots", "rm", &path1])?;
+    crate::util::check(out.status.success(), "snapshots rm", &out)?;
+    ensure(
+        !std::path::Path::new(&path1).exists(),
+        "the removed snapshot is gone",
+    )?;
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failed> {
