@@ -6,6 +6,7 @@ mod exec;
 mod image;
 mod registry;
 mod skopeo_umoci;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -55,6 +56,17 @@ enum Bench {
         #[arg(long)]
         compare_skopeo_umoci: bool,
     },
+    /// Cold boot to first exec done against restore from a snapshot to first exec done,
+    /// interleaved; snapshot time and size; host memory (PSS) per restored VM.
+    Snapshot {
+        #[arg(long, default_value_t = 10)]
+        iterations: usize,
+        #[arg(long, default_value_t = 256)]
+        memory_mib: u64,
+        /// How many VMs to restore at once for the memory measurement.
+        #[arg(long, default_value_t = 20)]
+        clones: usize,
+    },
 }
 
 fn main() {
@@ -78,6 +90,11 @@ fn main() {
                 compare_skopeo_umoci,
             },
         ),
+        Bench::Snapshot {
+            iterations,
+            memory_mib,
+            clones,
+        } => snapshot::run(iterations, memory_mib, clones),
     };
     if let Err(e) = result {
         eprintln!("supermachine-bench: {e}");
