@@ -30,7 +30,9 @@ const OWN_ERROR: u8 = 125;
         never touch the image.\n\n\
         Foreground: `supermachine run [IMAGE] [-- CMD]`. Background: `supermachine start` prints an \
         id for `exec`, `cp`, `logs` and `stop`; `ps` lists running VMs. Images: `pull`, `images`, \
-        `inspect`, `rmi`, `gc` (see `supermachine pull --help` for image sources and registries)."
+        `inspect`, `rmi`, `gc` (see `supermachine pull --help` for image sources and registries). \
+        Snapshots: `build` bakes an image into a snapshot, `run --snapshot` restores a copy of one, \
+        `snapshot ID PATH` takes one of a running VM, `snapshots ls|rm`."
 )]
 struct Cli {
     #[command(subcommand)]
