@@ -76,6 +76,17 @@ impl PauseGate {
         self.lock().threads.push(me);
     }
 
+    /// Called by a vCPU thread as it ends: a signal to a thread that has
+    /// exited is undefined behaviour, so it must never be kicked again.
+    pub fn unregister_current_thread(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        // SAFETY: pthread_equal compares two ids and has no preconditions.
+        self.lock()
+            .threads
+            .retain(|&t| unsafe { libc::pthread_equal(t, me) } == 0);
+    }
+
     /// Whether the vCPU loop should park before its next KVM_RUN.
     pub fn pause_requested(&self) -> bool {
         self.0.requested.load(Ordering::SeqCst)
@@ -112,8 +123,8 @@ impl PauseGate {
                 return Err(PauseError::Timeout { parked, total });
             }
             for &thread in &st.threads {
-                // SAFETY: the thread ids are of live vCPU threads (they only
-                // end with the VM, and a signal to an ended thread is ESRCH).
+                // SAFETY: only live vCPU threads are registered: each removes
+                // itself, under this lock, before it ends.
                 unsafe { libc::pthread_kill(thread, kick_signal()) };
             }
             st = self

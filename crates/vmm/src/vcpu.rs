@@ -51,8 +51,13 @@ impl VcpuRunner {
 
     /// Runs until the VM ends; the outcome goes to the exit channel.
     pub fn run(mut self) {
-        let exit = self.reset.exit.clone();
         self.gate.register_current_thread();
+        self.run_until_exit();
+        self.gate.unregister_current_thread();
+    }
+
+    fn run_until_exit(&mut self) {
+        let exit = self.reset.exit.clone();
         loop {
             if self.gate.pause_requested() {
                 self.park();
