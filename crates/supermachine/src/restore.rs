@@ -15,7 +15,7 @@ use crate::runtime::{self, random_bytes, VmDir, VmInfo};
 use crate::snapshot::{self, SnapshotMeta};
 use crate::vm::{exec_defaults, Vm, VmConfig};
 use crate::worker::WorkerSpec;
-use crate::{assets, paths, Image};
+use crate::{assets, Image};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -37,10 +37,7 @@ impl Vm {
         let meta = &snapshot.meta;
         let binary = assets::worker_binary()?;
         let dir = VmDir::create()?;
-        let logs = paths::state_dir().join("logs");
-        std::fs::create_dir_all(&logs)
-            .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
-        let serial_log = logs.join(format!("{}.log", dir.id()));
+        let (serial_log, worker_log) = dir.log_paths()?;
         let disks: Vec<_> = meta
             .disks
             .iter()
@@ -57,7 +54,7 @@ impl Vm {
             vm_dir: dir.path().to_path_buf(),
             serial_log: serial_log.clone(),
             console: config.console,
-            detached_stderr: detached.then(|| logs.join(format!("{}.worker.log", dir.id()))),
+            detached_stderr: detached.then_some(worker_log),
         };
         let info = VmInfo {
             id: dir.id().to_string(),

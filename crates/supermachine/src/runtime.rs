@@ -106,6 +106,19 @@ impl VmDir {
         &self.path
     }
 
+    /// Where this VM's serial console and (when detached) worker stderr
+    /// are logged: `<state>/logs/<id>.log` and `<id>.worker.log`; the
+    /// directory is created.
+    pub fn log_paths(&self) -> Result<(PathBuf, PathBuf), Error> {
+        let logs = paths::state_dir().join("logs");
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
+        Ok((
+            logs.join(format!("{}.log", self.id)),
+            logs.join(format!("{}.worker.log", self.id)),
+        ))
+    }
+
     pub fn record_pid(&self, pid: u32) {
         let _ = std::fs::write(self.path.join(PID_FILE), pid.to_string());
     }

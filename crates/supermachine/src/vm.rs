@@ -8,7 +8,7 @@ use crate::image::Image;
 use crate::outcome::VmOutcome;
 use crate::runtime::{self, VmDir, VmInfo};
 use crate::worker::{Worker, WorkerSpec};
-use crate::{assets, kernel, paths};
+use crate::{assets, kernel};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -171,10 +171,7 @@ impl Vm {
         let initramfs = assets::initramfs()?;
         let binary = assets::worker_binary()?;
         let dir = VmDir::create()?;
-        let logs = paths::state_dir().join("logs");
-        std::fs::create_dir_all(&logs)
-            .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
-        let serial_log = logs.join(format!("{}.log", dir.id()));
+        let (serial_log, worker_log) = dir.log_paths()?;
 
         let ready_path = dir.path().join(format!("vsock.sock_{READY_PORT}"));
         let ready = std::os::unix::net::UnixListener::bind(&ready_path)
@@ -198,7 +195,7 @@ impl Vm {
             vm_dir: dir.path().to_path_buf(),
             serial_log: serial_log.clone(),
             console: config.console,
-            detached_stderr: detached.then(|| logs.join(format!("{}.worker.log", dir.id()))),
+            detached_stderr: detached.then_some(worker_log),
         };
         let info = VmInfo {
             id: dir.id().to_string(),
