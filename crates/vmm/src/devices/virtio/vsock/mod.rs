@@ -85,13 +85,18 @@ impl Vsock {
     /// host side of them did not survive the snapshot). Linux resets its
     /// connected sockets and keeps its listening ones, so the agent keeps
     /// serving on the same port.
-    fn post_transport_reset(&mut self) {
-        let Some(a) = &mut self.active else { return };
+    ///
+    /// Returns whether the event was posted: the guest will then kick the
+    /// event queue once it has reset its sockets and re-posted the buffer.
+    fn post_transport_reset(&mut self) -> bool {
+        let Some(a) = &mut self.active else {
+            return false;
+        };
         let mem = &a.mem;
         let queue = &mut a.queues[EVENT];
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
             tracing::warn!("vsock: no event buffer for the transport reset");
-            return;
+            return false;
         };
         let head = chain.head_index();
         let len = match Writer::<()>::new(mem, chain) {
@@ -109,10 +114,12 @@ impl Vsock {
         };
         if let Err(e) = queue.add_used(mem, head, len) {
             tracing::warn!("vsock event add_used: {e:?}");
+            return false;
         }
         if queue.needs_notification(mem).unwrap_or(true) {
             a.interrupt.signal_used_queue();
         }
+        len > 0
     }
 
     fn process_rx(&mut self) {
@@ -186,6 +193,11 @@ impl VirtioDevice for Vsock {
         if index == TX {
             self.process_tx();
         }
+        if index == EVENT {
+            // The guest re-posts its event buffer after handling the
+            // transport reset: its old sockets are gone, new ones are safe.
+            self.muxer.release_held();
+        }
         // Every kick may free RX buffers or create replies for the guest.
         self.process_rx();
     }
@@ -205,7 +217,9 @@ impl VirtioDevice for Vsock {
         }
     }
     fn after_restore(&mut self) {
-        self.post_transport_reset();
+        if self.post_transport_reset() {
+            self.muxer.hold_new_connections();
+        }
         self.process_tx();
         self.process_rx();
     }

@@ -16,9 +16,17 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 const LISTENER_TOKEN: u64 = FIRST_DEVICE_TOKEN;
+/// The fallback timer of [`Muxer::hold_new_connections`]; connection
+/// tokens start above it.
+const HOLD_TIMER_TOKEN: u64 = FIRST_DEVICE_TOKEN + 1;
+/// How long host connections wait for the guest to acknowledge a transport
+/// reset before they are sent anyway.
+const HOLD_FALLBACK: Duration = Duration::from_secs(1);
 /// Host-side ports for host-initiated streams start here, far above the
 /// ports guests listen on.
 const FIRST_EPHEMERAL_PORT: u32 = 1 << 30;
@@ -45,6 +53,17 @@ pub struct Muxer {
     next_port: u32,
     /// Packets without payload waiting for a guest RX buffer.
     control: VecDeque<Header>,
+    /// Set while new host connections must not reach the guest yet.
+    hold: Option<Hold>,
+}
+
+/// Connection requests kept back until the guest has handled a transport
+/// reset: a request that reached the guest before the reset would be
+/// accepted and then torn down by it, and the host would have to try again.
+struct Hold {
+    requests: Vec<Header>,
+    /// Releases the requests if the guest never says it is done.
+    timer: TimerFd,
 }
 
 impl Muxer {
@@ -60,9 +79,10 @@ impl Muxer {
             conns: HashMap::new(),
             by_token: HashMap::new(),
             handshakes: HashMap::new(),
-            next_token: LISTENER_TOKEN + 1,
+            next_token: HOLD_TIMER_TOKEN,
             next_port: FIRST_EPHEMERAL_PORT,
             control: VecDeque::new(),
+            hold: None,
         })
     }
 
@@ -70,6 +90,43 @@ impl Muxer {
         poller.add(self.listener.as_raw_fd(), EventSet::IN, LISTENER_TOKEN)?;
         self.poller = Some(poller);
         Ok(())
+    }
+
+    /// Keeps new host connections from the guest until [`Self::release_held`]
+    /// (the guest acknowledged a transport reset) or a fallback timeout.
+    pub fn hold_new_connections(&mut self) {
+        let armed = TimerFd::new().and_then(|mut timer| {
+            timer.reset(HOLD_FALLBACK, None)?;
+            if let Some(p) = &self.poller {
+                p.add(timer.as_raw_fd(), EventSet::IN, HOLD_TIMER_TOKEN)?;
+            }
+            Ok(timer)
+        });
+        match armed {
+            Ok(timer) => {
+                self.hold = Some(Hold {
+                    requests: Vec::new(),
+                    timer,
+                })
+            }
+            // Without the fallback a held connection could wait forever.
+            Err(e) => tracing::warn!("vsock: cannot arm the hold timer ({e}); not holding"),
+        }
+    }
+
+    /// Sends the connection requests held since [`Self::hold_new_connections`].
+    pub fn release_held(&mut self) {
+        let Some(hold) = self.hold.take() else { return };
+        if let Some(p) = &self.poller {
+            let _ = p.remove(hold.timer.as_raw_fd());
+        }
+        // A host socket that gave up while held was dropped: skip its request.
+        for request in hold.requests {
+            let key = (request.src_port, request.dst_port);
+            if self.conns.contains_key(&key) {
+                self.control.push_back(request);
+            }
+        }
     }
 
     fn token(&mut self) -> u64 {
@@ -208,6 +265,9 @@ impl Muxer {
         tracing::debug!(token, ?events, "vsock: host fd ready");
         if token == LISTENER_TOKEN {
             self.accept();
+        } else if token == HOLD_TIMER_TOKEN {
+            tracing::warn!("vsock: the guest did not acknowledge the transport reset in time");
+            self.release_held();
         } else if self.handshakes.contains_key(&token) {
             self.continue_handshake(token);
         } else if let Some(&key) = self.by_token.get(&token) {
@@ -314,7 +374,10 @@ impl Muxer {
         let key = (local_port, peer_port);
         let mut conn = Connection::new(hs.stream, token, State::Connecting, local_port, peer_port);
         let request = conn.header(self.guest_cid, OP_REQUEST);
-        self.control.push_back(request);
+        match &mut self.hold {
+            Some(hold) => hold.requests.push(request),
+            None => self.control.push_back(request),
+        }
         self.by_token.insert(token, key);
         self.conns.insert(key, conn);
         self.after_io(key);
