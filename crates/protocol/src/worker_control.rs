@@ -17,11 +17,21 @@ pub enum WorkerRequest {
     /// existing, empty directory), then resume it, or end the worker with
     /// [`crate::worker_exit::STOPPED`] when `stop_after` is set.
     Snapshot { dir: PathBuf, stop_after: bool },
+    /// To a standby worker (`--standby`): restore the snapshot in
+    /// `snapshot_dir` with these disks (`crate::disk_spec` strings, in the
+    /// snapshotted VM's order) and run it. Answered with
+    /// [`WorkerReply::Restored`] once the VM is about to run, or
+    /// [`WorkerReply::Failed`], after which the worker ends.
+    Restore {
+        snapshot_dir: PathBuf,
+        disks: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerReply {
     Snapshotted(SnapshotReport),
+    Restored,
     Failed(String),
 }
 

@@ -18,4 +18,4 @@ pub mod vm;
 
 pub use control::ControlHandle;
 pub use outcome::Outcome;
-pub use vm::{DiskConfig, RestoreConfig, Vm, VmConfig, VmError, VsockConfig};
+pub use vm::{DiskConfig, EmptyVm, RestoreConfig, Vm, VmConfig, VmError, VsockConfig};

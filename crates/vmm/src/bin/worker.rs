@@ -6,17 +6,21 @@
 //! removes the whole directory when it ends, however it ends (short of
 //! SIGKILL), so a supervisor that dies leaves nothing behind.
 //!
-//! It either boots a kernel (`--kernel`) or restores a snapshot
-//! (`--restore DIR`, with the same `--disk`s the snapshotted VM had).
+//! It boots a kernel (`--kernel`), restores a snapshot (`--restore DIR`,
+//! with the same `--disk`s the snapshotted VM had), or starts on standby
+//! (`--standby`): it opens KVM, creates an empty VM and waits on its control
+//! socket for a `Restore` request, so a restore into it skips process start
+//! and VM creation.
 
 use clap::Parser;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use supermachine_protocol::worker_control::{self, WorkerReply, WorkerRequest};
 use supermachine_protocol::{disk_spec, read_frame, worker_exit, write_frame};
 use supermachine_vmm::outcome::ExitSender;
 use supermachine_vmm::{
-    ControlHandle, DiskConfig, Outcome, RestoreConfig, Vm, VmConfig, VsockConfig,
+    ControlHandle, DiskConfig, EmptyVm, Outcome, RestoreConfig, Vm, VmConfig, VsockConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -26,11 +30,15 @@ use supermachine_vmm::{
 )]
 struct Args {
     /// Uncompressed guest kernel (vmlinux ELF) to boot.
-    #[arg(long, required_unless_present = "restore", conflicts_with = "restore")]
+    #[arg(long, required_unless_present_any = ["restore", "standby"], conflicts_with_all = ["restore", "standby"])]
     kernel: Option<PathBuf>,
     /// Restore the snapshot in this directory instead of booting.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "standby")]
     restore: Option<PathBuf>,
+    /// Prepare an empty VM and wait on the control socket (needs --vm-dir)
+    /// for a request naming the snapshot to restore.
+    #[arg(long, requires = "vm_dir")]
+    standby: bool,
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Extra kernel command line.
@@ -53,6 +61,11 @@ struct Args {
     /// Copy the guest console to stderr.
     #[arg(long)]
     console: bool,
+    /// This worker was started to die with its parent: when it is stopped
+    /// after the parent is gone, nobody is left to read the serial log, so
+    /// the worker removes it.
+    #[arg(long)]
+    owned_by_parent: bool,
 }
 
 fn parse_disk(spec: &str) -> DiskConfig {
@@ -105,45 +118,129 @@ fn main() {
             });
         }
     };
-    let vm_dir = args.vm_dir.clone();
-    let code = run(args);
-    if let Some(dir) = vm_dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    let args = Arc::new(args);
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    // Until the VM runs, a stop signal ends the worker at once; then it
+    // asks the VM to stop. Signals are blocked before any thread exists,
+    // so no thread of ours (devices start theirs during a restore) can
+    // die of one.
+    let on_stop: StopTarget = Arc::new(Mutex::new(None));
+    let watched = {
+        let (args, on_stop) = (args.clone(), on_stop.clone());
+        watch_stop_signals(move || {
+            let exit = on_stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match exit {
+                Some(exit) => exit.send(Outcome::Stopped),
+                None => {
+                    clean_up(&args, parent, worker_exit::STOPPED);
+                    std::process::exit(worker_exit::STOPPED);
+                }
+            }
+        })
+    };
+    let code = match watched {
+        Ok(()) => run(&args, &on_stop),
+        Err(e) => {
+            eprintln!("supermachine-worker: cannot watch signals: {e}");
+            worker_exit::ERROR
+        }
+    };
+    clean_up(&args, parent, code);
     std::process::exit(code);
 }
 
-fn build(args: Args) -> Result<Vm, supermachine_vmm::VmError> {
-    let disks = args.disks.iter().map(|d| parse_disk(d)).collect();
-    let vsock = args.vm_dir.as_ref().map(|d| VsockConfig {
+/// Where a stop signal goes once the VM runs.
+type StopTarget = Arc<Mutex<Option<ExitSender>>>;
+
+/// Removes what the worker owns as it ends.
+fn clean_up(args: &Args, parent: libc::pid_t, code: i32) {
+    // SAFETY: getppid has no preconditions.
+    let orphaned = unsafe { libc::getppid() } != parent;
+    if args.owned_by_parent && orphaned && code == worker_exit::STOPPED {
+        if let Some(log) = &args.serial_log {
+            let _ = std::fs::remove_file(log);
+        }
+    }
+    // Last: a VM whose directory is gone is gone (`supermachine ps`).
+    if let Some(dir) = &args.vm_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn vsock_config(args: &Args) -> Option<VsockConfig> {
+    args.vm_dir.as_ref().map(|d| VsockConfig {
         guest_cid: args.guest_cid,
         uds_path: d.join("vsock.sock"),
-    });
-    match (args.restore, args.kernel) {
-        (Some(snapshot_dir), _) => Vm::restore(&RestoreConfig {
-            snapshot_dir,
-            disks,
-            vsock,
-            rng: true,
-            serial_log: args.serial_log,
-            console_echo: args.console,
-        }),
+    })
+}
+
+fn restore_config(args: &Args, snapshot_dir: PathBuf, disks: &[String]) -> RestoreConfig {
+    RestoreConfig {
+        snapshot_dir,
+        disks: disks.iter().map(|d| parse_disk(d)).collect(),
+        vsock: vsock_config(args),
+        rng: true,
+        serial_log: args.serial_log.clone(),
+        console_echo: args.console,
+    }
+}
+
+fn build(args: &Args) -> Result<Vm, supermachine_vmm::VmError> {
+    match (&args.restore, &args.kernel) {
+        (Some(snapshot_dir), _) => {
+            Vm::restore(&restore_config(args, snapshot_dir.clone(), &args.disks))
+        }
         (None, Some(kernel)) => Vm::build(&VmConfig {
-            kernel,
-            initrd: args.initrd,
-            extra_cmdline: args.cmdline,
+            kernel: kernel.clone(),
+            initrd: args.initrd.clone(),
+            extra_cmdline: args.cmdline.clone(),
             memory_mib: args.memory_mib,
             vcpus: args.vcpus,
-            disks,
-            vsock,
+            disks: args.disks.iter().map(|d| parse_disk(d)).collect(),
+            vsock: vsock_config(args),
             rng: true,
-            serial_log: args.serial_log,
+            serial_log: args.serial_log.clone(),
             console_echo: args.console,
         }),
         (None, None) => Err(supermachine_vmm::VmError::Config(
             "give --kernel to boot or --restore to restore".into(),
         )),
     }
+}
+
+/// Standby: prepares an empty VM, then serves the control socket until a
+/// `Restore` request arrives, and restores into the prepared VM.
+fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
+    let empty = EmptyVm::new().map_err(|e| e.to_string())?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        match read_frame::<WorkerRequest, _>(&mut stream) {
+            Ok(WorkerRequest::Restore {
+                snapshot_dir,
+                disks,
+            }) => {
+                let restored = Vm::restore_into(empty, &restore_config(args, snapshot_dir, &disks));
+                let reply = match &restored {
+                    Ok(_) => WorkerReply::Restored,
+                    Err(e) => WorkerReply::Failed(e.to_string()),
+                };
+                let _ = write_frame(&mut stream, &reply);
+                return restored.map_err(|e| e.to_string());
+            }
+            Ok(other) => {
+                let reply = WorkerReply::Failed(format!("on standby, nothing to do for {other:?}"));
+                let _ = write_frame(&mut stream, &reply);
+            }
+            Err(e) => {
+                let _ = write_frame(
+                    &mut stream,
+                    &WorkerReply::Failed(format!("bad request: {e}")),
+                );
+            }
+        }
+    }
+    Err("the control socket closed".into())
 }
 
 /// Serves the control socket: one request and one reply per connection.
@@ -161,6 +258,10 @@ fn serve_control(listener: UnixListener, control: ControlHandle, exit: ExitSende
             }
         };
         match request {
+            WorkerRequest::Restore { .. } => {
+                let reply = WorkerReply::Failed("this worker already runs a VM".into());
+                let _ = write_frame(&mut stream, &reply);
+            }
             WorkerRequest::Snapshot { dir, stop_after } => {
                 let result = control.snapshot(dir, stop_after);
                 let stop = stop_after && result.is_ok();
@@ -179,10 +280,13 @@ fn serve_control(listener: UnixListener, control: ControlHandle, exit: ExitSende
     }
 }
 
-fn start_control(dir: &Path, vm: &Vm) -> std::io::Result<()> {
+fn bind_control(dir: &Path) -> std::io::Result<UnixListener> {
     let path = dir.join(worker_control::SOCKET);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+    UnixListener::bind(&path)
+}
+
+fn start_control(listener: UnixListener, vm: &Vm) -> std::io::Result<()> {
     let (control, exit) = (vm.control(), vm.exit_sender());
     std::thread::Builder::new()
         .name("control".into())
@@ -190,22 +294,28 @@ fn start_control(dir: &Path, vm: &Vm) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run(args: Args) -> i32 {
-    let vm_dir = args.vm_dir.clone();
-    let vm = match build(args) {
+fn run(args: &Args, on_stop: &StopTarget) -> i32 {
+    let control = match args.vm_dir.as_deref().map(bind_control).transpose() {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("supermachine-worker: cannot start the control socket: {e}");
+            return worker_exit::ERROR;
+        }
+    };
+    let vm = match (&control, args.standby) {
+        (Some(listener), true) => standby(args, listener),
+        _ => build(args).map_err(|e| e.to_string()),
+    };
+    let vm = match vm {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("supermachine-worker: {e}");
             return worker_exit::ERROR;
         }
     };
-    let exit = vm.exit_sender();
-    if let Err(e) = watch_stop_signals(move || exit.send(Outcome::Stopped)) {
-        eprintln!("supermachine-worker: cannot watch signals: {e}");
-        return worker_exit::ERROR;
-    }
-    if let Some(dir) = &vm_dir {
-        if let Err(e) = start_control(dir, &vm) {
+    *on_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm.exit_sender());
+    if let Some(listener) = control {
+        if let Err(e) = start_control(listener, &vm) {
             eprintln!("supermachine-worker: cannot start the control socket: {e}");
             return worker_exit::ERROR;
         }

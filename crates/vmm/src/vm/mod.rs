@@ -10,7 +10,7 @@ mod devices;
 mod restore;
 mod snapshot;
 
-pub use restore::RestoreConfig;
+pub use restore::{EmptyVm, RestoreConfig};
 
 use crate::arch::x86_64::{self as arch, layout::*};
 use crate::bus::Bus;

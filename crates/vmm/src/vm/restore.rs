@@ -31,6 +31,18 @@ pub struct RestoreConfig {
     pub console_echo: bool,
 }
 
+/// A KVM VM with its interrupt controllers and PIT, but no memory, devices
+/// or vCPUs yet: what a standby worker prepares before it is told which
+/// snapshot to restore, so that work is off the restore's critical path.
+pub struct EmptyVm(kvm_ioctls::VmFd);
+
+impl EmptyVm {
+    pub fn new() -> Result<EmptyVm, VmError> {
+        let kvm = devices::open_kvm()?;
+        Ok(EmptyVm(devices::create_vm(&kvm)?))
+    }
+}
+
 fn snapshot_err(e: impl std::fmt::Display) -> VmError {
     VmError::Snapshot(e.to_string())
 }
@@ -39,6 +51,11 @@ impl Vm {
     /// Builds the VM saved in `config.snapshot_dir`, ready to [`Vm::run`]
     /// from the instruction it was paused at.
     pub fn restore(config: &RestoreConfig) -> Result<Vm, VmError> {
+        Vm::restore_into(EmptyVm::new()?, config)
+    }
+
+    /// [`Vm::restore`] into a VM prepared in advance.
+    pub fn restore_into(empty: EmptyVm, config: &RestoreConfig) -> Result<Vm, VmError> {
         let dir = &config.snapshot_dir;
         let state = read_state(dir).map_err(snapshot_err)?;
         let vcpu_count = state.machine.vcpus.len();
@@ -48,8 +65,7 @@ impl Vm {
                 vcpu_count
             )));
         }
-        let kvm = devices::open_kvm()?;
-        let vm = devices::create_vm(&kvm)?;
+        let vm = empty.0;
         let memory_path = dir.join(MEMORY_FILE);
         let memory_file = File::open(&memory_path)
             .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
