@@ -74,6 +74,18 @@ pub enum Error {
     /// A snapshot could not be taken, read or restored.
     #[error("snapshot {}: {reason}", .path.display())]
     Snapshot { path: PathBuf, reason: String },
+    /// [`crate::Pool::acquire`] after [`crate::Pool::shutdown`].
+    #[error("the pool was shut down")]
+    PoolClosed,
+    /// Every VM the pool may have was in use for the whole wait.
+    #[error("no VM came free in the pool within {} ms: all {max} are in use. Release VMs sooner, or raise PoolOptions::max or acquire_timeout", .waited.as_millis())]
+    PoolTimeout {
+        max: usize,
+        waited: std::time::Duration,
+    },
+    /// The pool could not restore a VM for a waiting acquire.
+    #[error("the pool could not restore a VM: {0}")]
+    PoolRestore(String),
 }
 
 fn log_hint(log: &Option<PathBuf>) -> String {

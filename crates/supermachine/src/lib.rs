@@ -39,11 +39,13 @@ pub mod images;
 pub mod kernel;
 mod outcome;
 pub mod paths;
+mod pool;
 mod pull;
 mod restore;
 mod rootfs;
 mod runtime;
 pub mod snapshot;
+mod standby;
 mod vm;
 mod worker;
 
@@ -57,9 +59,11 @@ pub use error::Error;
 pub use exec::{ExecBuilder, ExitStatus, Output, DEFAULT_OUTPUT_LIMIT};
 pub use image::Image;
 pub use outcome::VmOutcome;
+pub use pool::{Pool, PoolOptions, PoolStatus, PooledVm};
 pub use pull::{ImageEvent, ImageProgressFn, PullOptions};
 pub use rootfs::rootfs_dir;
 pub use runtime::{check_kvm, VmInfo};
+pub use standby::prestart_workers;
 pub use supermachine_protocol::{
     DirEntry, ErrorKind, FileKind, FileStat, WindowSize, WriteFileRequest,
 };

@@ -15,8 +15,8 @@ use crate::runtime::{self, random_bytes, VmDir, VmInfo};
 use crate::snapshot::{self, SnapshotMeta};
 use crate::vm::{exec_defaults, Vm, VmConfig};
 use crate::worker::WorkerSpec;
-use crate::{assets, Image};
-use std::path::Path;
+use crate::{assets, standby, Image};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use supermachine_protocol::{AgentMessage, Request, RestoreFixup};
@@ -35,29 +35,13 @@ impl Vm {
     ) -> Result<Vm, Error> {
         runtime::check_kvm()?;
         let meta = &snapshot.meta;
-        let binary = assets::worker_binary()?;
-        let dir = VmDir::create()?;
-        let (serial_log, worker_log) = dir.log_paths()?;
         let disks: Vec<_> = meta
             .disks
             .iter()
             .map(|d| (snapshot.dir.join(&d.file), d.read_only))
             .collect();
-        let spec = WorkerSpec {
-            binary,
-            boot: None,
-            restore: Some(snapshot.dir.clone()),
-            cmdline: String::new(),
-            memory_mib: meta.memory_mib,
-            vcpus: meta.vcpus,
-            disks: disks.clone(),
-            vm_dir: dir.path().to_path_buf(),
-            serial_log: serial_log.clone(),
-            console: config.console,
-            detached_stderr: detached.then_some(worker_log),
-        };
-        let info = VmInfo {
-            id: dir.id().to_string(),
+        let info = |id: &str, serial_log: PathBuf| VmInfo {
+            id: id.to_string(),
             pid: 0,
             started: 0,
             memory_mib: meta.memory_mib,
@@ -69,10 +53,43 @@ impl Vm {
             command: meta.command.clone(),
             serial_log,
             detached,
-            disks,
+            disks: disks.clone(),
             snapshot: Some(snapshot.dir.clone()),
         };
-        let vm = Vm::supervise(dir, &spec, info)?;
+        let standby = if detached || config.console {
+            None
+        } else {
+            standby::take()
+        };
+        let vm = match standby {
+            Some(standby) => {
+                let info = info(standby.id(), standby.serial_log().to_path_buf());
+                let (dir, worker) = standby
+                    .restore(&snapshot.dir, &disks, config.boot_timeout)
+                    .await?;
+                Vm::adopt(dir, worker, info)?
+            }
+            None => {
+                let dir = VmDir::create()?;
+                let (serial_log, worker_log) = dir.log_paths()?;
+                let spec = WorkerSpec {
+                    binary: assets::worker_binary()?,
+                    boot: None,
+                    restore: Some(snapshot.dir.clone()),
+                    standby: false,
+                    cmdline: String::new(),
+                    memory_mib: meta.memory_mib,
+                    vcpus: meta.vcpus,
+                    disks: disks.clone(),
+                    vm_dir: dir.path().to_path_buf(),
+                    serial_log: serial_log.clone(),
+                    console: config.console,
+                    detached_stderr: detached.then_some(worker_log),
+                };
+                let info = info(dir.id(), serial_log);
+                Vm::supervise(dir, &spec, info)?
+            }
+        };
         vm.make_unique(config.boot_timeout).await?;
         Ok(vm)
     }

@@ -224,6 +224,9 @@ fn request_snapshot(socket: &Path, dir: &Path, stop_after: bool) -> Result<Snaps
     match supermachine_protocol::read_frame::<WorkerReply, _>(&mut stream) {
         Ok(WorkerReply::Snapshotted(report)) => Ok(report),
         Ok(WorkerReply::Failed(reason)) => Err(reason),
+        Ok(other) => Err(format!(
+            "unexpected answer to a snapshot request: {other:?}"
+        )),
         Err(e) => Err(format!(
             "the worker did not answer the snapshot request: {e}"
         )),

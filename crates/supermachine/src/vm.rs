@@ -188,6 +188,7 @@ impl Vm {
             binary,
             boot: Some((kernel, initramfs)),
             restore: None,
+            standby: false,
             cmdline: cmdline.join(" "),
             memory_mib: config.memory_mib,
             vcpus: config.vcpus,
@@ -224,9 +225,14 @@ impl Vm {
 
     /// Starts the worker for `spec` and records the VM as running; `info`
     /// gets the worker's pid and the start time.
-    pub(crate) fn supervise(dir: VmDir, spec: &WorkerSpec, mut info: VmInfo) -> Result<Vm, Error> {
+    pub(crate) fn supervise(dir: VmDir, spec: &WorkerSpec, info: VmInfo) -> Result<Vm, Error> {
         let worker = Worker::spawn(spec)?;
         dir.record_pid(worker.pid());
+        Vm::adopt(dir, worker, info)
+    }
+
+    /// Records the VM of a started `worker` as running.
+    pub(crate) fn adopt(dir: VmDir, worker: Worker, mut info: VmInfo) -> Result<Vm, Error> {
         info.pid = worker.pid();
         info.started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

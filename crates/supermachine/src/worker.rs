@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use supermachine_protocol::{disk_spec, worker_exit};
 
@@ -18,6 +18,9 @@ pub(crate) struct WorkerSpec {
     pub boot: Option<(PathBuf, PathBuf)>,
     /// Snapshot directory to restore instead of booting.
     pub restore: Option<PathBuf>,
+    /// Neither boot nor restore yet: prepare an empty VM and wait for a
+    /// restore request on the control socket (see [`crate::standby`]).
+    pub standby: bool,
     pub cmdline: String,
     pub memory_mib: u64,
     pub vcpus: u8,
@@ -54,6 +57,9 @@ impl Worker {
         if let Some(dir) = &spec.restore {
             cmd.arg("--restore").arg(dir);
         }
+        if spec.standby {
+            cmd.arg("--standby");
+        }
         cmd.arg("--memory-mib")
             .arg(spec.memory_mib.to_string())
             .arg("--vcpus")
@@ -88,6 +94,7 @@ impl Worker {
                 }
             }
             None => {
+                cmd.arg("--owned-by-parent");
                 cmd.stderr(if spec.console {
                     Stdio::inherit()
                 } else {
@@ -110,8 +117,7 @@ impl Worker {
                 }
             }
         }
-        let mut child = cmd
-            .spawn()
+        let mut child = spawn_from_lasting_thread(cmd)
             .map_err(|e| Error::io(format!("starting {}", spec.binary.display()), e))?;
         let stderr = Arc::new(Mutex::new(String::new()));
         if let Some(mut pipe) = child.stderr.take() {
@@ -194,6 +200,39 @@ impl Worker {
         }
         self.outcome.clone().unwrap_or(VmOutcome::Stopped)
     }
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Starts `cmd` from one thread that lives as long as this process. A
+/// worker's parent-death signal fires when the *thread* that forked it
+/// ends, not the process, and the caller may be a thread that ends any
+/// time (tokio's blocking pool lets idle threads go).
+fn spawn_from_lasting_thread(mut cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("supermachine-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let Some(spawner) = spawner else {
+        // No thread to spare: this thread will have to do.
+        return cmd.spawn();
+    };
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("the process spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the process spawner thread is gone"))?
 }
 
 pub(crate) fn process_alive(pid: u32) -> bool {

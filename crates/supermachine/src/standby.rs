@@ -1,0 +1,283 @@
+//! Workers started ahead of need. A standby worker has its process running,
+//! KVM open and an empty VM created, and waits on its control socket to be
+//! told which snapshot to restore: a restore into it skips process start
+//! (exec, dynamic loading) and VM creation, the largest host-side costs of
+//! a restore.
+//!
+//! [`prestart_workers`] keeps a process-wide reserve of them, refilled by
+//! a background thread; [`Vm::start`](crate::Vm::start) on a snapshot image
+//! takes one when it is there and starts a worker itself when it is not.
+
+use crate::error::Error;
+use crate::runtime::VmDir;
+use crate::worker::{Worker, WorkerSpec};
+use crate::{assets, snapshot};
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use supermachine_protocol::disk_spec;
+use supermachine_protocol::worker_control::{WorkerReply, WorkerRequest};
+
+/// A started worker that has not restored anything yet.
+pub(crate) struct Standby {
+    dir: Option<VmDir>,
+    worker: Option<Worker>,
+    serial_log: PathBuf,
+}
+
+impl Standby {
+    pub fn start() -> Result<Standby, Error> {
+        let dir = VmDir::create()?;
+        let (serial_log, _) = dir.log_paths()?;
+        let spec = WorkerSpec {
+            binary: assets::worker_binary()?,
+            boot: None,
+            restore: None,
+            standby: true,
+            cmdline: String::new(),
+            memory_mib: 0,
+            vcpus: 0,
+            disks: Vec::new(),
+            vm_dir: dir.path().to_path_buf(),
+            serial_log: serial_log.clone(),
+            console: false,
+            detached_stderr: None,
+        };
+        let worker = Worker::spawn(&spec)?;
+        dir.record_pid(worker.pid());
+        Ok(Standby {
+            dir: Some(dir),
+            worker: Some(worker),
+            serial_log,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        self.dir.as_ref().map_or("", |d| d.id())
+    }
+
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    fn alive(&mut self) -> bool {
+        self.worker
+            .as_mut()
+            .is_some_and(|w| w.try_outcome().is_none())
+    }
+
+    /// Has the worker restore `snapshot_dir` with `disks` and hands back
+    /// its directory and process, now running the restored VM.
+    pub async fn restore(
+        mut self,
+        snapshot_dir: &Path,
+        disks: &[(PathBuf, bool)],
+        timeout: Duration,
+    ) -> Result<(VmDir, Worker), Error> {
+        let (Some(dir), Some(worker)) = (self.dir.take(), self.worker.take()) else {
+            return Err(Error::Setup("a standby worker was used twice".into()));
+        };
+        let socket = snapshot::control_socket(dir.path());
+        let request = WorkerRequest::Restore {
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            disks: disks
+                .iter()
+                .map(|(path, read_only)| disk_spec::format(path, *read_only))
+                .collect(),
+        };
+        let pid = worker.pid();
+        let reply =
+            tokio::task::spawn_blocking(move || request_restore(&socket, &request, pid, timeout))
+                .await
+                .map_err(|e| Error::Setup(format!("restore task: {e}")))?;
+        match reply {
+            Ok(()) => Ok((dir, worker)),
+            Err(reason) => {
+                let mut worker = worker;
+                worker.stop();
+                Err(Error::Snapshot {
+                    path: snapshot_dir.to_path_buf(),
+                    reason,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.as_mut() {
+            worker.stop();
+            let _ = std::fs::remove_file(&self.serial_log);
+        }
+    }
+}
+
+/// Sends the restore request, waiting for the worker's control socket to
+/// appear if the worker is still starting.
+fn request_restore(
+    socket: &Path,
+    request: &WorkerRequest,
+    pid: u32,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("the standby worker never listened: {e}"))
+            }
+            Err(_) if !crate::worker::process_alive(pid) => {
+                return Err("the standby worker ended before it was used".into())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    stream
+        .set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+        ))
+        .map_err(|e| e.to_string())?;
+    supermachine_protocol::write_frame(&mut stream, request)
+        .map_err(|e| format!("sending the restore request: {e}"))?;
+    match supermachine_protocol::read_frame::<WorkerReply, _>(&mut stream) {
+        Ok(WorkerReply::Restored) => Ok(()),
+        Ok(WorkerReply::Failed(reason)) => Err(reason),
+        Ok(other) => Err(format!("unexpected answer to a restore request: {other:?}")),
+        Err(e) => Err(format!(
+            "the worker did not answer the restore request: {e}"
+        )),
+    }
+}
+
+/// The process-wide reserve.
+struct Reserve {
+    target: usize,
+    ready: VecDeque<Standby>,
+    /// Whether the refill thread runs.
+    refilling: bool,
+}
+
+fn reserve() -> &'static (Mutex<Reserve>, Condvar) {
+    static RESERVE: OnceLock<(Mutex<Reserve>, Condvar)> = OnceLock::new();
+    RESERVE.get_or_init(|| {
+        (
+            Mutex::new(Reserve {
+                target: 0,
+                ready: VecDeque::new(),
+                refilling: false,
+            }),
+            Condvar::new(),
+        )
+    })
+}
+
+fn lock() -> MutexGuard<'static, Reserve> {
+    reserve().0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps `count` workers started in the background, each with KVM open
+/// and an empty VM created, for the next restores of any snapshot in this
+/// process to use: [`Vm::start`](crate::Vm::start) on a snapshot image
+/// then skips starting a process and creating the VM. A restore takes one
+/// and the reserve is refilled behind it. `0` (the default) stops keeping
+/// any and ends the idle ones.
+///
+/// Standby workers are ordinary worker processes of this process: they
+/// die with it, and each costs a few MiB of host memory while it waits.
+/// Restores with [`VmConfig::console`](crate::VmConfig) set, and detached
+/// ones, always start their own worker.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), supermachine::Error> {
+/// use supermachine::{Image, Vm, VmConfig};
+/// supermachine::prestart_workers(2);
+/// let image = Image::from_snapshot("/var/lib/snapshots/app")?;
+/// let vm = Vm::start(&image, &VmConfig::default()).await?;
+/// # Ok(()) }
+/// ```
+pub fn prestart_workers(count: usize) {
+    let mut r = lock();
+    r.target = count;
+    let excess: Vec<Standby> = if r.ready.len() > count {
+        let keep = count;
+        r.ready.drain(keep..).collect()
+    } else {
+        Vec::new()
+    };
+    if count > 0 && !r.refilling {
+        let started = std::thread::Builder::new()
+            .name("supermachine-standby".into())
+            .spawn(refill);
+        match started {
+            Ok(_) => r.refilling = true,
+            Err(e) => tracing::warn!("cannot start the standby refill thread: {e}"),
+        }
+    }
+    drop(r);
+    reserve().1.notify_all();
+    // Dropping them stops their workers: outside the lock.
+    drop(excess);
+}
+
+/// A standby worker from the reserve, if one is there and still alive.
+pub(crate) fn take() -> Option<Standby> {
+    let mut r = lock();
+    if r.target == 0 {
+        return None;
+    }
+    let mut dead = Vec::new();
+    let found = loop {
+        match r.ready.pop_front() {
+            Some(mut s) => {
+                if s.alive() {
+                    break Some(s);
+                }
+                dead.push(s);
+            }
+            None => break None,
+        }
+    };
+    drop(r);
+    reserve().1.notify_all();
+    drop(dead);
+    found
+}
+
+/// The refill thread: tops the reserve up to its target, forever.
+fn refill() {
+    let (mutex, wakeup) = reserve();
+    let mut failures = 0u32;
+    loop {
+        {
+            let mut r = mutex.lock().unwrap_or_else(|e| e.into_inner());
+            while r.ready.len() >= r.target {
+                r = wakeup.wait(r).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        match Standby::start() {
+            Ok(standby) => {
+                failures = 0;
+                let mut r = mutex.lock().unwrap_or_else(|e| e.into_inner());
+                if r.ready.len() < r.target {
+                    r.ready.push_back(standby);
+                } else {
+                    drop(r);
+                    drop(standby);
+                }
+            }
+            Err(e) => {
+                // A missing worker binary or a full disk will not fix
+                // itself in a millisecond: back off.
+                failures = failures.saturating_add(1);
+                tracing::warn!("cannot start a standby worker: {e}");
+                std::thread::sleep(Duration::from_millis(100 << failures.min(6)));
+            }
+        }
+    }
+}
