@@ -14,6 +14,7 @@ mod exec;
 mod files;
 mod images;
 mod oci_layout;
+mod pool;
 mod registry;
 mod snapshot;
 mod stdin;
@@ -32,6 +33,7 @@ fn trials() -> Vec<Trial> {
     all.extend(images::trials());
     all.extend(debian::trials());
     all.extend(snapshot::trials());
+    all.extend(pool::trials());
     all
 }
 
@@ -56,6 +58,9 @@ fn prepare_host(args: &Arguments) {
 }
 
 fn main() {
+    if let Some(snapshot) = std::env::var_os(pool::CHILD_ENV) {
+        pool::owner_child(&snapshot.to_string_lossy());
+    }
     let mut args = Arguments::from_args();
     // One VM at a time unless asked otherwise: the nested lab is least
     // stall-prone without concurrent VM creation.

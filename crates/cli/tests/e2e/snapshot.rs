@@ -20,6 +20,8 @@ pub fn trials() -> Vec<Trial> {
             "snapshot::cli_build_caches_by_key_and_rebakes_on_change",
             cli_build,
         ),
+        Trial::test("snapshot::concurrent_builds_bake_once", concurrent_builds),
+        Trial::test("snapshot::restores_use_prestarted_workers", prestarted),
     ]
 }
 
@@ -112,14 +114,14 @@ fn cli_build() -> Result<(), Failed> {
     Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failed> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failed> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?)
 }
 
-async fn sh(vm: &Vm, script: &str) -> Result<String, Failed> {
+pub(crate) async fn sh(vm: &Vm, script: &str) -> Result<String, Failed> {
     let out = vm.exec(["sh", "-c", script]).await?;
     ensure(
         out.status.code == Some(0),
@@ -130,7 +132,7 @@ async fn sh(vm: &Vm, script: &str) -> Result<String, Failed> {
 
 /// Boots a VM with a file and a background process, snapshots it into
 /// `dir/snap`, and checks the original runs on.
-async fn snapshot_of_a_busy_vm(dir: &TempDir) -> Result<(Image, String), Failed> {
+pub(crate) async fn snapshot_of_a_busy_vm(dir: &TempDir) -> Result<(Image, String), Failed> {
     let vm = Vm::start(&Image::builtin(), &VmConfig::default()).await?;
     vm.write_file("/tmp/before", b"written before the snapshot")
         .await?;
@@ -237,6 +239,144 @@ fn damaged() -> Result<(), Failed> {
         )?;
 
         // No worker is left behind by either failure.
+        ensure(
+            Vm::running().is_empty(),
+            format!("VMs left running: {:?}", Vm::running()),
+        )?;
+        Ok(())
+    })
+}
+
+fn concurrent_builds() -> Result<(), Failed> {
+    let dir = TempDir::new("snapshot-concurrent");
+    runtime()?.block_on(async {
+        let options = || {
+            let mut o = supermachine::BuildOptions::new(Image::builtin());
+            o.snapshots_dir = Some(dir.0.clone());
+            o.warmup_tag = Some("concurrent".into());
+            o
+        };
+        let (a, b) = tokio::join!(
+            supermachine::build(options()),
+            supermachine::build(options())
+        );
+        let (a, b) = (a?, b?);
+        ensure(
+            a.key == b.key && a.dir == b.dir,
+            format!(
+                "{} {} vs {} {}",
+                a.key,
+                a.dir.display(),
+                b.key,
+                b.dir.display()
+            ),
+        )?;
+        ensure(
+            a.cached != b.cached,
+            format!(
+                "cached: {} and {}: exactly one must have baked",
+                a.cached, b.cached
+            ),
+        )?;
+        let vm = Vm::start(&a.image, &VmConfig::default()).await?;
+        sh(&vm, "true").await?;
+        vm.stop().await?;
+        Ok(())
+    })
+}
+
+/// Our child worker processes waiting on standby (started with
+/// `--standby` and not running a VM yet).
+fn standby_pids() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let running: Vec<u32> = Vm::running().iter().map(|v| v.pid).collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !running.contains(pid)
+                && fields.first() != Some(&"Z")
+                && fields.get(1) == Some(&me.as_str())
+                && String::from_utf8_lossy(&cmdline).contains("--standby")
+        })
+        .collect()
+}
+
+async fn wait_for_standby(count: usize) -> Result<Vec<u32>, Failed> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pids = standby_pids();
+        if pids.len() == count {
+            return Ok(pids);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{} standby workers, expected {count}", pids.len()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn prestarted() -> Result<(), Failed> {
+    let dir = TempDir::new("snapshot-prestarted");
+    runtime()?.block_on(async {
+        let (image, pid) = snapshot_of_a_busy_vm(&dir).await?;
+        supermachine::prestart_workers(1);
+        let result = async {
+            // The restore runs in the worker that was waiting.
+            let waiting = wait_for_standby(1).await?;
+            let vm = Vm::start(&image, &VmConfig::default()).await?;
+            ensure(
+                vm.info().pid == waiting[0],
+                format!(
+                    "restored in {}, the standby worker was {}",
+                    vm.info().pid,
+                    waiting[0]
+                ),
+            )?;
+            ensure(
+                sh(&vm, &format!("kill -0 {pid} && echo alive")).await? == "alive",
+                "the snapshot's process in a prestarted worker",
+            )?;
+            ensure(
+                sh(&vm, "hostname").await? == vm.id(),
+                "hostname is the VM id",
+            )?;
+            // The reserve is refilled behind the restore.
+            let next = wait_for_standby(1).await?;
+            ensure(next[0] != waiting[0], "the reserve was not refilled")?;
+            vm.stop().await?;
+
+            // A damaged snapshot fails as cleanly through a standby worker.
+            let snap = image.snapshot_dir().ok_or("no snapshot dir")?.to_path_buf();
+            let state = snap.join("state");
+            let mut bad = std::fs::read(&state)?;
+            bad[0] ^= 0xff;
+            std::fs::write(&state, &bad)?;
+            let e = Vm::start(&Image::from_snapshot(&snap)?, &VmConfig::default())
+                .await
+                .err()
+                .ok_or("a corrupted snapshot restored")?;
+            ensure(
+                e.to_string().contains("snapshot"),
+                format!("corrupted, through a standby worker: {e}"),
+            )?;
+            Ok::<_, Failed>(())
+        }
+        .await;
+        supermachine::prestart_workers(0);
+        result?;
+        wait_for_standby(0).await?;
         ensure(
             Vm::running().is_empty(),
             format!("VMs left running: {:?}", Vm::running()),
