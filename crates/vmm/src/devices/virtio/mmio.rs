@@ -173,12 +173,16 @@ impl MmioTransport {
     /// Activates a device that was active when snapshotted and lets it
     /// catch up on anything the pause interrupted.
     pub fn resume_after_restore(&mut self) -> std::io::Result<()> {
+        // The saved status first: what the device signals from here on
+        // (a vsock transport reset, say) must add to it, not be
+        // overwritten by it, or the driver reads "nothing for me" and
+        // leaves the news in the queue until some later interrupt.
+        self.interrupt
+            .restore(std::mem::take(&mut self.restored_interrupt));
         if std::mem::take(&mut self.restored_active) {
             self.activate()?;
             lock(&self.device).after_restore();
         }
-        self.interrupt
-            .restore(std::mem::take(&mut self.restored_interrupt));
         Ok(())
     }
 

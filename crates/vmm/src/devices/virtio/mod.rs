@@ -70,7 +70,7 @@ impl Interrupt {
     /// not have reached the saved interrupt controller state. A spurious
     /// one is harmless (the driver finds nothing new and returns).
     fn restore(&self, status: u32) {
-        self.status.store(status, Ordering::SeqCst);
+        self.status.fetch_or(status, Ordering::SeqCst);
         if status != 0 {
             if let Err(e) = self.irqfd.write(1) {
                 tracing::warn!("virtio irqfd write failed: {e}");
