@@ -97,6 +97,8 @@ impl Standby {
             Err(reason) => {
                 let mut worker = worker;
                 worker.stop();
+                // The reason is in the error; the log has nothing more.
+                let _ = std::fs::remove_file(&self.serial_log);
                 Err(Error::Snapshot {
                     path: snapshot_dir.to_path_buf(),
                     reason,
