@@ -3,7 +3,9 @@
 
 mod boot;
 mod exec;
+mod floor;
 mod image;
+mod pool;
 mod registry;
 mod skopeo_umoci;
 mod snapshot;
@@ -67,6 +69,25 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         clones: usize,
     },
+    /// Warm pool: `acquire()` latency, and restores per second sustained.
+    Pool {
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// Restores in the throughput measurement.
+        #[arg(long, default_value_t = 20)]
+        restores: usize,
+        /// Restores in flight at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+    },
+    /// The host-side floor of a restore, no guest running (works on PVM): map the
+    /// memory file, create the KVM VM, restore devices and VM/vCPU state.
+    RestoreFloor {
+        /// A snapshot directory (`supermachine snapshot ID PATH` or `supermachine build`).
+        snapshot: std::path::PathBuf,
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+    },
 }
 
 fn main() {
@@ -95,6 +116,15 @@ fn main() {
             memory_mib,
             clones,
         } => snapshot::run(iterations, memory_mib, clones),
+        Bench::Pool {
+            iterations,
+            restores,
+            concurrency,
+        } => pool::run(iterations, restores, concurrency),
+        Bench::RestoreFloor {
+            snapshot,
+            iterations,
+        } => floor::run(&snapshot, iterations),
     };
     if let Err(e) = result {
         eprintln!("supermachine-bench: {e}");

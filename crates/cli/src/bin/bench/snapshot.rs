@@ -6,6 +6,9 @@ use crate::{quantile, step, BoxError};
 use std::time::{Duration, Instant};
 use supermachine::{Image, Vm, VmConfig};
 
+/// Time given a standby worker to start before it is used.
+const STANDBY_SETTLE: Duration = Duration::from_millis(1500);
+
 pub fn run(iterations: usize, memory_mib: u64, clones: usize) -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -35,6 +38,7 @@ pub fn run(iterations: usize, memory_mib: u64, clones: usize) -> Result<(), BoxE
 
         let mut cold = Vec::new();
         let mut warm = Vec::new();
+        let mut prestarted = Vec::new();
         for i in 0..=iterations {
             let t = Instant::now();
             let vm = Vm::start(&Image::builtin(), &config).await?;
@@ -46,32 +50,44 @@ pub fn run(iterations: usize, memory_mib: u64, clones: usize) -> Result<(), BoxE
             vm.exec(["true"]).await?;
             let b = t.elapsed();
             vm.stop().await?;
-            step(&format!("run {i}: cold {a:?}, restore {b:?}"));
+            // Into a worker started ahead (untimed), as a pool or a server
+            // that called prestart_workers would have it.
+            supermachine::prestart_workers(1);
+            tokio::time::sleep(STANDBY_SETTLE).await;
+            let t = Instant::now();
+            let vm = Vm::start(&image, &config).await?;
+            vm.exec(["true"]).await?;
+            let c = t.elapsed();
+            supermachine::prestart_workers(0);
+            vm.stop().await?;
+            step(&format!(
+                "run {i}: cold {a:?}, restore {b:?}, restore into a prestarted worker {c:?}"
+            ));
             if i > 0 {
                 cold.push(a);
                 warm.push(b);
+                prestarted.push(c);
             }
         }
-        let (cold_p50, warm_p50) = (quantile(&mut cold, 0.5), quantile(&mut warm, 0.5));
+        let cold_p50 = quantile(&mut cold, 0.5);
         println!(
             "{memory_mib} MiB guest, builtin image, {iterations} runs each, interleaved (ms)"
         );
-        println!("| start → first `exec true` done | p50 | p90 |");
-        println!("| --- | --- | --- |");
-        println!(
-            "| cold boot | {} | {} |",
-            crate::ms(cold_p50),
-            crate::ms(quantile(&mut cold, 0.9))
-        );
-        println!(
-            "| restore from snapshot | {} | {} |",
-            crate::ms(warm_p50),
-            crate::ms(quantile(&mut warm, 0.9))
-        );
-        println!(
-            "restore / cold boot: 1/{:.1}",
-            cold_p50.as_secs_f64() / warm_p50.as_secs_f64()
-        );
+        println!("| start → first `exec true` done | p50 | p90 | cold boot / this |");
+        println!("| --- | --- | --- | --- |");
+        for (name, samples) in [
+            ("cold boot", &mut cold),
+            ("restore, new worker process", &mut warm),
+            ("restore into a prestarted worker", &mut prestarted),
+        ] {
+            let p50 = quantile(samples, 0.5);
+            println!(
+                "| {name} | {} | {} | {:.1} |",
+                crate::ms(p50),
+                crate::ms(quantile(samples, 0.9)),
+                cold_p50.as_secs_f64() / p50.as_secs_f64()
+            );
+        }
         println!(
             "snapshot of a running VM: {} ms; memory file {} MiB stored of {memory_mib} MiB",
             crate::ms(snapshot_took),
