@@ -12,7 +12,7 @@ use super::{DiskConfig, Vm, VmError, VsockConfig, Wiring};
 use crate::arch::x86_64::host;
 use crate::bus::lock;
 use crate::snapshot::bundle::{read_state, MEMORY_FILE};
-use crate::snapshot::memory::map_memory;
+use crate::snapshot::memory::{map_memory, prefault_in_background};
 use crate::snapshot::{restore_vcpu, restore_vm};
 use std::fs::File;
 use std::path::PathBuf;
@@ -72,6 +72,7 @@ impl Vm {
         let mem = map_memory(&memory_file, &state.memory)
             .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
         devices::register_memory(&vm, &mem, false)?;
+        prefault_in_background(&memory_file, &mem, &state.memory);
 
         let mut w = Wiring::new();
         let console = ConsoleConfig {
