@@ -1,6 +1,14 @@
 //! The pieces a VM boots from besides the kernel: the worker binary, the
 //! guest agent, the initramfs built around the agent, and the default root
 //! filesystem. Built artefacts are cached by content hash.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), supermachine::Error> {
+//! use supermachine::assets;
+//! println!("worker {}", assets::worker_binary()?.display());
+//! println!("initramfs {}", assets::initramfs()?.display());
+//! # Ok(()) }
+//! ```
 
 use crate::error::Error;
 use crate::hash::{self, Hasher};
@@ -23,6 +31,15 @@ fn find_binary(name: &'static str, env: &'static str) -> Result<PathBuf, Error> 
         .ok_or(Error::MissingBinary(name, env))
 }
 
+/// The worker binary that runs one VM: `$SUPERMACHINE_WORKER`, else next to this executable.
+///
+/// ```
+/// # fn main() -> Result<(), supermachine::Error> {
+/// std::env::set_var("SUPERMACHINE_WORKER", "/opt/supermachine/bin/supermachine-worker");
+/// let worker = supermachine::assets::worker_binary()?;
+/// assert_eq!(worker, std::path::Path::new("/opt/supermachine/bin/supermachine-worker"));
+/// # Ok(()) }
+/// ```
 pub fn worker_binary() -> Result<PathBuf, Error> {
     find_binary("supermachine-worker", "SUPERMACHINE_WORKER")
 }
@@ -30,6 +47,14 @@ pub fn worker_binary() -> Result<PathBuf, Error> {
 /// The static guest agent. It has its own file name because cargo's normal
 /// (dynamically linked) build of the agent lands next to our binaries as
 /// `supermachine-agent`, and that one cannot run as PID 1 in an empty initramfs.
+///
+/// ```
+/// # fn main() -> Result<(), supermachine::Error> {
+/// std::env::set_var("SUPERMACHINE_AGENT", "/opt/supermachine/bin/supermachine-agent-static");
+/// let agent = supermachine::assets::agent_binary()?;
+/// assert!(agent.ends_with(supermachine::assets::AGENT_FILE_NAME));
+/// # Ok(()) }
+/// ```
 pub fn agent_binary() -> Result<PathBuf, Error> {
     find_binary(AGENT_FILE_NAME, "SUPERMACHINE_AGENT")
 }
@@ -50,6 +75,12 @@ fn require_static(agent: &Path) -> Result<(), Error> {
 }
 
 /// File name of the static agent next to the `supermachine` binary.
+///
+/// ```
+/// use supermachine::{assets::AGENT_FILE_NAME, paths};
+/// let agent = paths::exe_dir().expect("an executable").join(AGENT_FILE_NAME);
+/// assert!(agent.ends_with("supermachine-agent-static"));
+/// ```
 pub const AGENT_FILE_NAME: &str = "supermachine-agent-static";
 
 /// An ELF without a PT_INTERP program header needs no dynamic loader.
@@ -110,6 +141,13 @@ fn write_atomically(
 }
 
 /// The initramfs: the agent as `/init` plus the mount points it needs.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let cpio = supermachine::assets::initramfs()?;
+/// assert!(cpio.extension().is_some_and(|ext| ext == "cpio"));
+/// # Ok(()) }
+/// ```
 pub fn initramfs() -> Result<PathBuf, Error> {
     let agent = agent_binary()?;
     let digest = hash::file_digest(&agent)
@@ -143,6 +181,13 @@ const BUSYBOX: &str = "/bin/busybox";
 
 /// The default root filesystem: Debian's busybox-static with its applets,
 /// as an ext4 image. Lets `supermachine run -- CMD` work with no image at all.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let ext4 = supermachine::assets::default_rootfs()?;
+/// println!("{} ({} bytes)", ext4.display(), std::fs::metadata(&ext4).map_or(0, |m| m.len()));
+/// # Ok(()) }
+/// ```
 pub fn default_rootfs() -> Result<PathBuf, Error> {
     let busybox = Path::new(BUSYBOX);
     if !busybox.is_file() {

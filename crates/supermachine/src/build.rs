@@ -17,11 +17,28 @@ use supermachine_oci::lock::{FileLock, LockMode};
 /// snapshots are not reused for new semantics.
 const BUILD_VERSION: &str = "supermachine-build-v1";
 /// Environment variable naming the default snapshots directory.
+///
+/// ```
+/// # fn main() -> Result<(), supermachine::Error> {
+/// std::env::set_var(supermachine::SNAPSHOTS_DIR_ENV, "/srv/snapshots");
+/// assert_eq!(supermachine::default_snapshots_dir()?, std::path::Path::new("/srv/snapshots"));
+/// # Ok(()) }
+/// ```
 pub const SNAPSHOTS_DIR_ENV: &str = "SUPERMACHINE_SNAPSHOTS_DIR";
 
 /// A warmup step: receives the booted VM (workload started and, if asked,
 /// listening) and prepares it before the snapshot, e.g. by running the
 /// commands that fill caches.
+///
+/// ```
+/// use supermachine::{BuildOptions, Image, Warmup};
+/// let fill_cache: Warmup = supermachine::warmup(|vm| Box::pin(async move {
+///     vm.exec(["ls", "-R", "/usr"]).await?;
+///     Ok(())
+/// }));
+/// let options = BuildOptions { warmup: Some(fill_cache), ..BuildOptions::new(Image::builtin()) };
+/// assert!(options.warmup.is_some());
+/// ```
 pub type Warmup = Box<
     dyn for<'a> FnOnce(&'a Vm) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>
         + Send,
@@ -47,6 +64,16 @@ where
 }
 
 /// A host file copied into the guest before the workload starts.
+///
+/// ```
+/// use supermachine::{BuildOptions, ExtraFile, Image};
+/// let config = ExtraFile {
+///     host_path: "deploy/app.toml".into(),
+///     guest_path: "/etc/app.toml".into(),
+/// };
+/// let options = BuildOptions { extra_files: vec![config], ..BuildOptions::new(Image::builtin()) };
+/// assert_eq!(options.extra_files[0].guest_path, "/etc/app.toml");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraFile {
     pub host_path: PathBuf,
@@ -98,6 +125,14 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
+    /// Default options for baking `image` (256 MiB, 1 vCPU, 120 s per stage).
+    ///
+    /// ```
+    /// use supermachine::{BuildOptions, Image};
+    /// let options = BuildOptions::new(Image::builtin());
+    /// assert_eq!((options.memory_mib, options.vcpus, options.timeout.as_secs()), (256, 1, 120));
+    /// assert!(options.cmd.is_none() && options.name.is_none());
+    /// ```
     pub fn new(image: Image) -> BuildOptions {
         BuildOptions {
             image,
@@ -121,6 +156,14 @@ impl BuildOptions {
 }
 
 /// The default snapshots directory.
+///
+/// ```
+/// # fn main() -> Result<(), supermachine::Error> {
+/// let dir = supermachine::default_snapshots_dir()?;
+/// let from_env = std::env::var_os(supermachine::SNAPSHOTS_DIR_ENV).is_some_and(|v| !v.is_empty());
+/// assert!(from_env || dir.ends_with("snapshots"));
+/// # Ok(()) }
+/// ```
 pub fn default_snapshots_dir() -> Result<PathBuf, Error> {
     if let Some(d) = std::env::var_os(SNAPSHOTS_DIR_ENV).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(d));
@@ -134,6 +177,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// The build key: a hash over every input of the bake.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// use supermachine::{BuildOptions, Image};
+/// let key = supermachine::build_key(&BuildOptions::new(Image::builtin()))?;
+/// println!("a build of the built-in image is cached as {key}");
+/// # Ok(()) }
+/// ```
 pub fn build_key(o: &BuildOptions) -> Result<String, Error> {
     let mut h = Hasher::new(BUILD_VERSION);
     let image_identity = match o.image.snapshot() {
@@ -229,6 +280,15 @@ impl Image {
 }
 
 /// What [`build`] did.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), supermachine::Error> {
+/// use supermachine::{BuildOptions, Image};
+/// let built = supermachine::build(BuildOptions::new(Image::builtin())).await?;
+/// let how = if built.cached { "reused" } else { "baked" };
+/// println!("{how} {} (key {})", built.dir.display(), built.key);
+/// # Ok(()) }
+/// ```
 pub struct Built {
     pub image: Image,
     pub key: String,
@@ -239,6 +299,20 @@ pub struct Built {
 
 /// [`Image::build`], also saying where the snapshot is and whether it was
 /// a cache hit (for `supermachine build`).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), supermachine::Error> {
+/// use supermachine::{BuildOptions, Image};
+/// let options = BuildOptions {
+///     name: Some("web".into()),
+///     cmd: Some(vec!["httpd".into(), "-f".into(), "-p".into(), "80".into()]),
+///     listener_required: true,
+///     ..BuildOptions::new(Image::builtin())
+/// };
+/// let built = supermachine::build(options).await?;
+/// assert!(built.dir.ends_with("web"));
+/// # Ok(()) }
+/// ```
 pub async fn build(options: BuildOptions) -> Result<Built, Error> {
     let key = build_key(&options)?;
     let root = match &options.snapshots_dir {

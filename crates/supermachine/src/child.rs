@@ -52,6 +52,16 @@ pub struct Child {
 
 /// Write side of a child's stdin. Dropping it (or [`ChildStdin::close`])
 /// ends the child's input.
+///
+/// ```no_run
+/// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+/// let mut child = vm.exec_builder().argv(["sort"]).spawn().await?;
+/// let mut stdin = child.stdin.take().expect("stdin is piped");
+/// stdin.write(b"pear\napple\n").await?;
+/// stdin.close();
+/// assert_eq!(child.wait_with_output().await?.stdout, b"apple\npear\n");
+/// # Ok(()) }
+/// ```
 pub struct ChildStdin {
     data: mpsc::Sender<Vec<u8>>,
     _alive: mpsc::Sender<HostMessage>,
@@ -59,6 +69,17 @@ pub struct ChildStdin {
 
 /// A child's stdout or stderr: [`ChildOutput::recv`] chunk by chunk, or
 /// any [`AsyncRead`] adapter (`tokio::io::copy`, `read_to_end`, …).
+///
+/// ```no_run
+/// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+/// use tokio::io::AsyncReadExt;
+/// let mut child = vm.exec_builder().argv(["cat", "/etc/os-release"]).spawn().await?;
+/// let mut stdout = child.stdout.take().expect("stdout is piped");
+/// let mut text = String::new();
+/// stdout.read_to_string(&mut text).await.map_err(|e| supermachine::Error::io("stdout", e))?;
+/// child.wait().await?;
+/// # Ok(()) }
+/// ```
 pub struct ChildOutput {
     chunks: mpsc::Receiver<Vec<u8>>,
     pending: Vec<u8>,
@@ -105,28 +126,68 @@ impl Child {
 
     /// The process id in the guest; `None` when the program could not be
     /// started (its exit status then says why, like a shell's 127).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let child = vm.exec_builder().argv(["no-such-program"]).spawn().await?;
+    /// assert_eq!(child.pid(), None);
+    /// assert_eq!(child.wait_with_output().await?.status.code, Some(127));
+    /// # Ok(()) }
+    /// ```
     pub fn pid(&self) -> Option<u32> {
         self.pid
     }
 
     /// Sends a signal to the process (with a PTY: to the terminal's
     /// foreground process group).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let mut child = vm.exec_builder().argv(["sleep", "60"]).spawn().await?;
+    /// child.signal(15).await?; // SIGTERM
+    /// assert_eq!(child.wait().await?.signal, Some(15));
+    /// # Ok(()) }
+    /// ```
     pub async fn signal(&self, signal: i32) -> Result<(), Error> {
         self.control().signal(signal).await
     }
 
     /// SIGKILL.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let mut child = vm.exec_builder().argv(["sleep", "60"]).spawn().await?;
+    /// child.kill().await?;
+    /// assert_eq!(child.wait().await?.signal, Some(9));
+    /// # Ok(()) }
+    /// ```
     pub async fn kill(&self) -> Result<(), Error> {
         self.signal(libc::SIGKILL).await
     }
 
     /// Resizes the child's PTY (no effect without one).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let child = vm.exec_builder().argv(["sh"]).pty(24, 80).spawn().await?;
+    /// child.resize(50, 132).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), Error> {
         self.control().resize(rows, cols).await
     }
 
     /// A handle that signals and resizes the process while something else
     /// (say, [`Child::wait`]) holds the child.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let mut child = vm.exec_builder().argv(["sleep", "60"]).spawn().await?;
+    /// let control = child.control();
+    /// tokio::spawn(async move { control.signal(15).await });
+    /// assert_eq!(child.wait().await?.signal, Some(15));
+    /// # Ok(()) }
+    /// ```
     pub fn control(&self) -> ChildControl {
         ChildControl(self.control.clone())
     }
@@ -134,6 +195,14 @@ impl Child {
     /// Waits for the process to end. Closes its stdin first if it is still
     /// held here, and discards output nobody took (take `stdout`/`stderr`
     /// before waiting to read them, or use [`Child::wait_with_output`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let mut child = vm.exec_builder().argv(["sh", "-c", "exit 4"]).spawn().await?;
+    /// let status = child.wait().await?;
+    /// assert_eq!(status.code, Some(4));
+    /// # Ok(()) }
+    /// ```
     pub async fn wait(&mut self) -> Result<ExitStatus, Error> {
         if let Some(status) = &self.status {
             return Ok(status.clone());
@@ -149,6 +218,15 @@ impl Child {
 
     /// Reads stdout and stderr to the end (concurrently) and waits.
     /// Memory is bounded by the exec's output limits.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let child = vm.exec_builder().argv(["sh", "-c", "echo out; echo err >&2"]).spawn().await?;
+    /// let out = child.wait_with_output().await?;
+    /// assert_eq!(out.stdout, b"out\n");
+    /// assert_eq!(out.stderr, b"err\n");
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_with_output(mut self) -> Result<Output, Error> {
         self.stdin = None;
         let collect = |out: Option<ChildOutput>| async move {
@@ -173,11 +251,28 @@ impl Child {
 
 /// Signals and resizes a [`Child`]; see [`Child::control`]. Holding one
 /// counts as holding the child (it is not killed for being dropped).
+///
+/// ```no_run
+/// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+/// let mut child = vm.exec_builder().argv(["sh"]).pty(24, 80).spawn().await?;
+/// let control = child.control();
+/// control.resize(40, 120).await?;
+/// control.signal(9).await?;
+/// child.wait().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct ChildControl(mpsc::Sender<HostMessage>);
 
 impl ChildControl {
     /// As [`Child::signal`].
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let child = vm.exec_builder().argv(["sleep", "60"]).spawn().await?;
+    /// child.control().signal(2).await?; // SIGINT
+    /// # Ok(()) }
+    /// ```
     pub async fn signal(&self, signal: i32) -> Result<(), Error> {
         self.0
             .send(HostMessage::Signal(signal))
@@ -186,6 +281,13 @@ impl ChildControl {
     }
 
     /// As [`Child::resize`].
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let child = vm.exec_builder().argv(["top"]).pty(24, 80).spawn().await?;
+    /// child.control().resize(40, 120).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), Error> {
         self.0
             .send(HostMessage::Resize(WindowSize { rows, cols }))
@@ -196,6 +298,15 @@ impl ChildControl {
 
 impl ChildStdin {
     /// Sends `data` to the process, waiting while the guest is slow to read.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let mut child = vm.exec_builder().argv(["cat"]).spawn().await?;
+    /// let mut stdin = child.stdin.take().expect("stdin is piped");
+    /// stdin.write(b"line 1\n").await?;
+    /// stdin.write(b"line 2\n").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         for chunk in data.chunks(MAX_CHUNK) {
             self.data
@@ -207,11 +318,29 @@ impl ChildStdin {
     }
 
     /// Ends the process's input (as dropping this does).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let mut child = vm.exec_builder().argv(["cat"]).spawn().await?;
+    /// child.stdin.take().expect("stdin is piped").close();
+    /// assert!(child.wait().await?.success()); // cat saw the end of its input
+    /// # Ok(()) }
+    /// ```
     pub fn close(self) {}
 }
 
 impl ChildOutput {
     /// The next chunk, or `None` at the end of the stream.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let mut child = vm.exec_builder().argv(["seq", "3"]).spawn().await?;
+    /// let mut stdout = child.stdout.take().expect("stdout is piped");
+    /// while let Some(chunk) = stdout.recv().await {
+    ///     print!("{}", String::from_utf8_lossy(&chunk));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
         if self.offset < self.pending.len() {
             let rest = self.pending.split_off(self.offset);

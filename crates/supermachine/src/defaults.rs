@@ -40,6 +40,18 @@ impl ExecDefaults {
     /// The defaults an image config asks for: its Env (`KEY=value`
     /// entries; an entry without `=` is ignored, as Docker does for config
     /// files), WorkingDir and User.
+    ///
+    /// ```
+    /// use supermachine::{oci::ImageConfig, ExecDefaults};
+    /// let config = ImageConfig {
+    ///     env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into(), "LANG=C.UTF-8".into()],
+    ///     working_dir: Some("/app".into()),
+    ///     ..Default::default()
+    /// };
+    /// let defaults = ExecDefaults::from_config(&config);
+    /// assert_eq!(defaults.env[1], ("LANG".into(), "C.UTF-8".into()));
+    /// assert_eq!((defaults.cwd.as_deref(), defaults.user), (Some("/app"), None));
+    /// ```
     pub fn from_config(config: &ImageConfig) -> ExecDefaults {
         let env = config
             .env
@@ -56,6 +68,16 @@ impl ExecDefaults {
 
     /// These defaults with `overrides` applied: same-named variables are
     /// replaced in place, new ones appended.
+    ///
+    /// ```
+    /// use supermachine::ExecDefaults;
+    /// let base = ExecDefaults { env: vec![("LANG".into(), "C".into())], ..Default::default() };
+    /// let d = base.with_env([
+    ///     ("LANG".to_string(), "C.UTF-8".to_string()),
+    ///     ("TZ".into(), "UTC".into()),
+    /// ]);
+    /// assert_eq!(d.env, [("LANG".into(), "C.UTF-8".into()), ("TZ".into(), "UTC".into())]);
+    /// ```
     pub fn with_env(mut self, overrides: impl IntoIterator<Item = (String, String)>) -> Self {
         self.env = merge_env(&self.env, overrides);
         self

@@ -4,6 +4,13 @@ use crate::outcome::VmOutcome;
 use std::path::PathBuf;
 
 /// Everything that can go wrong, each saying what to do about it.
+///
+/// ```
+/// use supermachine::Error;
+/// let e = Error::NoSuchVm("3f2a9c1d".into());
+/// assert_eq!(e.to_string(), "no running VM with id \"3f2a9c1d\" (see `supermachine ps`)");
+/// assert!(Error::KvmPermission.to_string().contains("usermod -aG kvm"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the guest kernel is not built yet ({reason}): run `supermachine kernel build`")]
@@ -106,6 +113,16 @@ fn stderr_hint(stderr: &str) -> String {
 
 impl Error {
     /// The guest said the path (or user) does not exist.
+    ///
+    /// ```
+    /// use supermachine::{Error, ErrorKind};
+    /// let e = Error::Agent {
+    ///     kind: ErrorKind::NotFound,
+    ///     message: "/etc/app.toml: not found".into(),
+    /// };
+    /// assert!(e.is_not_found());
+    /// assert!(!Error::ConnectionLost.is_not_found());
+    /// ```
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
@@ -116,6 +133,13 @@ impl Error {
         )
     }
 
+    /// An I/O error with what was being done when it happened.
+    ///
+    /// ```
+    /// let source = std::io::Error::from(std::io::ErrorKind::NotFound);
+    /// let e = supermachine::Error::io("reading /etc/app.toml", source);
+    /// assert!(e.to_string().starts_with("reading /etc/app.toml: "));
+    /// ```
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             what: what.into(),

@@ -13,6 +13,10 @@ use supermachine_protocol::{
 /// Output kept per stream by [`ExecBuilder::output`] unless the caller
 /// sets a limit: enough for any sane command, small enough that a runaway
 /// one cannot exhaust the host's memory. The rest is counted, not kept.
+///
+/// ```
+/// assert_eq!(supermachine::DEFAULT_OUTPUT_LIMIT, 64 * 1024 * 1024);
+/// ```
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 64 << 20;
 
 /// Slack over an exec's own timeout before the host gives up on an agent
@@ -33,10 +37,23 @@ pub struct Output {
 }
 
 impl Output {
+    /// Standard output as text, invalid UTF-8 replaced by U+FFFD.
+    ///
+    /// ```
+    /// let out = supermachine::Output { stdout: b"ok \xff\n".to_vec(), ..Default::default() };
+    /// assert_eq!(out.stdout_lossy(), "ok \u{fffd}\n");
+    /// ```
     pub fn stdout_lossy(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// Standard error as text, invalid UTF-8 replaced by U+FFFD.
+    ///
+    /// ```
+    /// let stderr = b"sh: nope: not found\n".to_vec();
+    /// let out = supermachine::Output { stderr, ..Default::default() };
+    /// assert!(out.stderr_lossy().contains("not found"));
+    /// ```
     pub fn stderr_lossy(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
@@ -78,6 +95,13 @@ impl Vm {
     /// Starts building a command; see [`ExecBuilder`]. It starts with the
     /// VM's defaults: an OCI image's Env, WorkingDir and User, with
     /// [`crate::VmConfig`]'s env, workdir and user on top.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec_builder().env("MODE", "test").argv(["env"]).output().await?;
+    /// assert!(out.stdout_lossy().contains("MODE=test\n"));
+    /// # Ok(()) }
+    /// ```
     pub fn exec_builder(&self) -> ExecBuilder<'_> {
         let request = ExecRequest {
             env: self.defaults.env.clone(),
@@ -116,6 +140,13 @@ impl Vm {
 
 impl<'vm> ExecBuilder<'vm> {
     /// The program and its arguments (the program is looked up in PATH).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec_builder().argv(["uname", "-s"]).output().await?;
+    /// assert_eq!(out.stdout, b"Linux\n");
+    /// # Ok(()) }
+    /// ```
     pub fn argv<I, S>(mut self, argv: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -126,6 +157,18 @@ impl<'vm> ExecBuilder<'vm> {
     }
 
     /// Sets one environment variable (added to the base environment).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm
+    ///     .exec_builder()
+    ///     .env("GREETING", "hi")
+    ///     .argv(["sh", "-c", "echo $GREETING"])
+    ///     .output()
+    ///     .await?;
+    /// assert_eq!(out.stdout, b"hi\n");
+    /// # Ok(()) }
+    /// ```
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.request.env.push((name.into(), value.into()));
         self
@@ -133,6 +176,20 @@ impl<'vm> ExecBuilder<'vm> {
 
     /// Starts from an empty environment instead of PATH/HOME/TERM and the
     /// VM's environment: only variables set with [`Self::env`] afterwards.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// // No PATH either: name the program by its path.
+    /// let out = vm
+    ///     .exec_builder()
+    ///     .env_clear()
+    ///     .env("ONLY", "1")
+    ///     .argv(["/usr/bin/env"])
+    ///     .output()
+    ///     .await?;
+    /// assert_eq!(out.stdout, b"ONLY=1\n");
+    /// # Ok(()) }
+    /// ```
     pub fn env_clear(mut self) -> Self {
         self.request.env.clear();
         self.request.env_mode = EnvMode::Replace;
@@ -141,6 +198,13 @@ impl<'vm> ExecBuilder<'vm> {
 
     /// Working directory in the guest (default: the VM's, see
     /// [`Vm::exec_builder`]; else `/`).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec_builder().cwd("/tmp").argv(["pwd"]).output().await?;
+    /// assert_eq!(out.stdout, b"/tmp\n");
+    /// # Ok(()) }
+    /// ```
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
         self.request.cwd = Some(dir.into());
         self
@@ -149,6 +213,13 @@ impl<'vm> ExecBuilder<'vm> {
     /// Runs as `name`, `uid`, `uid:gid` or `name:group` (from the guest's
     /// /etc/passwd and /etc/group); default: the VM's (the image's User),
     /// else root.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec_builder().user("nobody").argv(["id", "-u"]).output().await?;
+    /// assert_eq!(out.stdout, b"65534\n");
+    /// # Ok(()) }
+    /// ```
     pub fn user(mut self, user: impl Into<String>) -> Self {
         self.request.user = Some(user.into());
         self
@@ -156,6 +227,13 @@ impl<'vm> ExecBuilder<'vm> {
 
     /// Bytes given to the command as its standard input
     /// ([`Self::output`] only; a spawned child has a stdin stream).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec_builder().argv(["tr", "a-z", "A-Z"]).stdin("hello").output().await?;
+    /// assert_eq!(out.stdout, b"HELLO");
+    /// # Ok(()) }
+    /// ```
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());
         self
@@ -163,6 +241,19 @@ impl<'vm> ExecBuilder<'vm> {
 
     /// Kills the command's whole process group after `timeout` (for a
     /// chain: the whole chain's time, staging included).
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// use std::time::Duration;
+    /// let out = vm
+    ///     .exec_builder()
+    ///     .argv(["sleep", "60"])
+    ///     .timeout(Duration::from_secs(1))
+    ///     .output()
+    ///     .await?;
+    /// assert!(out.status.timed_out);
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -170,18 +261,44 @@ impl<'vm> ExecBuilder<'vm> {
 
     /// Most stdout bytes delivered; the rest is counted in
     /// [`ExitStatus::stdout_dropped`].
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec_builder().argv(["seq", "100000"]).stdout_limit(4096).output().await?;
+    /// assert!(out.stdout.len() <= 4096 && out.status.stdout_dropped > 0);
+    /// # Ok(()) }
+    /// ```
     pub fn stdout_limit(mut self, bytes: u64) -> Self {
         self.request.stdout_limit = Some(bytes);
         self
     }
 
     /// Most stderr bytes delivered; see [`Self::stdout_limit`].
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm
+    ///     .exec_builder()
+    ///     .argv(["sh", "-c", "seq 100000 >&2"])
+    ///     .stderr_limit(4096)
+    ///     .output()
+    ///     .await?;
+    /// assert!(out.stderr.len() <= 4096 && out.status.stderr_dropped > 0);
+    /// # Ok(()) }
+    /// ```
     pub fn stderr_limit(mut self, bytes: u64) -> Self {
         self.request.stderr_limit = Some(bytes);
         self
     }
 
     /// Runs the command on a pseudo-terminal of this size.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec_builder().pty(24, 80).argv(["stty", "size"]).output().await?;
+    /// assert_eq!(out.stdout_lossy().trim(), "24 80");
+    /// # Ok(()) }
+    /// ```
     pub fn pty(mut self, rows: u16, cols: u16) -> Self {
         self.request.pty = Some(WindowSize { rows, cols });
         self
@@ -189,6 +306,18 @@ impl<'vm> ExecBuilder<'vm> {
 
     /// Writes `contents` to `path` in the guest (mode 0644, parents
     /// created) before running anything.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm
+    ///     .exec_builder()
+    ///     .stage_file("/srv/job/input.txt", "data\n")
+    ///     .argv(["cat", "/srv/job/input.txt"])
+    ///     .output()
+    ///     .await?;
+    /// assert_eq!(out.stdout, b"data\n");
+    /// # Ok(()) }
+    /// ```
     pub fn stage_file(self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
         let mut request = WriteFileRequest::new(path);
         request.create_parents = true;
@@ -196,6 +325,18 @@ impl<'vm> ExecBuilder<'vm> {
     }
 
     /// [`Self::stage_file`] with explicit mode, owner and options.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// use supermachine::WriteFileRequest;
+    /// let mut script = WriteFileRequest::new("/opt/hello.sh");
+    /// script.mode = 0o755;
+    /// script.create_parents = true;
+    /// let builder = vm.exec_builder().stage_file_with(script, "#!/bin/sh\necho hello\n");
+    /// let out = builder.argv(["/opt/hello.sh"]).output().await?;
+    /// assert_eq!(out.stdout, b"hello\n");
+    /// # Ok(()) }
+    /// ```
     pub fn stage_file_with(
         mut self,
         request: WriteFileRequest,
@@ -211,6 +352,18 @@ impl<'vm> ExecBuilder<'vm> {
     /// Runs `argv` after the previous command if it succeeded (like `&&`),
     /// with the same environment, directory and user. The output is every
     /// command's output in order; the status is the last one run.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm
+    ///     .exec_builder()
+    ///     .argv(["mkdir", "-p", "/srv/out"])
+    ///     .chain(["touch", "/srv/out/done"])
+    ///     .output()
+    ///     .await?;
+    /// assert!(out.status.success());
+    /// # Ok(()) }
+    /// ```
     pub fn chain<I, S>(mut self, argv: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -232,6 +385,13 @@ impl<'vm> ExecBuilder<'vm> {
 
     /// Stages the files, runs the command (and its chain) to completion,
     /// and collects the output.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let out = vm.exec_builder().argv(["ls", "/"]).output().await?;
+    /// assert!(out.stdout_lossy().lines().any(|name| name == "etc"));
+    /// # Ok(()) }
+    /// ```
     pub async fn output(mut self) -> Result<Output, Error> {
         let timeout = self.timeout;
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -286,6 +446,15 @@ impl<'vm> ExecBuilder<'vm> {
 
     /// Stages the files and starts the command, returning a handle with its
     /// streams. A chain is not allowed here.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let child = vm.exec_builder().argv(["sh", "-c", "sleep 1; echo done"]).spawn().await?;
+    /// println!("running as pid {:?}", child.pid());
+    /// let out = child.wait_with_output().await?;
+    /// assert_eq!(out.stdout, b"done\n");
+    /// # Ok(()) }
+    /// ```
     pub async fn spawn(mut self) -> Result<Child, Error> {
         if !self.chain.is_empty() {
             return Err(Error::InvalidArgument(
@@ -302,6 +471,13 @@ impl<'vm> ExecBuilder<'vm> {
     /// Starts the command in the background: it outlives this call and the
     /// host process, its stdin is empty and its output goes to the VM's
     /// serial log. Returns its pid in the guest.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let pid = vm.exec_builder().argv(["httpd", "-f", "-p", "8080"]).start_detached().await?;
+    /// println!("httpd runs as pid {pid}");
+    /// # Ok(()) }
+    /// ```
     pub async fn start_detached(mut self) -> Result<u32, Error> {
         self.stage().await?;
         let mut request = self.request;

@@ -75,6 +75,13 @@ impl Vm {
     }
 
     /// Reads a whole file into memory.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let passwd = vm.read_file("/etc/passwd").await?;
+    /// assert!(passwd.starts_with(b"root:"));
+    /// # Ok(()) }
+    /// ```
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         let mut data = Vec::new();
         self.read_file_to(path, &mut data).await?;

@@ -53,6 +53,12 @@ struct OciImage {
 impl Image {
     /// The small built-in root filesystem made from Debian's busybox-static
     /// (built into the cache on first use).
+    ///
+    /// ```
+    /// use supermachine::Image;
+    /// assert_eq!(Image::builtin(), Image::default());
+    /// assert!(Image::builtin().rootfs_path().is_none());
+    /// ```
     pub fn builtin() -> Image {
         Image {
             kind: Kind::Builtin,
@@ -60,6 +66,12 @@ impl Image {
     }
 
     /// A root filesystem image file (ext4 or EROFS).
+    ///
+    /// ```
+    /// use supermachine::Image;
+    /// let image = Image::from_rootfs("/srv/images/app.ext4");
+    /// assert_eq!(image.rootfs_path(), Some(std::path::Path::new("/srv/images/app.ext4")));
+    /// ```
     pub fn from_rootfs(path: impl Into<PathBuf>) -> Image {
         Image {
             kind: Kind::Rootfs(path.into()),
@@ -94,11 +106,25 @@ impl Image {
     }
 
     /// The snapshot directory, for an image made by [`Image::from_snapshot`].
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), supermachine::Error> {
+    /// let image = supermachine::Image::from_snapshot("/srv/snapshots/app")?;
+    /// println!("restores from {}", image.snapshot_dir().unwrap().display());
+    /// # Ok(()) }
+    /// ```
     pub fn snapshot_dir(&self) -> Option<&Path> {
         self.snapshot().map(|s| s.dir.as_path())
     }
 
     /// The build key of a snapshot made by [`Image::build`].
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), supermachine::Error> {
+    /// let image = supermachine::Image::from_snapshot("/srv/snapshots/app")?;
+    /// println!("built with key {:?}", image.snapshot_key());
+    /// # Ok(()) }
+    /// ```
     pub fn snapshot_key(&self) -> Option<&str> {
         self.snapshot().and_then(|s| s.meta.key.as_deref())
     }
@@ -120,6 +146,11 @@ impl Image {
     /// How the image is shown to users (`supermachine ps`): the normalized
     /// reference of an OCI image (`docker.io/library/alpine:3.20`,
     /// `oci:/abs/dir:tag`), the path of a root filesystem file.
+    ///
+    /// ```
+    /// use supermachine::Image;
+    /// assert_eq!(Image::from_rootfs("/srv/app.ext4").name(), "/srv/app.ext4");
+    /// ```
     pub fn name(&self) -> String {
         match &self.kind {
             Kind::Builtin => "builtin:busybox".into(),
@@ -130,16 +161,40 @@ impl Image {
     }
 
     /// The image config (Entrypoint, Cmd, Env, ...) of an OCI image.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// let image = supermachine::Image::from_store("nginx:1.27").await?;
+    /// let config = image.config().expect("an OCI image has a config");
+    /// println!("{:?} {:?}", config.entrypoint, config.exposed_ports);
+    /// # Ok(()) }
+    /// ```
     pub fn config(&self) -> Option<&ImageConfig> {
         self.oci().map(|p| &p.config)
     }
 
     /// The manifest digest of an OCI image: its identity.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// let image = supermachine::Image::from_store("alpine:3.20").await?;
+    /// println!("{}", image.digest().expect("an OCI image has a digest"));
+    /// # Ok(()) }
+    /// ```
     pub fn digest(&self) -> Option<&Digest> {
         self.oci().map(|p| &p.manifest_digest)
     }
 
     /// Everything known about an OCI image: digests, config, layers.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// let image = supermachine::Image::from_store("alpine:3.20").await?;
+    /// for layer in &image.oci().expect("an OCI image").layers {
+    ///     println!("{} {} bytes", layer.digest, layer.size);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn oci(&self) -> Option<&PulledImage> {
         match &self.kind {
             Kind::Oci(o) => Some(&o.pulled),
@@ -148,6 +203,13 @@ impl Image {
     }
 
     /// The root filesystem file of an OCI image (EROFS) or a file image.
+    ///
+    /// ```
+    /// use supermachine::Image;
+    /// let image = Image::from_rootfs("/srv/images/app.ext4");
+    /// assert!(image.rootfs_path().is_some_and(|p| p.ends_with("app.ext4")));
+    /// assert_eq!(Image::builtin().rootfs_path(), None);
+    /// ```
     pub fn rootfs_path(&self) -> Option<&Path> {
         match &self.kind {
             Kind::Builtin => None,
@@ -176,6 +238,17 @@ impl Image {
     /// The Env, WorkingDir and User of an OCI image's config, which every
     /// exec in a VM booted from it starts with (for a snapshot: those of
     /// the VM it was taken from); empty for other images.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// let image = supermachine::Image::from_store("python:3.12-slim").await?;
+    /// let defaults = image.exec_defaults();
+    /// println!("cwd {:?}, user {:?}", defaults.cwd, defaults.user);
+    /// for (name, value) in &defaults.env {
+    ///     println!("{name}={value}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn exec_defaults(&self) -> ExecDefaults {
         if let Some(s) = self.snapshot() {
             return s.meta.defaults.clone();

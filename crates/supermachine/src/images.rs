@@ -24,6 +24,14 @@ use serde::Serialize;
 use supermachine_oci::{Digest, ImageRecord, PulledImage, Source, Store};
 
 /// Every pulled image, sorted by reference.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// for record in supermachine::images::list()? {
+///     println!("{} {}", record.reference, record.manifest_digest);
+/// }
+/// # Ok(()) }
+/// ```
 pub fn list() -> Result<Vec<ImageRecord>, Error> {
     Ok(Store::open_default()?.images()?)
 }
@@ -47,6 +55,13 @@ pub fn inspect(source: &str) -> Result<PulledImage, Error> {
 /// Forgets `reference` (a source as given to pull, or a manifest digest
 /// `sha256:…` for every reference to that image) and deletes the cached
 /// root filesystems no remaining image uses. Blobs stay until [`gc`].
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let removed = supermachine::images::remove("alpine:3.20")?;
+/// println!("forgot {} reference(s)", removed.len());
+/// # Ok(()) }
+/// ```
 pub fn remove(reference: &str) -> Result<Vec<ImageRecord>, Error> {
     let store = Store::open_default()?;
     let removed = store.remove_image(reference)?;
@@ -55,6 +70,14 @@ pub fn remove(reference: &str) -> Result<Vec<ImageRecord>, Error> {
 }
 
 /// What [`gc`] deleted.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let report = supermachine::images::gc()?;
+/// println!("{} blobs removed", report.blobs_removed);
+/// println!("{} root filesystems removed", report.rootfs_removed);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
     /// Blobs no image record names.
@@ -72,6 +95,16 @@ pub struct GcReport {
 
 impl GcReport {
     /// All bytes freed.
+    ///
+    /// ```
+    /// use supermachine::images::GcReport;
+    /// let report = GcReport {
+    ///     blob_bytes_freed: 1000,
+    ///     rootfs_bytes_freed: 24,
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(report.bytes_freed(), 1024);
+    /// ```
     pub fn bytes_freed(&self) -> u64 {
         self.blob_bytes_freed + self.rootfs_bytes_freed
     }
@@ -79,6 +112,13 @@ impl GcReport {
 
 /// Deletes blobs and cached root filesystems that no image record uses,
 /// and leftovers of interrupted pulls and builds. Waits for running pulls.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let report = supermachine::images::gc()?;
+/// println!("freed {} MiB", report.bytes_freed() >> 20);
+/// # Ok(()) }
+/// ```
 pub fn gc() -> Result<GcReport, Error> {
     let store = Store::open_default()?;
     let blobs = store.gc()?;

@@ -3,6 +3,13 @@
 //! `<cache>/kernel/<key>/vmlinux` where the key hashes the fragment, the build
 //! script and the source package version. Nothing is rebuilt unless one of
 //! those changed.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), supermachine::Error> {
+//! let vmlinux = supermachine::kernel::build()?; // minutes the first time, then cached
+//! println!("{}", vmlinux.display());
+//! # Ok(()) }
+//! ```
 
 use crate::error::Error;
 use crate::hash::{self, Hasher};
@@ -10,7 +17,18 @@ use crate::paths;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The kernel config fragment (`kernel/microvm.config`) merged onto `make tinyconfig`.
+///
+/// ```
+/// let fragment = supermachine::kernel::FRAGMENT;
+/// assert!(fragment.lines().any(|l| l == "CONFIG_VIRTIO_VSOCKETS=y"));
+/// ```
 pub const FRAGMENT: &str = include_str!("../../../kernel/microvm.config");
+/// The kernel build script (`kernel/build.sh`).
+///
+/// ```
+/// assert!(supermachine::kernel::BUILD_SCRIPT.starts_with("#!/usr/bin/env bash"));
+/// ```
 pub const BUILD_SCRIPT: &str = include_str!("../../../kernel/build.sh");
 const SOURCE_PACKAGE: &str = "linux-source-6.1";
 const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
@@ -45,6 +63,13 @@ fn source_version() -> Option<String> {
 
 /// The cache key for the kernel this build of supermachine wants, or `None`
 /// when the kernel source package is not installed.
+///
+/// ```no_run
+/// match supermachine::kernel::key() {
+///     Some(key) => println!("this build wants kernel {key}"),
+///     None => println!("install linux-source-6.1 first"),
+/// }
+/// ```
 pub fn key() -> Option<String> {
     let version = source_version()?;
     Some(
@@ -57,6 +82,13 @@ pub fn key() -> Option<String> {
 }
 
 /// Path of the built kernel, if it is built. `SUPERMACHINE_KERNEL` overrides.
+///
+/// ```no_run
+/// match supermachine::kernel::path() {
+///     Ok(vmlinux) => println!("kernel at {}", vmlinux.display()),
+///     Err(e) => eprintln!("{e}"), // says to run `supermachine kernel build`
+/// }
+/// ```
 pub fn path() -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os("SUPERMACHINE_KERNEL") {
         return Ok(PathBuf::from(p));
@@ -124,6 +156,13 @@ fn install_build_deps() -> Result<(), Error> {
 
 /// Builds the kernel if the cache does not have it; returns its path.
 /// Progress goes to stderr (the build takes minutes).
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let vmlinux = supermachine::kernel::build()?;
+/// assert_eq!(supermachine::kernel::path()?, vmlinux);
+/// # Ok(()) }
+/// ```
 pub fn build() -> Result<PathBuf, Error> {
     if let Ok(p) = path() {
         return Ok(p);

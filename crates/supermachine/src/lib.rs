@@ -64,11 +64,81 @@ pub use pull::{ImageEvent, ImageProgressFn, PullOptions};
 pub use rootfs::rootfs_dir;
 pub use runtime::{check_kvm, VmInfo};
 pub use standby::prestart_workers;
-pub use supermachine_protocol::{
-    DirEntry, ErrorKind, FileKind, FileStat, WindowSize, WriteFileRequest,
-};
+/// An entry of [`Vm::list_dir`].
+///
+/// ```no_run
+/// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+/// use supermachine::{DirEntry, FileKind};
+/// let entries: Vec<DirEntry> = vm.list_dir("/etc").await?;
+/// let subdirs: Vec<&str> = entries
+///     .iter()
+///     .filter(|e| e.stat.kind == FileKind::Dir)
+///     .map(|e| e.name.as_str())
+///     .collect();
+/// println!("{subdirs:?}");
+/// # Ok(()) }
+/// ```
+pub use supermachine_protocol::DirEntry;
+/// Why the guest refused a request, in [`Error::Agent`].
+///
+/// ```no_run
+/// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+/// use supermachine::{Error, ErrorKind};
+/// match vm.mkdir("/srv/data", false).await {
+///     Ok(()) | Err(Error::Agent { kind: ErrorKind::AlreadyExists, .. }) => {}
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
+pub use supermachine_protocol::ErrorKind;
+/// The kind of a guest file, in [`FileStat`].
+///
+/// ```no_run
+/// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+/// use supermachine::FileKind;
+/// let st = vm.stat("/bin/sh").await?;
+/// if st.kind == FileKind::Symlink {
+///     println!("/bin/sh -> {}", st.link_target.unwrap_or_default());
+/// }
+/// # Ok(()) }
+/// ```
+pub use supermachine_protocol::FileKind;
+/// What [`Vm::stat`] returns.
+///
+/// ```no_run
+/// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+/// let st: supermachine::FileStat = vm.stat("/etc/passwd").await?;
+/// println!("{:o} {}:{} {} bytes", st.mode, st.uid, st.gid, st.size);
+/// # Ok(()) }
+/// ```
+pub use supermachine_protocol::FileStat;
+/// A terminal size, as rows and columns.
+///
+/// ```
+/// use supermachine::WindowSize;
+/// let size = WindowSize { rows: 24, cols: 80 };
+/// let wider = WindowSize { cols: 132, ..size };
+/// assert_eq!((wider.rows, wider.cols), (24, 132));
+/// ```
+pub use supermachine_protocol::WindowSize;
+/// Options of [`Vm::write_file_with`] and [`ExecBuilder::stage_file_with`].
+///
+/// ```
+/// use supermachine::WriteFileRequest;
+/// let mut log = WriteFileRequest::new("/var/log/app.log");
+/// log.append = true;
+/// assert_eq!((log.mode, log.uid, log.create_parents), (0o644, None, false));
+/// ```
+pub use supermachine_protocol::WriteFileRequest;
 pub use vm::{Disk, Vm, VmConfig};
 
 /// Image references, sources, the blob store and image configs
 /// (the `supermachine-oci` crate).
+///
+/// ```
+/// use supermachine::oci::Source;
+/// let source: Source = "alpine:3.20".parse()?;
+/// assert_eq!(source.to_string(), "docker.io/library/alpine:3.20");
+/// # Ok::<(), supermachine::oci::Error>(())
+/// ```
 pub use supermachine_oci as oci;

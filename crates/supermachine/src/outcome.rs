@@ -5,6 +5,13 @@ use std::process::ExitStatus;
 use supermachine_protocol::worker_exit;
 
 /// How a VM's worker ended.
+///
+/// ```
+/// use supermachine::VmOutcome;
+/// assert_eq!(VmOutcome::PowerOff.to_string(), "the guest powered off");
+/// assert_eq!(VmOutcome::Killed(9).to_string(), "the worker was killed by signal 9");
+/// assert_eq!(VmOutcome::Crash(None).to_string(), "the virtual CPU crashed");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmOutcome {
     PowerOff,

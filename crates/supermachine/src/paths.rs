@@ -7,6 +7,12 @@
 //! * runtime (`$XDG_RUNTIME_DIR/supermachine`, else `/run/supermachine` for
 //!   root, else `/tmp/supermachine-<uid>`): one short-named directory per
 //!   running VM holding its sockets; removed when the VM ends.
+//!
+//! ```
+//! use supermachine::paths;
+//! let logs = paths::state_dir().join("logs");
+//! assert!(logs.ends_with("supermachine/logs"));
+//! ```
 
 use std::path::PathBuf;
 
@@ -26,16 +32,38 @@ fn xdg(var: &str, fallback: &[&str]) -> PathBuf {
     }
 }
 
+/// The cache directory: `$SUPERMACHINE_CACHE_DIR`, else the XDG cache home's `supermachine`.
+///
+/// ```
+/// std::env::set_var("SUPERMACHINE_CACHE_DIR", "/var/cache/supermachine");
+/// let kernels = supermachine::paths::cache_dir().join("kernel");
+/// assert_eq!(kernels, std::path::Path::new("/var/cache/supermachine/kernel"));
+/// ```
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("SUPERMACHINE_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| xdg("XDG_CACHE_HOME", &[".cache"]))
 }
 
+/// The state directory (kept serial logs): the XDG state home's `supermachine`.
+///
+/// ```
+/// std::env::set_var("XDG_STATE_HOME", "/home/ada/.local/state");
+/// let state = supermachine::paths::state_dir();
+/// assert_eq!(state, std::path::Path::new("/home/ada/.local/state/supermachine"));
+/// ```
 pub fn state_dir() -> PathBuf {
     xdg("XDG_STATE_HOME", &[".local", "state"])
 }
 
+/// The runtime directory holding one directory per running VM (see the module docs).
+///
+/// ```
+/// std::env::remove_var("SUPERMACHINE_RUNTIME_DIR");
+/// std::env::set_var("XDG_RUNTIME_DIR", "/run/user/1000");
+/// let runtime = supermachine::paths::runtime_dir();
+/// assert_eq!(runtime, std::path::Path::new("/run/user/1000/supermachine"));
+/// ```
 pub fn runtime_dir() -> PathBuf {
     if let Some(v) = std::env::var_os("SUPERMACHINE_RUNTIME_DIR") {
         return PathBuf::from(v);
@@ -54,6 +82,11 @@ pub fn runtime_dir() -> PathBuf {
 
 /// Directory of the running executable: the worker and agent binaries are
 /// looked up next to it.
+///
+/// ```
+/// let dir = supermachine::paths::exe_dir().expect("the running executable has a directory");
+/// assert!(dir.is_dir());
+/// ```
 pub fn exe_dir() -> Option<PathBuf> {
     std::env::current_exe().ok()?.parent().map(PathBuf::from)
 }

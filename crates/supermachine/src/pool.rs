@@ -53,6 +53,12 @@ impl Default for PoolOptions {
 }
 
 /// A snapshot of the pool's counts.
+///
+/// ```
+/// let status = supermachine::PoolStatus { idle: 2, leased: 1, ..Default::default() };
+/// assert_eq!(status.idle + status.leased + status.restoring, 3);
+/// assert_eq!(status.replaced, 0);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStatus {
     /// Restored and waiting for [`Pool::acquire`].
@@ -471,6 +477,17 @@ fn discard<I: IntoIterator<Item = Vm> + Send + 'static>(vms: I) {
 /// A VM handed out by a [`Pool`]. It derefs to [`Vm`]. Give it back with
 /// [`PooledVm::release`]; dropping it instead throws it away (it is
 /// stopped and the pool restores a replacement).
+///
+/// ```no_run
+/// # async fn demo(pool: &supermachine::Pool) -> Result<(), supermachine::Error> {
+/// let vm = pool.acquire().await?;
+/// // Every `Vm` method works on it.
+/// vm.write_file("/tmp/job.json", br#"{"n": 1}"#).await?;
+/// let out = vm.exec(["cat", "/tmp/job.json"]).await?;
+/// assert!(out.status.success());
+/// vm.release();
+/// # Ok(()) }
+/// ```
 pub struct PooledVm {
     vm: Option<Vm>,
     shared: Arc<Shared>,

@@ -10,10 +10,35 @@ use supermachine_oci::{Digest, PullEvent, PullPolicy, RegistryConfig, Source, St
 
 /// Receives [`ImageEvent`]s; called from pulling and building threads, so
 /// keep it quick (update a progress bar, send into a channel).
+///
+/// ```
+/// use std::sync::{mpsc, Arc};
+/// use supermachine::{ImageEvent, ImageProgressFn};
+/// let (tx, rx) = mpsc::channel();
+/// let progress: ImageProgressFn = Arc::new(move |event: &ImageEvent| {
+///     let _ = tx.send(event.clone());
+/// });
+/// progress(&ImageEvent::RootfsCached { path: "/cache/rootfs/ab12.erofs".into() });
+/// assert!(matches!(rx.try_recv(), Ok(ImageEvent::RootfsCached { .. })));
+/// ```
 pub type ImageProgressFn = Arc<dyn Fn(&ImageEvent) + Send + Sync>;
 
 /// Progress of [`Image::pull`]: the pull's own events, then the root
 /// filesystem build (skipped when it is cached).
+///
+/// ```
+/// use std::sync::Arc;
+/// use supermachine::{ImageEvent, PullOptions};
+/// let options = PullOptions {
+///     progress: Some(Arc::new(|event: &ImageEvent| match event {
+///         ImageEvent::LayerApplied { index, .. } => eprintln!("layer {index} applied"),
+///         ImageEvent::RootfsBuilt { path, .. } => eprintln!("built {}", path.display()),
+///         _ => {}
+///     })),
+///     ..PullOptions::default()
+/// };
+/// assert!(options.progress.is_some());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ImageEvent {
@@ -110,6 +135,15 @@ impl PullOptions {
     /// `registries.toml` and the `SUPERMACHINE_REGISTRY_MIRRORS` /
     /// `SUPERMACHINE_INSECURE_REGISTRIES` variables (see
     /// [`RegistryConfig::from_env`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// use supermachine::{Image, PullOptions};
+    /// let options = PullOptions::from_env()?;
+    /// let image = Image::pull("registry.example.com/team/app:v2", &options).await?;
+    /// println!("pulled {}", image.name());
+    /// # Ok(()) }
+    /// ```
     pub fn from_env() -> Result<Self, Error> {
         Ok(PullOptions {
             registry: RegistryConfig::from_env()?,

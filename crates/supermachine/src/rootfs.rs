@@ -22,6 +22,11 @@ use supermachine_rootfs::{erofs, Tree, TreeOptions};
 const PROGRESS_STEP: u64 = 1 << 20;
 
 /// Where root filesystems of OCI images are cached.
+///
+/// ```
+/// let dir = supermachine::rootfs_dir();
+/// assert_eq!(dir, supermachine::paths::cache_dir().join("rootfs"));
+/// ```
 pub fn rootfs_dir() -> PathBuf {
     paths::cache_dir().join("rootfs")
 }

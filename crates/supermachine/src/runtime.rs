@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 use supermachine_lab::KvmHost;
 
 /// Fails with an actionable error when this host cannot run VMs.
+///
+/// ```
+/// use supermachine::Error;
+/// match supermachine::check_kvm() {
+///     Ok(()) => println!("this host can run VMs"),
+///     Err(e) => assert!(matches!(
+///         e,
+///         Error::NoKvm | Error::KvmPermission | Error::PvmHost | Error::Io { .. }
+///     )),
+/// }
+/// ```
 pub fn check_kvm() -> Result<(), Error> {
     match supermachine_lab::detect() {
         KvmHost::Missing => return Err(Error::NoKvm),
@@ -41,6 +52,14 @@ const PID_FILE: &str = "worker.pid";
 const INFO_FILE: &str = "vm.json";
 
 /// What `supermachine ps` shows about a VM, kept in its runtime directory.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), supermachine::Error> {
+/// use supermachine::{Image, Vm, VmConfig};
+/// let info = Vm::start_detached(&Image::builtin(), &VmConfig::default(), &[]).await?;
+/// println!("VM {} (worker pid {}) logs to {}", info.id, info.pid, info.serial_log.display());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmInfo {
     pub id: String,

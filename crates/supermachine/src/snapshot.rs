@@ -14,6 +14,15 @@
 //! `supermachine gc` may clean; a hard link costs nothing. A snapshot is
 //! assembled in a hidden sibling directory and renamed into place, so a
 //! crash mid-snapshot never leaves a half snapshot under the real name.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), supermachine::Error> {
+//! let root = supermachine::default_snapshots_dir()?;
+//! for (dir, meta) in supermachine::snapshot::list(&root) {
+//!     println!("{} {} {} MiB", dir.display(), meta.image, meta.memory_mib);
+//! }
+//! # Ok(()) }
+//! ```
 
 use crate::defaults::ExecDefaults;
 use crate::error::Error;
@@ -23,13 +32,36 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use supermachine_protocol::worker_control::{self, SnapshotReport, WorkerReply, WorkerRequest};
 
+/// Name of the metadata file in a snapshot directory.
+///
+/// ```
+/// let meta = std::path::Path::new("/srv/snapshots/app").join(supermachine::snapshot::META_FILE);
+/// assert_eq!(meta, std::path::Path::new("/srv/snapshots/app/meta.json"));
+/// ```
 pub const META_FILE: &str = "meta.json";
 /// Bumped when [`SnapshotMeta`] or the directory layout changes.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// use supermachine::snapshot::{read_meta, META_FORMAT};
+/// let meta = read_meta(std::path::Path::new("/srv/snapshots/app"))?;
+/// assert_eq!(meta.format, META_FORMAT); // read_meta refuses other formats
+/// # Ok(()) }
+/// ```
 pub const META_FORMAT: u32 = 1;
 /// How long the worker may take to write a snapshot (memory sync included).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One disk of a snapshotted VM, as a file inside the snapshot.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let dir = std::path::Path::new("/srv/snapshots/app");
+/// for disk in supermachine::snapshot::read_meta(dir)?.disks {
+///     println!("{} (read-only: {})", dir.join(&disk.file).display(), disk.read_only);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotDisk {
     pub file: String,
@@ -37,6 +69,14 @@ pub struct SnapshotDisk {
 }
 
 /// `meta.json`: what a snapshot was made from and how to restore it.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let meta = supermachine::snapshot::read_meta(std::path::Path::new("/srv/snapshots/app"))?;
+/// println!("{} with {} MiB, {} vCPUs", meta.image, meta.memory_mib, meta.vcpus);
+/// println!("{} of {} memory bytes stored", meta.memory_data_bytes, meta.memory_bytes);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     pub format: u32,
@@ -69,6 +109,13 @@ fn err(path: &Path, reason: impl std::fmt::Display) -> Error {
 }
 
 /// Reads and checks a snapshot directory's metadata and files.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let meta = supermachine::snapshot::read_meta(std::path::Path::new("/srv/snapshots/app"))?;
+/// println!("workload {:?}, build key {:?}", meta.command, meta.key);
+/// # Ok(()) }
+/// ```
 pub fn read_meta(dir: &Path) -> Result<SnapshotMeta, Error> {
     let meta_path = dir.join(META_FILE);
     let text = std::fs::read(&meta_path).map_err(|e| match e.kind() {
@@ -262,6 +309,15 @@ fn sync_dir(dir: &Path) {
 
 /// Every snapshot directory under `root` (non-recursive), with its
 /// metadata, newest first. Unreadable entries are skipped.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), supermachine::Error> {
+/// let root = supermachine::default_snapshots_dir()?;
+/// if let Some((newest, meta)) = supermachine::snapshot::list(&root).into_iter().next() {
+///     println!("newest: {} from {}", newest.display(), meta.image);
+/// }
+/// # Ok(()) }
+/// ```
 pub fn list(root: &Path) -> Vec<(PathBuf, SnapshotMeta)> {
     let mut out: Vec<(PathBuf, SnapshotMeta)> = std::fs::read_dir(root)
         .into_iter()

@@ -111,6 +111,15 @@ pub struct Vm {
 
 impl Vm {
     /// Boots a VM from `image` and waits until its agent is ready.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// use supermachine::{Image, Vm, VmConfig};
+    /// let config = VmConfig { memory_mib: 512, ..VmConfig::default() };
+    /// let vm = Vm::start(&Image::builtin(), &config).await?;
+    /// println!("started VM {}", vm.id());
+    /// # Ok(()) }
+    /// ```
     pub async fn start(image: &Image, config: &VmConfig) -> Result<Vm, Error> {
         Vm::boot(image, config, false).await
     }
@@ -252,6 +261,14 @@ impl Vm {
     /// `supermachine ps`). Dropping it leaves the VM running. Its execs
     /// start with the VM's defaults (the image's Env, WorkingDir and User,
     /// and the config's), as `docker exec` does.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// let vm = supermachine::Vm::attach("3f2a9c1d")?;
+    /// let out = vm.exec(["uptime"]).await?;
+    /// print!("{}", out.stdout_lossy());
+    /// # Ok(()) }
+    /// ```
     pub fn attach(id: &str) -> Result<Vm, Error> {
         let (dir, info) = VmDir::open(id)?;
         Ok(Vm {
@@ -271,26 +288,58 @@ impl Vm {
     }
 
     /// Every running VM of this user, oldest first.
+    ///
+    /// ```no_run
+    /// for info in supermachine::Vm::running() {
+    ///     println!("{} {} pid {}", info.id, info.image, info.pid);
+    /// }
+    /// ```
     pub fn running() -> Vec<VmInfo> {
         runtime::list()
     }
 
     /// Short unique id of this VM.
+    ///
+    /// ```no_run
+    /// # fn demo(vm: &supermachine::Vm) {
+    /// assert_eq!(vm.id(), vm.info().id);
+    /// # }
+    /// ```
     pub fn id(&self) -> &str {
         &self.info.id
     }
 
     /// What `supermachine ps` shows: id, image, exposed ports, defaults, ...
+    ///
+    /// ```no_run
+    /// # fn demo(vm: &supermachine::Vm) {
+    /// let info = vm.info();
+    /// println!("{}: {} MiB, {} vCPUs", info.image, info.memory_mib, info.vcpus);
+    /// # }
+    /// ```
     pub fn info(&self) -> &VmInfo {
         &self.info
     }
 
     /// Path of the guest's serial console log.
+    ///
+    /// ```no_run
+    /// # fn demo(vm: &supermachine::Vm) {
+    /// let console = std::fs::read_to_string(vm.serial_log()).unwrap_or_default();
+    /// println!("{console}");
+    /// # }
+    /// ```
     pub fn serial_log(&self) -> &Path {
         &self.info.serial_log
     }
 
     /// The VM's runtime directory (holds `vsock.sock`).
+    ///
+    /// ```no_run
+    /// # fn demo(vm: &supermachine::Vm) {
+    /// assert!(vm.runtime_dir().join("vsock.sock").exists());
+    /// # }
+    /// ```
     pub fn runtime_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -300,6 +349,14 @@ impl Vm {
     }
 
     /// How the VM ended, if it has (non-blocking).
+    ///
+    /// ```no_run
+    /// # fn demo(vm: &supermachine::Vm) {
+    /// if let Some(outcome) = vm.try_outcome() {
+    ///     eprintln!("VM {} is gone: {outcome}", vm.id());
+    /// }
+    /// # }
+    /// ```
     pub fn try_outcome(&self) -> Option<VmOutcome> {
         self.worker().try_outcome()
     }
