@@ -98,21 +98,28 @@ impl Group {
         }
     }
 
-    /// SIGKILLs the child's group and, with a PTY, the terminal's
-    /// foreground group, which is another one when an interactive shell
-    /// runs a job. (Background jobs of such a shell get the terminal's
-    /// SIGHUP when the master closes.) Call with the state locked.
+    /// SIGKILLs every process group of the child's session: its own, and
+    /// the others an interactive shell with job control makes for its
+    /// foreground and background jobs (a job that ignores SIGHUP would
+    /// otherwise outlive the terminal). The child is a session leader
+    /// (`setsid` in `spawn`), so its session id is its pid; a process that
+    /// starts a session of its own has left on purpose (a daemon). Call
+    /// with the state locked.
     fn kill_groups(&self) {
-        let fg = self
+        let mut groups = session_groups(self.pid);
+        if let Some(fg) = self
             .pty
             .as_deref()
-            .and_then(|m| pty::foreground_group(m.as_fd()));
-        // SAFETY: plain syscalls; ESRCH (group already gone) is fine.
-        unsafe {
-            libc::kill(-self.pid, libc::SIGKILL);
-            if let Some(fg) = fg.filter(|&fg| fg != self.pid) {
-                libc::kill(-fg, libc::SIGKILL);
-            }
+            .and_then(|m| pty::foreground_group(m.as_fd()))
+        {
+            groups.push(fg);
+        }
+        groups.push(self.pid);
+        groups.sort_unstable();
+        groups.dedup();
+        for group in groups {
+            // SAFETY: a plain syscall; ESRCH (group already gone) is fine.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
         }
     }
 
@@ -340,4 +347,27 @@ fn thread<T: Send + 'static>(
         .name(name.into())
         .stack_size(128 * 1024)
         .spawn(f)
+}
+
+/// The process groups of the processes in session `sid`, from /proc.
+fn session_groups(sid: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // After the command name: state ppid pgrp session ...
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let pgrp: libc::pid_t = fields.get(2)?.parse().ok()?;
+            let session: libc::pid_t = fields.get(3)?.parse().ok()?;
+            (session == sid && pgrp > 0).then_some(pgrp)
+        })
+        .collect()
 }

@@ -125,20 +125,32 @@ fn close_stdin_is_end_of_file_on_the_terminal() {
     assert!(r.stdout_str().ends_with("6\r\n"), "{r:?}");
 }
 
-#[test]
-fn timeout_also_kills_an_interactive_shells_foreground_job() {
+/// An interactive shell (job control on) runs `sh -c 'trap "" HUP; exec
+/// sleep …'` followed by `suffix` (`""`: in the foreground; `" &"`: in the
+/// background); the exec's timeout must kill that job too. Either way the
+/// job has a process group of its own and would survive the terminal's
+/// hangup.
+fn timeout_kills_a_job(suffix: &str) {
     let agent = Agent::start();
     let m = common::marker();
     let mut req = with_pty(exec_req(&["sh", "-i"]), 24, 80);
     req.stdin = true;
     req.timeout_ms = Some(1500);
     let mut s = agent.request(Request::Exec(req));
-    // With job control the job runs in a group of its own; ignoring
-    // SIGHUP, it would survive the terminal's hangup.
-    let job = format!("sh -c 'trap \"\" HUP; exec sleep 1000.{m}'\n");
+    let job = format!("sh -c 'trap \"\" HUP; exec sleep 1000.{m}'{suffix}\n");
     send(&mut s, HostMessage::Stdin(job.into_bytes()));
     let r = common::collect(&mut s);
     assert!(r.status.timed_out, "{r:?}");
     let gone = common::wait_gone(&m, std::time::Duration::from_secs(20));
     assert!(gone, "{:?}", common::pids_with(&m));
+}
+
+#[test]
+fn timeout_also_kills_an_interactive_shells_foreground_job() {
+    timeout_kills_a_job("");
+}
+
+#[test]
+fn timeout_also_kills_an_interactive_shells_background_job() {
+    timeout_kills_a_job(" &");
 }

@@ -32,7 +32,8 @@ pub enum Request {
     /// output, then [`AgentMessage::Exited`]. The host may send
     /// [`HostMessage::Stdin`], [`HostMessage::CloseStdin`],
     /// [`HostMessage::Signal`] and [`HostMessage::Resize`] meanwhile.
-    /// Closing the connection before `Exited` kills the process group.
+    /// Closing the connection before `Exited` kills the child's session
+    /// (every process group in it).
     Exec(ExecRequest),
     /// Writes a file: the host sends [`HostMessage::Data`] chunks, then
     /// [`HostMessage::End`]; the agent answers [`AgentMessage::Done`] once the
@@ -126,8 +127,8 @@ pub struct ExecRequest {
     /// Whether the host will send stdin frames. When false the child's stdin
     /// is /dev/null (or, with a PTY, the terminal, which never sees input).
     pub stdin: bool,
-    /// Milliseconds until the agent kills the whole process group with
-    /// SIGKILL and reports [`ExitStatus::timed_out`].
+    /// Milliseconds until the agent SIGKILLs every process group of the
+    /// child's session and reports [`ExitStatus::timed_out`].
     pub timeout_ms: Option<u64>,
     /// Bytes of stdout sent to the host; the rest is read and counted in
     /// [`ExitStatus::stdout_dropped`], so the child never blocks on it.
@@ -209,7 +210,7 @@ pub struct ExitStatus {
     pub code: Option<i32>,
     /// The signal that killed it, when one did.
     pub signal: Option<i32>,
-    /// The timeout expired and the agent killed the process group.
+    /// The timeout expired and the agent killed the child's session.
     pub timed_out: bool,
     /// Stdout bytes beyond `stdout_limit`, read from the process and not sent.
     pub stdout_dropped: u64,

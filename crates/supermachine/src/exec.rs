@@ -239,8 +239,9 @@ impl<'vm> ExecBuilder<'vm> {
         self
     }
 
-    /// Kills the command's whole process group after `timeout` (for a
-    /// chain: the whole chain's time, staging included).
+    /// Kills the command with every process group of its session (the
+    /// jobs of an interactive shell too) after `timeout` (for a chain: the
+    /// whole chain's time, staging included).
     ///
     /// ```no_run
     /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
