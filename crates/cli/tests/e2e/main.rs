@@ -94,6 +94,12 @@ fn main() {
     const ATTEMPTS: u32 = 3;
     for attempt in 1..=ATTEMPTS {
         match supermachine_lab::run(&argv, &options) {
+            Ok(util::LAB_WENT_BAD) if attempt < ATTEMPTS => {
+                eprintln!(
+                    "e2e: LAB WENT BAD (attempt {attempt} of {ATTEMPTS}): a command stalled twice in it"
+                );
+                eprintln!("e2e: running the suite again in a fresh lab");
+            }
             Ok(code) => std::process::exit(code),
             Err(supermachine_lab::LabError::Timeout { secs, console }) if attempt < ATTEMPTS => {
                 let tail: Vec<&str> = console.lines().rev().take(10).collect();

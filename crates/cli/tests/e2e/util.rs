@@ -4,7 +4,11 @@
 //! under its KVM. Very rarely (about once in 150 boots seen so far) that
 //! stack stalls with the emulated CPUs busy and nothing progressing. A
 //! stalled command is killed after [`stall_timeout`], reported with what
-//! every supermachine process was doing, and run once more; a second stall
+//! every supermachine process was doing, and run once more. A second stall
+//! inside the lab means the lab itself went bad (once it stalls, later
+//! tests stall too): the whole test process exits with [`LAB_WENT_BAD`]
+//! and the harness runs the suite again in a fresh lab, as after a lab
+//! crash; on its last attempt that is a failure. Elsewhere a second stall
 //! fails the test. Wrong results are never retried.
 
 use libtest_mimic::Failed;
@@ -12,6 +16,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Exit code of a test process whose lab went bad (see above).
+pub const LAB_WENT_BAD: i32 = 75;
 
 /// `SUPERMACHINE_E2E_STALL_SECS` overrides it (to exercise the watchdog).
 fn stall_timeout() -> Duration {
@@ -42,6 +49,10 @@ pub fn output_of(mut cmd: Command, input: Option<Vec<u8>>) -> Result<Output, Fai
                 stall_timeout().as_secs()
             ),
         }
+    }
+    if std::env::var_os("SUPERMACHINE_IN_LAB").is_some() {
+        eprintln!("e2e: {cmd:?} stalled twice: the lab went bad");
+        std::process::exit(LAB_WENT_BAD);
     }
     Err(format!("{cmd:?} stalled twice; see the diagnostics above").into())
 }
