@@ -262,21 +262,34 @@ fn request_snapshot(socket: &Path, dir: &Path, stop_after: bool) -> Result<Snaps
             socket.display()
         )
     })?;
-    stream
-        .set_read_timeout(Some(SNAPSHOT_TIMEOUT))
-        .map_err(|e| e.to_string())?;
     let dir = std::fs::canonicalize(dir).map_err(|e| e.to_string())?;
-    supermachine_protocol::write_frame(&mut stream, &WorkerRequest::Snapshot { dir, stop_after })
-        .map_err(|e| format!("sending the snapshot request: {e}"))?;
-    match supermachine_protocol::read_frame::<WorkerReply, _>(&mut stream) {
-        Ok(WorkerReply::Snapshotted(report)) => Ok(report),
-        Ok(WorkerReply::Failed(reason)) => Err(reason),
-        Ok(other) => Err(format!(
+    let request = WorkerRequest::Snapshot { dir, stop_after };
+    match ask_worker(&mut stream, &request, SNAPSHOT_TIMEOUT, "snapshot")? {
+        WorkerReply::Snapshotted(report) => Ok(report),
+        other => Err(format!(
             "unexpected answer to a snapshot request: {other:?}"
         )),
-        Err(e) => Err(format!(
-            "the worker did not answer the snapshot request: {e}"
-        )),
+    }
+}
+
+/// Sends `request` on a worker's control connection and waits up to
+/// `timeout` for the reply; a `Failed` reply is the error. `what` names
+/// the request in messages.
+pub(crate) fn ask_worker(
+    stream: &mut UnixStream,
+    request: &WorkerRequest,
+    timeout: Duration,
+    what: &str,
+) -> Result<WorkerReply, String> {
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    supermachine_protocol::write_frame(stream, request)
+        .map_err(|e| format!("sending the {what} request: {e}"))?;
+    match supermachine_protocol::read_frame::<WorkerReply, _>(stream) {
+        Ok(WorkerReply::Failed(reason)) => Err(reason),
+        Ok(reply) => Ok(reply),
+        Err(e) => Err(format!("the worker did not answer the {what} request: {e}")),
     }
 }
 

@@ -138,22 +138,12 @@ fn request_restore(
             Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     };
-    stream
-        .set_read_timeout(Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_secs(1)),
-        ))
-        .map_err(|e| e.to_string())?;
-    supermachine_protocol::write_frame(&mut stream, request)
-        .map_err(|e| format!("sending the restore request: {e}"))?;
-    match supermachine_protocol::read_frame::<WorkerReply, _>(&mut stream) {
-        Ok(WorkerReply::Restored) => Ok(()),
-        Ok(WorkerReply::Failed(reason)) => Err(reason),
-        Ok(other) => Err(format!("unexpected answer to a restore request: {other:?}")),
-        Err(e) => Err(format!(
-            "the worker did not answer the restore request: {e}"
-        )),
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    match snapshot::ask_worker(&mut stream, request, timeout, "restore")? {
+        WorkerReply::Restored => Ok(()),
+        other => Err(format!("unexpected answer to a restore request: {other:?}")),
     }
 }
 
