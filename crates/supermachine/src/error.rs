@@ -35,7 +35,7 @@ pub enum Error {
         secs: u64,
         serial_log: Option<PathBuf>,
     },
-    #[error("the VM ended before it was ready: {outcome}{}{}", stderr_hint(.stderr), log_hint(.serial_log))]
+    #[error("the VM ended before it was ready: {outcome}{}{}", stderr_hint(.outcome, .stderr), log_hint(.serial_log))]
     BootFailed {
         outcome: VmOutcome,
         stderr: String,
@@ -102,9 +102,11 @@ fn log_hint(log: &Option<PathBuf>) -> String {
     }
 }
 
-fn stderr_hint(stderr: &str) -> String {
+/// The worker's stderr, unless the outcome already says it (a worker
+/// error's outcome is its stderr).
+fn stderr_hint(outcome: &VmOutcome, stderr: &str) -> String {
     let s = stderr.trim();
-    if s.is_empty() {
+    if s.is_empty() || outcome.to_string().contains(s) {
         String::new()
     } else {
         format!(" ({s})")

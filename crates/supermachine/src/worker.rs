@@ -42,6 +42,8 @@ pub(crate) struct Worker {
     child: Option<Child>,
     pid: u32,
     stderr: Arc<Mutex<String>>,
+    /// A detached worker's stderr goes to this file instead of a pipe.
+    stderr_file: Option<PathBuf>,
     outcome: Option<VmOutcome>,
 }
 
@@ -140,6 +142,7 @@ impl Worker {
             pid: child.id(),
             child: Some(child),
             stderr,
+            stderr_file: spec.detached_stderr.clone(),
             outcome: None,
         })
     }
@@ -150,6 +153,7 @@ impl Worker {
             child: None,
             pid,
             stderr: Arc::default(),
+            stderr_file: None,
             outcome: None,
         }
     }
@@ -158,8 +162,18 @@ impl Worker {
         self.pid
     }
 
+    /// What the worker wrote to stderr (at most the last 64 KiB of a
+    /// detached worker's log file), for error messages.
     pub fn stderr_text(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+        match &self.stderr_file {
+            Some(path) => std::fs::read(path)
+                .map(|bytes| {
+                    let tail = &bytes[bytes.len().saturating_sub(STDERR_KEEP)..];
+                    String::from_utf8_lossy(tail).into_owned()
+                })
+                .unwrap_or_default(),
+            None => self.stderr.lock().map(|s| s.clone()).unwrap_or_default(),
+        }
     }
 
     /// How the worker ended, if it has (non-blocking). A worker we did not
