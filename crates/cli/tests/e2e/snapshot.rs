@@ -8,6 +8,7 @@ use crate::util::TempDir;
 use libtest_mimic::{Failed, Trial};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use supermachine::{Image, Vm, VmConfig};
+use supermachine_vmm::snapshot::bundle;
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -222,6 +223,34 @@ fn damaged() -> Result<(), Failed> {
             e.to_string().contains("checksum"),
             format!("corrupted: {e}"),
         )?;
+        // Detached, the worker's stderr goes to a log file: the error
+        // still says why.
+        let e = Vm::start_detached(&Image::from_snapshot(&snap)?, &config, &[])
+            .await
+            .err()
+            .ok_or("a corrupted state file restored detached")?;
+        ensure(
+            e.to_string().contains("checksum"),
+            format!("corrupted, detached: {e}"),
+        )?;
+        std::fs::write(&state, &good)?;
+
+        // A guest TSC rate far from this host's (a snapshot carried to
+        // another machine): restored with TSC scaling, else refused by
+        // name, never a guest with a clock at the wrong rate.
+        let mut foreign = bundle::read_state(&snap)?;
+        for vcpu in &mut foreign.machine.vcpus {
+            vcpu.tsc_khz = vcpu.tsc_khz.map(|khz| khz / 2);
+        }
+        std::fs::remove_file(&state)?;
+        bundle::write_state(&snap, &foreign)?;
+        match Vm::start(&Image::from_snapshot(&snap)?, &config).await {
+            Ok(vm) => vm.stop().await?,
+            Err(e) => ensure(
+                e.to_string().contains("TSC runs at"),
+                format!("foreign TSC rate: {e}"),
+            )?,
+        }
         std::fs::write(&state, &good)?;
 
         // A truncated memory file: refused before any vCPU runs.

@@ -46,6 +46,19 @@ pub enum StateError {
     },
     #[error("saved xsave area is {words} u32 words; at least 1024 are required")]
     XsaveTooSmall { words: usize },
+    /// The guest's TSC ran at another rate where the snapshot was taken,
+    /// and this host's KVM cannot scale it (no TSC scaling support).
+    #[error(
+        "the snapshot's guest TSC runs at {saved_khz} kHz, this host's at {host_khz} kHz, \
+         and this host's KVM cannot scale it ({source}): restore the snapshot on a machine \
+         with the same TSC rate, or take it again here"
+    )]
+    TscRate {
+        saved_khz: u32,
+        host_khz: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
 }
 
 impl StateError {

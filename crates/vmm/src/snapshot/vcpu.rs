@@ -286,7 +286,11 @@ pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<()> {
         let here = vcpu.get_tsc_khz().unwrap_or(0);
         if u64::from(here.abs_diff(khz)) * 4000 > u64::from(khz) {
             vcpu.set_tsc_khz(khz)
-                .map_err(StateError::ioctl("KVM_SET_TSC_KHZ"))?;
+                .map_err(|source| StateError::TscRate {
+                    saved_khz: khz,
+                    host_khz: here,
+                    source,
+                })?;
         }
     }
     vcpu.set_mp_state(state.mp_state)
