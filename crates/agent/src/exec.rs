@@ -1,9 +1,11 @@
 //! One `Exec` connection: start the process, stream its output, feed its
 //! stdin, report how it ended.
 //!
-//! Threads per exec: this one (waits for the exit status and enforces the
-//! timeout), one polling the output fds ([`exec_io::pump_output`]), one
-//! reading host frames ([`exec_io::pump_input`]). Output frames share the
+//! An exec without stdin or a terminal (the common case) runs in this
+//! thread alone ([`exec_quiet`]). Otherwise, threads per exec: this one
+//! (waits for the exit status and enforces the timeout), one polling the
+//! output fds ([`exec_io::pump_output`]), one reading host frames
+//! ([`exec_io::pump_input`]), which may block writing stdin. Output frames share the
 //! socket behind a mutex, one whole frame per lock. Every stream is
 //! bounded: a slow host stalls the output pipes and so the child, and a
 //! child that does not read stdin stalls the host's stdin frames.
@@ -23,7 +25,7 @@
 use crate::exec_io::{self, Input, Output};
 use crate::spawn::{self, Child, ChildIo, SpawnError};
 use crate::transport::Stream;
-use crate::{pty, reaper, sys};
+use crate::{exec_quiet, pty, reaper, sys};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -91,7 +93,7 @@ impl Group {
     }
 
     /// SIGKILLs the whole group while the exec is not over.
-    fn kill(&self) {
+    pub fn kill(&self) {
         let state = self.state();
         if matches!(*state, State::Running | State::Reaped) {
             self.kill_groups();
@@ -135,7 +137,19 @@ impl Group {
         true
     }
 
-    fn reaped(&self) {
+    /// The host left (`problem` is `None`) or broke the protocol: kill the
+    /// group and, if this ended the exec, say what was wrong with the frame.
+    /// After `Exited` this is just the connection closing: nothing happens.
+    pub fn host_failed(&self, writer: &Writer, problem: Option<String>) {
+        if self.abort() {
+            if let Some(message) = problem {
+                let kind = ErrorKind::BadRequest;
+                let _ = send(writer, &AgentMessage::Error { kind, message });
+            }
+        }
+    }
+
+    pub fn reaped(&self) {
         let mut state = self.state();
         if *state == State::Running {
             *state = State::Reaped;
@@ -221,7 +235,24 @@ fn refuse(writer: &Writer, kind: ErrorKind, message: String) {
 }
 
 fn serve_child(stream: Stream, writer: Writer, child: Child, req: &ExecRequest) {
-    let Child { pid, io, status } = child;
+    let Child {
+        pid,
+        io,
+        status,
+        reaped,
+    } = child;
+    if let ChildIo::Pipes {
+        stdin: None,
+        stdout,
+        stderr,
+    } = io
+    {
+        let outputs = vec![
+            Output::stdout(Arc::new(stdout), req.stdout_limit),
+            Output::stderr(Arc::new(stderr), req.stderr_limit),
+        ];
+        return serve_quiet(&stream, &writer, pid, outputs, reaped, &status, req);
+    }
     // Split the child's stdio into what each thread owns. `hold` is the
     // PTY slave, closed once the child is reaped (see `ChildIo::Pty`).
     let (outputs, input, pty_master, hold) = match io {
@@ -286,14 +317,64 @@ fn serve_child(stream: Stream, writer: Writer, child: Child, req: &ExecRequest) 
         return abandon(&stream, &writer, &group, e);
     }
 
-    let deadline = req
-        .timeout_ms
-        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
-    let (raw, timed_out) = wait(&status, deadline, &group);
+    let (raw, timed_out) = wait(&status, deadline(req), &group);
     group.reaped();
     drop(hold);
     drop(exited_w);
     let dropped = output.join().unwrap_or_default();
+    report_exit(&writer, &group, raw, timed_out, dropped);
+    // Wakes the input thread, which sees the exec is over and leaves.
+    stream.shutdown();
+}
+
+/// An exec with neither stdin nor a terminal: everything in this thread
+/// (see [`exec_quiet`]).
+fn serve_quiet(
+    stream: &Stream,
+    writer: &Writer,
+    pid: libc::pid_t,
+    outputs: Vec<Output>,
+    reaped: OwnedFd,
+    status: &Receiver<reaper::WaitStatus>,
+    req: &ExecRequest,
+) {
+    let group = Group {
+        pid,
+        pty: None,
+        state: Mutex::new(State::Running),
+    };
+    if send(writer, &AgentMessage::Started { pid: pid as u32 }).is_err() {
+        group.abort();
+        return;
+    }
+    let ended = exec_quiet::serve(exec_quiet::Quiet {
+        stream,
+        writer,
+        group: &group,
+        outputs,
+        reaped,
+        status,
+        deadline: deadline(req),
+    });
+    if let Some(ended) = ended {
+        report_exit(writer, &group, ended.status, ended.timed_out, ended.dropped);
+    }
+    stream.shutdown();
+}
+
+fn deadline(req: &ExecRequest) -> Option<Instant> {
+    req.timeout_ms
+        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
+}
+
+/// Sends `Exited`, unless the exec was aborted.
+fn report_exit(
+    writer: &Writer,
+    group: &Group,
+    raw: Option<reaper::WaitStatus>,
+    timed_out: bool,
+    dropped: exec_io::Dropped,
+) {
     let (code, signal) = raw.map_or((None, None), reaper::decode);
     let exited = AgentMessage::Exited(ExitStatus {
         code,
@@ -303,10 +384,8 @@ fn serve_child(stream: Stream, writer: Writer, child: Child, req: &ExecRequest) 
         stderr_dropped: dropped.stderr,
     });
     if group.finish() {
-        let _ = send(&writer, &exited);
+        let _ = send(writer, &exited);
     }
-    // Wakes the input thread, which sees the exec is over and leaves.
-    stream.shutdown();
 }
 
 /// Waits for the main process's raw status, SIGKILLing the group when

@@ -10,12 +10,10 @@ use crate::exec::{send, Group, Writer};
 use crate::transport::Stream;
 use crate::{pty, sys};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use supermachine_protocol::{
-    read_frame, AgentMessage, ErrorKind, FrameError, HostMessage, MAX_CHUNK,
-};
+use supermachine_protocol::{read_frame, AgentMessage, FrameError, HostMessage, MAX_CHUNK};
 
 /// How long output is still forwarded after the main process exited while
 /// something else holds the output open. Long enough for what the process
@@ -51,6 +49,31 @@ impl Output {
             dropped: 0,
             open: true,
         }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Reads what the fd has (it is non-blocking) and forwards it; EOF or
+    /// a read error closes this output. Fails only when the host is gone.
+    pub fn pump(&mut self, buf: &mut [u8], writer: &Writer) -> Result<(), FrameError> {
+        match sys::read(self.fd.as_fd(), buf) {
+            Ok(0) => self.open = false,
+            Ok(n) => self.forward(&buf[..n], writer)?,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            // EIO is how a PTY master reports that no slave is left.
+            Err(_) => self.open = false,
+        }
+        Ok(())
     }
 
     /// Sends what the limit allows of `data`, counts the rest as dropped.
@@ -114,26 +137,10 @@ pub fn pump_output(
             break;
         }
         for (slot, &i) in open.iter().enumerate() {
-            if fds[slot].revents == 0 {
-                continue;
-            }
-            let out = &mut outputs[i];
-            match sys::read(out.fd.as_fd(), &mut buf) {
-                Ok(0) => out.open = false,
-                Ok(n) => {
-                    if out.forward(&buf[..n], writer).is_err() {
-                        // The host is gone.
-                        group.abort();
-                        return counts(&outputs);
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                // EIO is how a PTY master reports that no slave is left.
-                Err(_) => out.open = false,
+            if fds[slot].revents != 0 && outputs[i].pump(&mut buf, writer).is_err() {
+                // The host is gone.
+                group.abort();
+                return counts(&outputs);
             }
         }
         if grace_end.is_none() && fds.last().is_some_and(|f| f.revents != 0) {
@@ -143,7 +150,7 @@ pub fn pump_output(
     counts(&outputs)
 }
 
-fn counts(outputs: &[Output]) -> Dropped {
+pub fn counts(outputs: &[Output]) -> Dropped {
     let mut d = Dropped::default();
     for o in outputs {
         if o.stdout {
@@ -243,14 +250,7 @@ pub fn pump_input(
             }
             Err(_) => None,
         };
-        // The host left or broke the protocol. After `Exited` this is just
-        // the connection closing, and `abort` does nothing.
-        if group.abort() {
-            if let Some(message) = problem {
-                let kind = ErrorKind::BadRequest;
-                let _ = send(writer, &AgentMessage::Error { kind, message });
-            }
-        }
+        group.host_failed(writer, problem);
         reader.shutdown();
         return;
     }

@@ -14,6 +14,7 @@ pub mod cmdline;
 pub mod env;
 pub mod exec;
 pub mod exec_io;
+pub mod exec_quiet;
 pub mod files;
 pub mod power;
 pub mod probe;

@@ -12,17 +12,26 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
 /// Raw `waitpid` status of a child.
 pub type WaitStatus = libc::c_int;
 
+/// Who waits for one pid: the status goes down the channel, then the
+/// write end of the "reaped" pipe is closed, so a thread polling fds can
+/// wait for the exit in the same `poll` as for everything else.
+struct Waiter {
+    status: SyncSender<WaitStatus>,
+    reaped: OwnedFd,
+}
+
 /// Pids whose exit someone is waiting for.
-static WAITERS: LazyLock<Mutex<HashMap<libc::pid_t, SyncSender<WaitStatus>>>> =
+static WAITERS: LazyLock<Mutex<HashMap<libc::pid_t, Waiter>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-fn waiters() -> MutexGuard<'static, HashMap<libc::pid_t, SyncSender<WaitStatus>>> {
+fn waiters() -> MutexGuard<'static, HashMap<libc::pid_t, Waiter>> {
     // A poisoned map is still a consistent map: inserts and removes are
     // single operations.
     WAITERS.lock().unwrap_or_else(|e| e.into_inner())
@@ -34,10 +43,12 @@ pub enum Forked {
     /// here on (other threads may hold locks that will never be released):
     /// set up and exec, or `_exit`.
     Child,
-    /// In the agent. `status` yields the child's raw wait status once.
+    /// In the agent. `status` yields the child's raw wait status once;
+    /// `reaped` reads EOF once that status is there.
     Parent {
         pid: libc::pid_t,
         status: Receiver<WaitStatus>,
+        reaped: OwnedFd,
     },
 }
 
@@ -52,6 +63,9 @@ pub enum Forked {
 /// there.
 pub unsafe fn fork_registered() -> io::Result<Forked> {
     let (tx, rx) = sync_channel(1);
+    // Close-on-exec: the child (and any sibling forked meanwhile) drops
+    // its copy of the write end when it execs.
+    let (reaped_r, reaped_w) = crate::sys::pipe()?;
     let mut map = waiters();
     // SAFETY: see the function contract.
     let pid = unsafe { libc::fork() };
@@ -63,8 +77,18 @@ pub unsafe fn fork_registered() -> io::Result<Forked> {
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    map.insert(pid, tx);
-    Ok(Forked::Parent { pid, status: rx })
+    map.insert(
+        pid,
+        Waiter {
+            status: tx,
+            reaped: reaped_w,
+        },
+    );
+    Ok(Forked::Parent {
+        pid,
+        status: rx,
+        reaped: reaped_r,
+    })
 }
 
 /// Reaps every child that has exited, without blocking.
@@ -75,8 +99,11 @@ pub fn reap_all() {
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid > 0 {
             // A waiter that went away (its exec was abandoned) is fine.
-            if let Some(tx) = waiters().remove(&pid) {
+            let waiter = waiters().remove(&pid);
+            if let Some(Waiter { status: tx, reaped }) = waiter {
                 let _ = tx.send(status);
+                // After the send: whoever polls `reaped` finds the status.
+                drop(reaped);
             }
             continue;
         }

@@ -24,6 +24,8 @@ pub struct Child {
     pub io: ChildIo,
     /// Yields the raw wait status once, from the reaper.
     pub status: Receiver<WaitStatus>,
+    /// Reads EOF once `status` holds the status (for `poll`).
+    pub reaped: OwnedFd,
 }
 
 /// The agent's ends of the child's stdio. Every fd here is non-blocking.
@@ -196,9 +198,13 @@ pub fn spawn(req: &ExecRequest) -> Result<Child, SpawnError> {
     };
     // SAFETY: the child branch runs only async-signal-safe code on data
     // prepared above.
-    let (pid, status) = match unsafe { reaper::fork_registered() } {
+    let (pid, status, reaped) = match unsafe { reaper::fork_registered() } {
         Ok(Forked::Child) => unsafe { exec_child(&setup) },
-        Ok(Forked::Parent { pid, status }) => (pid, status),
+        Ok(Forked::Parent {
+            pid,
+            status,
+            reaped,
+        }) => (pid, status, reaped),
         Err(e) => return Err(failed("fork", e)),
     };
     // Close our copies of the child's ends, so EOFs arrive when it exits.
@@ -225,6 +231,7 @@ pub fn spawn(req: &ExecRequest) -> Result<Child, SpawnError> {
         pid,
         io: io.parent,
         status,
+        reaped,
     })
 }
 

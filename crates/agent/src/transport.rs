@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -30,6 +30,12 @@ impl Stream {
         // SAFETY: plain syscall on an fd we own; failure (already shut,
         // peer gone) leaves nothing to do.
         unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 

@@ -212,16 +212,23 @@ fn host_disconnect_kills_the_process_group() {
 #[test]
 fn malformed_frame_during_exec_is_refused_and_kills() {
     let agent = Agent::start();
-    let mut req = exec_req(&["sleep", "300"]);
-    req.stdin = true;
-    let mut s = agent.request(Request::Exec(req));
-    let AgentMessage::Started { pid } = read_frame(&mut s).expect("started") else {
-        panic!("expected Started")
-    };
-    std::io::Write::write_all(&mut s, &[3, 0, 0, 0, 0xff, 0xff, 0xff]).expect("garbage");
-    let r = common::collect(&mut s);
-    assert!(matches!(r.error, Some((ErrorKind::BadRequest, _))), "{r:?}");
-    assert!(wait_dead(pid, Duration::from_secs(10)));
+    // With stdin (a thread reads host frames) and without (the exec's own
+    // thread polls the socket with the child's output).
+    for stdin in [true, false] {
+        let mut req = exec_req(&["sleep", "300"]);
+        req.stdin = stdin;
+        let mut s = agent.request(Request::Exec(req));
+        let AgentMessage::Started { pid } = read_frame(&mut s).expect("started") else {
+            panic!("expected Started")
+        };
+        std::io::Write::write_all(&mut s, &[3, 0, 0, 0, 0xff, 0xff, 0xff]).expect("garbage");
+        let r = common::collect(&mut s);
+        assert!(
+            matches!(r.error, Some((ErrorKind::BadRequest, _))),
+            "stdin {stdin}: {r:?}"
+        );
+        assert!(wait_dead(pid, Duration::from_secs(10)), "stdin {stdin}");
+    }
 }
 
 #[test]

@@ -1,0 +1,147 @@
+//! An exec without stdin or a terminal, served by its connection thread
+//! alone: one `poll` over the child's stdout and stderr, the host socket
+//! and the reaper's "reaped" pipe, with the timeout as the poll timeout.
+//!
+//! This is the common exec (run a command, collect its output), and the
+//! threaded exec ([`crate::exec`]) would start two more threads for it:
+//! one to pump output and one to read host frames. Here the host can only
+//! send control frames (a signal; end-of-stdin, resizes and stdin data
+//! mean nothing without a stdin or a terminal), which are a few bytes and
+//! never need backpressure, so reading them in the same loop is safe. A
+//! child with stdin needs a thread that may block writing to it, and keeps
+//! the threaded path.
+//!
+//! The rules are the threaded path's: output is forwarded until both pipes
+//! reach EOF or [`EXIT_GRACE`] after the main process is reaped, the
+//! timeout kills the session's process groups, and the host leaving (or
+//! breaking the protocol) before `Exited` aborts the exec.
+
+use crate::exec::{Group, Writer};
+use crate::exec_io::{Dropped, Output, EXIT_GRACE};
+use crate::reaper::WaitStatus;
+use crate::sys;
+use crate::transport::Stream;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+use supermachine_protocol::{read_frame, FrameError, HostMessage};
+
+/// How a quiet exec ended.
+pub struct Ended {
+    /// The main process's raw status; `None` if the exec was aborted
+    /// before it was reaped.
+    pub status: Option<WaitStatus>,
+    pub timed_out: bool,
+    pub dropped: Dropped,
+}
+
+/// The exec's fds and where it stands.
+pub struct Quiet<'a> {
+    pub stream: &'a Stream,
+    pub writer: &'a Writer,
+    pub group: &'a Group,
+    pub outputs: Vec<Output>,
+    pub reaped: OwnedFd,
+    pub status: &'a Receiver<WaitStatus>,
+    pub deadline: Option<Instant>,
+}
+
+/// Runs the exec to its end. Returns `None` when it was aborted (the host
+/// left or broke the protocol, or output could not be sent): the group is
+/// killed and nothing more may be sent.
+pub fn serve(mut q: Quiet<'_>) -> Option<Ended> {
+    let mut buf = vec![0u8; supermachine_protocol::MAX_CHUNK];
+    let mut status: Option<WaitStatus> = None;
+    let mut grace_end: Option<Instant> = None;
+    let mut timed_out = false;
+    loop {
+        let now = Instant::now();
+        if status.is_some() && !q.outputs.iter().any(|o| o.is_open()) {
+            break;
+        }
+        let timeout = match (grace_end, q.deadline) {
+            (Some(end), _) => match end.checked_duration_since(now) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => break,
+            },
+            (None, Some(deadline)) if now >= deadline => {
+                q.group.kill();
+                timed_out = true;
+                q.deadline = None;
+                continue;
+            }
+            (None, Some(deadline)) => Some(deadline - now),
+            (None, None) => None,
+        };
+
+        let open: Vec<usize> = (0..q.outputs.len())
+            .filter(|&i| q.outputs[i].is_open())
+            .collect();
+        let mut fds: Vec<libc::pollfd> = open
+            .iter()
+            .map(|&i| sys::pollfd(q.outputs[i].fd(), libc::POLLIN))
+            .collect();
+        fds.push(sys::pollfd(q.stream.as_fd(), libc::POLLIN));
+        let host_slot = Some(fds.len() - 1);
+        let reaped_slot = status.is_none().then(|| {
+            fds.push(sys::pollfd(q.reaped.as_fd(), libc::POLLIN));
+            fds.len() - 1
+        });
+        if let Err(e) = sys::poll(&mut fds, timeout) {
+            crate::log!("exec: poll: {e}");
+            q.group.abort();
+            return None;
+        }
+
+        for (slot, &i) in open.iter().enumerate() {
+            if fds[slot].revents != 0 && q.outputs[i].pump(&mut buf, q.writer).is_err() {
+                // The host is gone.
+                q.group.abort();
+                return None;
+            }
+        }
+        if host_slot.is_some_and(|s| fds[s].revents != 0)
+            && !host_frame(q.stream, q.writer, q.group)
+        {
+            return None;
+        }
+        if reaped_slot.is_some_and(|s| fds[s].revents != 0) {
+            // The reaper sent the status before closing the pipe.
+            status = Some(q.status.recv().ok()?);
+            q.group.reaped();
+            grace_end = Some(Instant::now() + EXIT_GRACE);
+        }
+    }
+    Some(Ended {
+        status,
+        timed_out,
+        dropped: crate::exec_io::counts(&q.outputs),
+    })
+}
+
+/// Reads one frame the host sent during the exec and acts on it. False:
+/// the host left or broke the protocol, and the exec was aborted.
+fn host_frame(stream: &Stream, writer: &Writer, group: &Group) -> bool {
+    let problem = match read_frame::<HostMessage, _>(&mut &*stream) {
+        Ok(HostMessage::Signal(sig)) => {
+            group.signal(sig);
+            return true;
+        }
+        // Without a stdin or a terminal these change nothing, as on the
+        // threaded path.
+        Ok(HostMessage::Stdin(_) | HostMessage::CloseStdin | HostMessage::Resize(_)) => {
+            return true;
+        }
+        Ok(HostMessage::Data(_)) => Some("unexpected frame during exec: Data".to_string()),
+        Ok(HostMessage::End) => Some("unexpected frame during exec: End".to_string()),
+        Err(e @ (FrameError::Decode(_) | FrameError::TooLarge(_))) => {
+            Some(format!("bad frame during exec: {e}"))
+        }
+        Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => return true,
+        Err(_) => None,
+    };
+    group.host_failed(writer, problem);
+    stream.shutdown();
+    false
+}
