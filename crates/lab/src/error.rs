@@ -27,9 +27,9 @@ pub enum LabError {
     },
 
     #[error(
-        "no Debian kernel package linux-image-6.1.0-<N>-amd64-unsigned in apt's lists; \
-         the lab needs a Debian 12 (bookworm) host or container with the main archive \
-         enabled: run `apt-get update` as root and retry"
+        "no generic Debian kernel package (linux-image-<version>-amd64-unsigned) in apt's \
+         lists; the lab needs a Debian 12 (bookworm) host or container with the main and \
+         security archives enabled: run `apt-get update` as root and retry"
     )]
     KernelPackageNotFound,
 

@@ -1,5 +1,7 @@
-//! The lab kernel: Debian's generic `linux-image-6.1.0-<N>-amd64-unsigned`
-//! (`-cloud-` lacks 9p), downloaded with apt and unpacked once into
+//! The lab kernel: the newest generic Debian kernel apt knows,
+//! `linux-image-6.12.<N>+deb12-amd64-unsigned` on Debian 12 (its security
+//! archive carries 6.12 beside 6.1; `-cloud-` lacks 9p), downloaded with apt
+//! and unpacked once into
 //! `kernels/<pkg>_<version>/` of the cache: vmlinux (or vmlinuz),
 //! `modules/*.ko` uncompressed, and `modules.list`, the load order.
 //!
@@ -28,6 +30,7 @@ const MODULES: &[&str] = &[
     "virtio_pci_modern_dev",
     "virtio_pci",
     "netfs",
+    // Merged into netfs (built in) by 6.12; a module on 6.1.
     "fscache",
     "9pnet",
     "9pnet_virtio",
@@ -41,11 +44,13 @@ const MODULES: &[&str] = &[
     "vhost_vsock",
 ];
 
-/// Short stable hash of the module list: part of the kernel cache key, so
-/// changing the list re-extracts the modules instead of missing some.
+/// Short stable hash of the module lists: part of the kernel cache key, so
+/// changing a list re-extracts the modules (and re-resolves the kernel)
+/// instead of missing some.
 fn modules_key() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
-    for b in MODULES.iter().flat_map(|m| m.bytes().chain([0])) {
+    let names = MODULES.iter().chain([&"optional:"]).chain(OPTIONAL_MODULES);
+    for b in names.flat_map(|m| m.bytes().chain([0])) {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
     }
     format!("{:08x}", h as u32)
@@ -72,26 +77,25 @@ pub(crate) fn ensure_kernel(root: &Path) -> Result<PathBuf, LabError> {
     Ok(dir)
 }
 
-/// The newest `linux-image-6.1.0-<N>-amd64-unsigned` apt knows, and its
-/// version. The generic flavour: `-cloud-` lacks 9p.
+/// Modules that some kernels build into another one: missing is fine.
+const OPTIONAL_MODULES: &[&str] = &["fscache"];
+
+/// The newest generic `linux-image-<version>-amd64-unsigned` apt knows, and
+/// its package version. Newest because the lab's KVM is the host KVM our
+/// tests exercise, and newer ones have more of it (6.10 added
+/// `KVM_PRE_FAULT_MEMORY`, which restores use when the host has it).
 fn resolve_kernel_package() -> Result<(String, String), LabError> {
     let search = || -> Result<Option<String>, LabError> {
         let out = run_tool(Command::new("apt-cache").args([
             "search",
             "--names-only",
-            r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+            r"^linux-image-6\.[0-9.]+(-[0-9]+|\+deb[0-9]+)-amd64-unsigned$",
         ]))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let abi = |name: &str| -> Option<u32> {
-            name.strip_prefix("linux-image-6.1.0-")?
-                .strip_suffix("-amd64-unsigned")?
-                .parse()
-                .ok()
-        };
         Ok(text
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter_map(|name| Some((abi(name)?, name.to_string())))
+            .filter_map(|name| Some((kernel_version_key(name)?, name.to_string())))
             .max()
             .map(|(_, name)| name))
     };
@@ -176,6 +180,7 @@ fn build_kernel_dir(root: &Path, pkg: &str, version: &str, dir: &Path) -> Result
             Some(path) => copy_module(&path, &stage.join("modules").join(format!("{m}.ko")))?,
             // Another kernel build may have it built in: nothing to load.
             None if builtin.lines().any(|l| l.ends_with(&format!("/{m}.ko"))) => continue,
+            None if OPTIONAL_MODULES.contains(m) => continue,
             None => return Err(bad(format!("module {m} not found"))),
         }
         list.push_str(m);
@@ -193,6 +198,25 @@ fn build_kernel_dir(root: &Path, pkg: &str, version: &str, dir: &Path) -> Result
     )))?;
     let _ = fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// Orders generic kernel package names by the numbers in their version:
+/// `linux-image-6.1.0-56-amd64-unsigned` → [6, 1, 0, 56],
+/// `linux-image-6.12.117+deb12-amd64-unsigned` → [6, 12, 117, 12]. Other
+/// flavours (`-cloud-`, `-rt-`) give None.
+fn kernel_version_key(name: &str) -> Option<Vec<u32>> {
+    let version = name
+        .strip_prefix("linux-image-")?
+        .strip_suffix("-amd64-unsigned")?;
+    if version.contains("-cloud") || version.contains("-rt") {
+        return None;
+    }
+    let numbers: Vec<u32> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok())
+        .collect::<Option<_>>()?;
+    (numbers.len() >= 3).then_some(numbers)
 }
 
 /// Unpacks the ELF kernel from a bzImage, so QEMU can boot it via PVH
@@ -278,4 +302,36 @@ fn copy_module(src: &Path, dst: &Path) -> Result<(), LabError> {
     };
     let out = run_tool(Command::new(tool).arg("-dc").arg(src))?;
     write_atomic(dst, &out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_version_key;
+
+    #[test]
+    fn the_newest_generic_kernel_sorts_last() {
+        let mut names = [
+            "linux-image-6.12.117+deb12-amd64-unsigned",
+            "linux-image-6.1.0-56-amd64-unsigned",
+            "linux-image-6.12.9+deb12-amd64-unsigned",
+            "linux-image-6.1.0-9-amd64-unsigned",
+        ];
+        names.sort_by_key(|n| kernel_version_key(n).unwrap());
+        assert_eq!(
+            names.last(),
+            Some(&"linux-image-6.12.117+deb12-amd64-unsigned")
+        );
+        assert_eq!(names.first(), Some(&"linux-image-6.1.0-9-amd64-unsigned"));
+    }
+
+    #[test]
+    fn other_flavours_are_not_lab_kernels() {
+        for name in [
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.117+deb12-rt-amd64-unsigned",
+            "linux-image-amd64",
+        ] {
+            assert_eq!(kernel_version_key(name), None, "{name}");
+        }
+    }
 }

@@ -103,6 +103,14 @@ pub mod worker_exit {
     pub const STOPPED: i32 = 13;
     /// The guest agent could not boot the VM (e.g. the root filesystem did not mount).
     pub const BOOT_FAILED: i32 = 14;
+
+    /// The signal a worker owned by its parent gets when that parent dies
+    /// (`PR_SET_PDEATHSIG`): SIGUSR2 on x86_64 Linux. Not SIGTERM, which
+    /// the owner sends to stop a worker: when the owner dies its threads
+    /// end one by one, and the worker may see the signal while its parent
+    /// pid still names the dying process, so only the signal itself says
+    /// "your owner is gone".
+    pub const OWNER_GONE_SIGNAL: i32 = 12;
 }
 
 #[cfg(test)]

@@ -106,9 +106,10 @@ impl Worker {
                 // SAFETY: only async-signal-safe calls between fork and exec.
                 unsafe {
                     cmd.pre_exec(move || {
-                        // The worker must not outlive us: SIGTERM lets it
-                        // clean up its directory.
-                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        // The worker must not outlive us: the signal lets
+                        // it clean up its directory and its log.
+                        let signal = worker_exit::OWNER_GONE_SIGNAL as libc::c_ulong;
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                         if libc::getppid() as u32 != parent {

@@ -15,6 +15,7 @@
 use clap::Parser;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use supermachine_protocol::worker_control::{self, WorkerReply, WorkerRequest};
 use supermachine_protocol::{disk_spec, read_frame, worker_exit, write_frame};
@@ -77,13 +78,15 @@ fn parse_disk(spec: &str) -> DiskConfig {
 }
 
 /// Blocks the stop signals in every thread (so vCPU threads are never
-/// interrupted by them) and waits for them on a dedicated thread.
-fn watch_stop_signals(on_stop: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+/// interrupted by them) and waits for them on a dedicated thread, which
+/// calls `on_stop` with the first one.
+fn watch_stop_signals(on_stop: impl FnOnce(i32) + Send + 'static) -> std::io::Result<()> {
     // SAFETY: plain sigset manipulation on a zeroed, owned set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let owner_gone = worker_exit::OWNER_GONE_SIGNAL;
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, owner_gone] {
             libc::sigaddset(&mut set, s);
         }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
@@ -97,7 +100,7 @@ fn watch_stop_signals(on_stop: impl FnOnce() + Send + 'static) -> std::io::Resul
             let mut sig = 0;
             // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
             unsafe { libc::sigwait(&set, &mut sig) };
-            on_stop();
+            on_stop(sig);
         })?;
     Ok(())
 }
@@ -128,7 +131,10 @@ fn main() {
     let on_stop: StopTarget = Arc::new(Mutex::new(None));
     let watched = {
         let (args, on_stop) = (args.clone(), on_stop.clone());
-        watch_stop_signals(move || {
+        watch_stop_signals(move |signal| {
+            if signal == worker_exit::OWNER_GONE_SIGNAL {
+                OWNER_GONE.store(true, Ordering::Relaxed);
+            }
             let exit = on_stop.lock().unwrap_or_else(|e| e.into_inner()).take();
             match exit {
                 Some(exit) => exit.send(Outcome::Stopped),
@@ -150,13 +156,16 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Set when the stop came from the owner's death (its signal).
+static OWNER_GONE: AtomicBool = AtomicBool::new(false);
+
 /// Where a stop signal goes once the VM runs.
 type StopTarget = Arc<Mutex<Option<ExitSender>>>;
 
 /// Removes what the worker owns as it ends.
 fn clean_up(args: &Args, parent: libc::pid_t, code: i32) {
     // SAFETY: getppid has no preconditions.
-    let orphaned = unsafe { libc::getppid() } != parent;
+    let orphaned = OWNER_GONE.load(Ordering::Relaxed) || unsafe { libc::getppid() } != parent;
     if args.owned_by_parent && orphaned && code == worker_exit::STOPPED {
         if let Some(log) = &args.serial_log {
             let _ = std::fs::remove_file(log);
@@ -331,5 +340,16 @@ fn run(args: &Args, on_stop: &StopTarget) -> i32 {
             eprintln!("supermachine-worker: {e}");
             worker_exit::ERROR
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_exit;
+
+    #[test]
+    fn the_owner_gone_signal_is_sigusr2() {
+        // The protocol crate has no libc; this pins its number to the name.
+        assert_eq!(worker_exit::OWNER_GONE_SIGNAL, libc::SIGUSR2);
     }
 }
