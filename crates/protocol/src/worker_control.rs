@@ -11,6 +11,10 @@ use std::path::PathBuf;
 /// File name of the control socket inside the VM directory.
 pub const SOCKET: &str = "control.sock";
 
+/// File name, inside a snapshot directory, of the worker's list of the
+/// pages a restore of it touches first (see [`WorkerRequest::RecordHotPages`]).
+pub const HOT_PAGES_FILE: &str = "hot-pages";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerRequest {
     /// Pause the machine, write its state and memory into `dir` (an
@@ -26,12 +30,17 @@ pub enum WorkerRequest {
         snapshot_dir: PathBuf,
         disks: Vec<String>,
     },
+    /// To a VM restored from a snapshot with no hot-page list: store the
+    /// pages it has touched so far as that list, so later restores map
+    /// them ahead. Answered with [`WorkerReply::HotPagesRecorded`].
+    RecordHotPages,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerReply {
     Snapshotted(SnapshotReport),
     Restored,
+    HotPagesRecorded { touched: u64, written: u64 },
     Failed(String),
 }
 

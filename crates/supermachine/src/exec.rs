@@ -525,7 +525,11 @@ async fn run_one(vm: &Vm, request: ExecRequest, stdin: Option<Vec<u8>>) -> Resul
         });
     }
     match child.wait_with_output().await {
-        Ok(out) => Ok(out),
+        Ok(out) => {
+            // Not awaited: the caller has its result now.
+            let _ = vm.record_hot_pages();
+            Ok(out)
+        }
         Err(e) => Err(vm.explain_lost(e).await),
     }
 }

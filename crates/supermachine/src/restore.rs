@@ -19,6 +19,7 @@ use crate::{assets, standby, Image};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use supermachine_protocol::worker_control::{WorkerRequest, HOT_PAGES_FILE};
 use supermachine_protocol::{AgentMessage, Request, RestoreFixup};
 
 /// Bytes of host randomness each restored VM mixes into its kernel's pool.
@@ -91,7 +92,36 @@ impl Vm {
             }
         };
         vm.make_unique(config.boot_timeout).await?;
+        // Without a hot-page list the worker mapped nothing ahead; this
+        // copy records the list after its first exec.
+        if !snapshot.dir.join(HOT_PAGES_FILE).exists() {
+            vm.hot_pages_pending.store(true, Ordering::Relaxed);
+        }
         Ok(vm)
+    }
+
+    /// Once per VM restored from a snapshot with no hot-page list: asks the
+    /// worker to record the pages touched so far as the snapshot's list.
+    /// Returns the request running in the background, or None if there is
+    /// nothing to record. Failure only costs later restores speed.
+    pub(crate) fn record_hot_pages(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.hot_pages_pending.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        let socket = snapshot::control_socket(self.dir.path());
+        Some(tokio::task::spawn_blocking(move || {
+            let answer = std::os::unix::net::UnixStream::connect(&socket)
+                .map_err(|e| e.to_string())
+                .and_then(|mut stream| {
+                    snapshot::ask_worker(
+                        &mut stream,
+                        &WorkerRequest::RecordHotPages,
+                        Duration::from_secs(10),
+                        "hot pages",
+                    )
+                });
+            tracing::debug!(?answer, "hot pages recorded");
+        }))
     }
 
     /// Sends the restore fixup until the agent confirms it. The worker

@@ -107,6 +107,9 @@ pub struct Vm {
     pub(crate) owns_worker: bool,
     pub(crate) keep_log: AtomicBool,
     pub(crate) defaults: ExecDefaults,
+    /// Restored from a snapshot with no hot-page list yet: the worker
+    /// records one after the first exec (see `restore.rs`).
+    pub(crate) hot_pages_pending: AtomicBool,
 }
 
 impl Vm {
@@ -252,6 +255,7 @@ impl Vm {
             worker: Mutex::new(worker),
             owns_worker: true,
             keep_log: AtomicBool::new(false),
+            hot_pages_pending: AtomicBool::new(false),
             defaults: info.defaults.clone(),
             info,
         })
@@ -276,6 +280,7 @@ impl Vm {
             worker: Mutex::new(Worker::attached(info.pid)),
             owns_worker: false,
             keep_log: AtomicBool::new(true),
+            hot_pages_pending: AtomicBool::new(false),
             defaults: info.defaults.clone(),
             info,
         })
@@ -511,6 +516,9 @@ impl Vm {
     /// # Ok(()) }
     /// ```
     pub async fn stop(self) -> Result<(), Error> {
+        if let Some(recording) = self.record_hot_pages() {
+            let _ = recording.await;
+        }
         let outcome = match self.try_outcome() {
             Some(o) => o,
             None => {

@@ -1,12 +1,13 @@
 //! Snapshots and copy-on-write restores through the library: what a
 //! snapshot keeps (files, running processes), what each restored copy gets
 //! of its own (clock, randomness, identity, its own writes), and that a
-//! damaged snapshot fails cleanly.
+//! damaged snapshot fails cleanly, and that restores learn and then map
+//! ahead the pages a copy touches first.
 
 use crate::api::ensure;
 use crate::util::TempDir;
 use libtest_mimic::{Failed, Trial};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supermachine::{Image, Vm, VmConfig};
 use supermachine_vmm::snapshot::bundle;
 
@@ -23,6 +24,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         Trial::test("snapshot::concurrent_builds_bake_once", concurrent_builds),
         Trial::test("snapshot::restores_use_prestarted_workers", prestarted),
+        Trial::test(
+            "snapshot::the_first_restore_records_hot_pages_later_ones_map_them",
+            hot_pages,
+        ),
     ]
 }
 
@@ -196,6 +201,78 @@ fn restored_copies() -> Result<(), Failed> {
         b.stop().await?;
         Ok(())
     })
+}
+
+/// The first copy records the pages it touched once its first exec is
+/// done; a later copy (here a detached one, whose worker log we can read)
+/// maps them ahead and still sees the snapshot's contents.
+fn hot_pages() -> Result<(), Failed> {
+    let dir = TempDir::new("snapshot-hot");
+    let snap = runtime()?.block_on(async {
+        let (image, _) = snapshot_of_a_busy_vm(&dir).await?;
+        let snap = image.snapshot_dir().ok_or("no snapshot dir")?.to_path_buf();
+        let list = snap.join("hot-pages");
+        let first = Vm::start(&image, &VmConfig::default()).await?;
+        ensure(!list.exists(), "a hot-page list before any restore ran")?;
+        sh(&first, "true").await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !list.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ensure(list.exists(), "no hot-page list after the first exec")?;
+        first.stop().await?;
+        Ok::<_, Failed>(snap)
+    })?;
+
+    let snap_arg = snap.to_string_lossy().to_string();
+    let mut start = crate::util::supermachine();
+    start
+        .args(["start", "--snapshot", &snap_arg])
+        .env("SUPERMACHINE_LOG", "supermachine_vmm=debug");
+    let out = crate::util::output_of(start, None)?;
+    crate::util::check(out.status.success(), "start --snapshot", &out)?;
+    let id = crate::util::stdout(&out).trim().to_string();
+    let read = crate::util::run(&["exec", &id, "--", "cat", "/tmp/before"])?;
+    // Before the stop, which deletes a cleanly stopped VM's logs.
+    let log = supermachine::paths::state_dir()
+        .join("logs")
+        .join(format!("{id}.worker.log"));
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let stop = crate::util::run(&["stop", &id])?;
+    crate::util::check(
+        crate::util::stdout(&read) == "written before the snapshot",
+        "the file written before the snapshot, in a copy restored with hot pages",
+        &read,
+    )?;
+    crate::util::check(stop.status.success(), "stop", &stop)?;
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    let host_side = log
+        .lines()
+        .find(|l| l.contains("hot pages: host side ready"))
+        .ok_or_else(|| format!("the worker did not map hot pages ahead; its log:\n{log}"))?;
+    ensure(
+        field(host_side, "copied").is_some_and(|n| n > 0)
+            && field(host_side, "mapped").is_some_and(|n| n > 0),
+        format!("host side: {host_side}"),
+    )?;
+    match log
+        .lines()
+        .find(|l| l.contains("guest mappings built ahead"))
+    {
+        Some(line) => ensure(
+            field(line, "pages").is_some_and(|n| n > 0),
+            format!("guest side: {line}"),
+        )?,
+        None => ensure(
+            log.contains("cannot build guest mappings ahead"),
+            format!("neither guest mappings nor why not; the worker's log:\n{log}"),
+        )?,
+    }
+    Ok(())
 }
 
 fn damaged() -> Result<(), Failed> {

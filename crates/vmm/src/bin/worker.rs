@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use supermachine_protocol::worker_control::{self, WorkerReply, WorkerRequest};
 use supermachine_protocol::{disk_spec, read_frame, worker_exit, write_frame};
 use supermachine_vmm::outcome::ExitSender;
+use supermachine_vmm::snapshot::hot_pages;
 use supermachine_vmm::{
     ControlHandle, DiskConfig, EmptyVm, Outcome, RestoreConfig, Vm, VmConfig, VsockConfig,
 };
@@ -109,6 +110,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("SUPERMACHINE_LOG"))
         .with_writer(std::io::stderr)
+        // A detached worker's stderr is a log file: no color codes in it.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -253,7 +256,12 @@ fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
 }
 
 /// Serves the control socket: one request and one reply per connection.
-fn serve_control(listener: UnixListener, control: ControlHandle, exit: ExitSender) {
+fn serve_control(
+    listener: UnixListener,
+    control: ControlHandle,
+    exit: ExitSender,
+    recorder: Option<hot_pages::Recorder>,
+) {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let request = match read_frame::<WorkerRequest, _>(&mut stream) {
@@ -269,6 +277,21 @@ fn serve_control(listener: UnixListener, control: ControlHandle, exit: ExitSende
         match request {
             WorkerRequest::Restore { .. } => {
                 let reply = WorkerReply::Failed("this worker already runs a VM".into());
+                let _ = write_frame(&mut stream, &reply);
+            }
+            WorkerRequest::RecordHotPages => {
+                let reply = match &recorder {
+                    Some(recorder) => match recorder.record() {
+                        Ok(hot) => WorkerReply::HotPagesRecorded {
+                            touched: hot.touched_pages(),
+                            written: hot.written_pages(),
+                        },
+                        Err(e) => WorkerReply::Failed(format!("recording hot pages: {e}")),
+                    },
+                    None => WorkerReply::Failed(
+                        "no hot pages to record: not restored, or the snapshot has a list".into(),
+                    ),
+                };
                 let _ = write_frame(&mut stream, &reply);
             }
             WorkerRequest::Snapshot { dir, stop_after } => {
@@ -297,9 +320,10 @@ fn bind_control(dir: &Path) -> std::io::Result<UnixListener> {
 
 fn start_control(listener: UnixListener, vm: &Vm) -> std::io::Result<()> {
     let (control, exit) = (vm.control(), vm.exit_sender());
+    let recorder = vm.hot_pages_recorder();
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || serve_control(listener, control, exit))?;
+        .spawn(move || serve_control(listener, control, exit, recorder))?;
     Ok(())
 }
 

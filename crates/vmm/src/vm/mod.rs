@@ -20,6 +20,7 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::MmioTransport;
 use crate::outcome::{self, Event, ExitSender, Outcome};
 use crate::pause::PauseGate;
+use crate::snapshot::hot_pages;
 use crate::vcpu::VcpuRunner;
 use devices::ConsoleConfig;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -118,6 +119,8 @@ pub struct Vm {
     exit: ExitSender,
     events: Receiver<Event>,
     panicked: Arc<AtomicBool>,
+    /// Set on a restore from a snapshot with no hot-page list yet.
+    hot_pages_recorder: Option<hot_pages::Recorder>,
 }
 
 /// The buses, exit channel and pause gate every vCPU shares.
@@ -183,6 +186,7 @@ impl Vm {
             exit: w.exit,
             events: w.events,
             panicked: w.panicked,
+            hot_pages_recorder: None,
         }
     }
 
@@ -288,6 +292,12 @@ impl Vm {
     /// A handle that ends the VM with the given outcome (e.g. on SIGTERM).
     pub fn exit_sender(&self) -> ExitSender {
         self.exit.clone()
+    }
+
+    /// For a VM restored from a snapshot that has no hot-page list yet:
+    /// what records it (see [`crate::snapshot::hot_pages`]).
+    pub fn hot_pages_recorder(&self) -> Option<hot_pages::Recorder> {
+        self.hot_pages_recorder.clone()
     }
 
     /// A handle for control requests (snapshots) while the VM runs.

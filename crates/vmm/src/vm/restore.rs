@@ -12,6 +12,7 @@ use super::{DiskConfig, Vm, VmError, VsockConfig, Wiring};
 use crate::arch::x86_64::host;
 use crate::bus::lock;
 use crate::snapshot::bundle::{read_state, MEMORY_FILE};
+use crate::snapshot::hot_pages::{self, HotPages};
 use crate::snapshot::memory::{map_memory, prefault_in_background};
 use crate::snapshot::{restore_vcpu, restore_vm};
 use std::fs::File;
@@ -72,7 +73,18 @@ impl Vm {
         let mem = map_memory(&memory_file, &state.memory)
             .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
         devices::register_memory(&vm, &mem, false)?;
-        prefault_in_background(&memory_file, &mem, &state.memory);
+        let hot = hot_pages::load(dir);
+        if let Some(hot) = &hot {
+            let warmed = hot_pages::map_ahead(&mem, hot);
+            tracing::debug!(
+                copied = warmed.copied,
+                mapped = warmed.mapped,
+                "hot pages: host side ready"
+            );
+            // The rest of the stored pages, behind the guest. Not while
+            // recording: the recording is what the guest touched.
+            prefault_in_background(&memory_file, &mem, &state.memory);
+        }
 
         let mut w = Wiring::new();
         let console = ConsoleConfig {
@@ -106,6 +118,9 @@ impl Vm {
             saved.sregs.tr.type_ = host::restored_tr_type(saved.sregs.tr.type_, under_tcg);
             restore_vcpu(&fd, &saved)
                 .map_err(|e| snapshot_err(format!("restoring vCPU {id}: {e}")))?;
+            if id == 0 {
+                prefault_hot_pages(&vm, &fd, &mem, hot.as_ref());
+            }
             vcpus.push(w.runner(id as u8, fd));
         }
         for transport in &transports {
@@ -113,14 +128,31 @@ impl Vm {
                 .resume_after_restore()
                 .map_err(|e| snapshot_err(format!("reactivating a device: {e}")))?;
         }
-        Ok(Vm::assemble(
-            vm,
-            mem,
-            state.memory_mib,
-            vcpus,
-            transports,
-            serial,
-            w,
-        ))
+        let recorder = hot
+            .is_none()
+            .then(|| hot_pages::Recorder::new(mem.clone(), dir.clone()));
+        let mut vm = Vm::assemble(vm, mem, state.memory_mib, vcpus, transports, serial, w);
+        vm.hot_pages_recorder = recorder;
+        Ok(vm)
+    }
+}
+
+/// Builds the guest's second-level mappings of its hot pages, where KVM
+/// can (Linux 6.10+); elsewhere the guest faults them in as it goes.
+fn prefault_hot_pages(
+    vm: &kvm_ioctls::VmFd,
+    vcpu: &kvm_ioctls::VcpuFd,
+    mem: &vm_memory::GuestMemoryMmap,
+    hot: Option<&HotPages>,
+) {
+    let Some(hot) = hot else { return };
+    if hot_pages::can_prefault(vm) {
+        let pages = hot_pages::prefault(vcpu, mem, hot);
+        tracing::debug!(pages, "hot pages: guest mappings built ahead");
+    } else {
+        tracing::debug!(
+            "hot pages: this KVM cannot build guest mappings ahead \
+             (KVM_PRE_FAULT_MEMORY, Linux 6.10+); the guest maps them as it goes"
+        );
     }
 }

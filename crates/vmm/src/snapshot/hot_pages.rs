@@ -1,0 +1,409 @@
+//! The pages a restored guest touches first, recorded once per snapshot
+//! and mapped ahead of the guest on every later restore.
+//!
+//! A restored guest starts with no second-level (EPT/NPT) mappings: every
+//! page it touches costs a KVM exit, and a page it writes costs a second
+//! one when the copy-on-write happens. Resuming, handling the vsock reset,
+//! the restore fixup and a first `exec` touch about a thousand pages, the
+//! same ones every time. So the first restore of a snapshot runs without
+//! prefetching anything, and when the host library says the copy has done
+//! its first piece of work the worker reads its own page table
+//! (`/proc/self/pagemap`) for guest memory: present pages are the ones
+//! touched, present anonymous ones the ones written (copied from the file).
+//! That list is stored beside the snapshot ([`HOT_PAGES_FILE`]).
+//!
+//! Later restores then, before the vCPUs run: copy the written pages
+//! (`MADV_POPULATE_WRITE`: the copy the guest's first write would have
+//! made), map the others (`MADV_POPULATE_READ`), and where KVM has
+//! `KVM_PRE_FAULT_MEMORY` (Linux 6.10+) build the guest's second-level
+//! mappings for all of them, so the guest takes none of those exits.
+//!
+//! The list is only a hint: mapping a page ahead never changes its
+//! contents, runs outside guest memory are skipped, and a missing,
+//! damaged or foreign file means a restore without it.
+
+use super::format::{decode, encode};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+
+pub use supermachine_protocol::worker_control::HOT_PAGES_FILE;
+
+const PAGE: u64 = 4096;
+/// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PM_PRESENT: u64 = 1 << 63;
+const PM_FILE_OR_SHARED: u64 = 1 << 61;
+/// A recording bigger than this (1 GiB of pages) is not a restore's
+/// working set; it is ignored rather than mapped.
+const MAX_PAGES: u64 = 1 << 18;
+/// Pagemap entries read at a time (512 KiB).
+const PAGEMAP_CHUNK: u64 = 1 << 16;
+
+/// Consecutive guest pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub guest_addr: u64,
+    pub pages: u64,
+}
+
+/// What the first restore touched, as runs of guest pages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotPages {
+    /// Every page touched (read or written).
+    pub touched: Vec<PageRun>,
+    /// The pages among them that were written.
+    pub written: Vec<PageRun>,
+}
+
+impl HotPages {
+    pub fn touched_pages(&self) -> u64 {
+        self.touched.iter().map(|r| r.pages).sum()
+    }
+
+    pub fn written_pages(&self) -> u64 {
+        self.written.iter().map(|r| r.pages).sum()
+    }
+}
+
+/// Reads which pages of `mem` this process has mapped, from its pagemap.
+pub fn record(mem: &GuestMemoryMmap) -> io::Result<HotPages> {
+    let mut pagemap = File::open("/proc/self/pagemap")?;
+    let mut hot = HotPages::default();
+    for region in mem.iter() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| io::Error::other(e.to_string()))? as u64;
+        pagemap.seek(SeekFrom::Start(host / PAGE * 8))?;
+        // In chunks, so a large guest needs no large buffer.
+        let mut entries = vec![0u8; PAGEMAP_CHUNK as usize * 8];
+        let mut page = 0;
+        while page < region.len() / PAGE {
+            let n = (region.len() / PAGE - page).min(PAGEMAP_CHUNK) as usize;
+            pagemap.read_exact(&mut entries[..n * 8])?;
+            for (i, entry) in entries[..n * 8].chunks_exact(8).enumerate() {
+                let Ok(entry) = <[u8; 8]>::try_from(entry).map(u64::from_le_bytes) else {
+                    continue;
+                };
+                if entry & PM_PRESENT == 0 {
+                    continue;
+                }
+                let addr = region.start_addr().0 + (page + i as u64) * PAGE;
+                push_page(&mut hot.touched, addr);
+                if entry & PM_FILE_OR_SHARED == 0 {
+                    push_page(&mut hot.written, addr);
+                }
+            }
+            page += n as u64;
+        }
+    }
+    Ok(hot)
+}
+
+fn push_page(runs: &mut Vec<PageRun>, addr: u64) {
+    match runs.last_mut() {
+        Some(last) if last.guest_addr + last.pages * PAGE == addr => last.pages += 1,
+        _ => runs.push(PageRun {
+            guest_addr: addr,
+            pages: 1,
+        }),
+    }
+}
+
+/// Stores `hot` in the snapshot directory `dir`, replacing any older list
+/// atomically (two copies may record at once; either list is fine).
+pub fn save(dir: &Path, hot: &HotPages) -> io::Result<()> {
+    let bytes = encode(hot).map_err(|e| io::Error::other(e.to_string()))?;
+    let tmp = dir.join(format!(".{HOT_PAGES_FILE}.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dir.join(HOT_PAGES_FILE)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// The list stored in `dir`, if there is a usable one.
+pub fn load(dir: &Path) -> Option<HotPages> {
+    let bytes = match std::fs::read(dir.join(HOT_PAGES_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::debug!("hot pages: {e}");
+            return None;
+        }
+    };
+    match decode::<HotPages>(&bytes) {
+        Ok(hot) if hot.touched_pages() <= MAX_PAGES && hot.written_pages() <= MAX_PAGES => {
+            Some(hot)
+        }
+        Ok(_) => {
+            tracing::debug!("hot pages: implausibly many, ignored");
+            None
+        }
+        Err(e) => {
+            tracing::debug!("hot pages: {e}");
+            None
+        }
+    }
+}
+
+/// Records the hot pages of a VM restored without a list, into the
+/// snapshot it came from. Cheap to clone; used from the control thread.
+#[derive(Clone)]
+pub struct Recorder {
+    mem: GuestMemoryMmap,
+    snapshot_dir: PathBuf,
+}
+
+impl Recorder {
+    pub fn new(mem: GuestMemoryMmap, snapshot_dir: PathBuf) -> Recorder {
+        Recorder { mem, snapshot_dir }
+    }
+
+    /// Reads the pages touched so far and stores the list.
+    pub fn record(&self) -> io::Result<HotPages> {
+        let hot = record(&self.mem)?;
+        save(&self.snapshot_dir, &hot)?;
+        Ok(hot)
+    }
+}
+
+/// What [`map_ahead`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Warmed {
+    /// Pages copied ahead of the guest's writes.
+    pub copied: u64,
+    /// Pages mapped into the host process.
+    pub mapped: u64,
+}
+
+/// Copies the written pages and maps the touched ones in this process
+/// (the host half: no KVM involved). Nothing in the guest may run yet: a
+/// copy made now must not race a guest write.
+pub fn map_ahead(mem: &GuestMemoryMmap, hot: &HotPages) -> Warmed {
+    let copied = populate(mem, &hot.written, libc::MADV_POPULATE_WRITE);
+    let mapped = populate(mem, &hot.touched, libc::MADV_POPULATE_READ);
+    Warmed { copied, mapped }
+}
+
+/// `madvise(advice)` over each run inside guest memory; returns the pages
+/// done.
+fn populate(mem: &GuestMemoryMmap, runs: &[PageRun], advice: libc::c_int) -> u64 {
+    let mut done = 0;
+    for run in runs {
+        let Some((host, len)) = host_range(mem, run) else {
+            continue;
+        };
+        // SAFETY: `host..host+len` lies inside one region of `mem`, a live
+        // mapping we own. Populating changes no contents: a write
+        // populate of a private file page makes our private copy of it, as
+        // the guest's first write would.
+        if unsafe { libc::madvise(host.cast(), len, advice) } != 0 {
+            // Before Linux 5.14 there is no populate advice: nothing more
+            // to do here.
+            tracing::debug!("hot pages: madvise: {}", io::Error::last_os_error());
+            break;
+        }
+        done += run.pages;
+    }
+    done
+}
+
+/// The host address and length of `run`, if it lies inside one region.
+fn host_range(mem: &GuestMemoryMmap, run: &PageRun) -> Option<(*mut u8, usize)> {
+    let len = run.pages.checked_mul(PAGE)?;
+    let region = mem.find_region(GuestAddress(run.guest_addr))?;
+    let offset = run.guest_addr.checked_sub(region.start_addr().0)?;
+    if !run.guest_addr.is_multiple_of(PAGE) || offset.checked_add(len)? > region.len() {
+        return None;
+    }
+    let host = mem.get_host_address(GuestAddress(run.guest_addr)).ok()?;
+    Some((host, len as usize))
+}
+
+// KVM_PRE_FAULT_MEMORY: _IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory).
+// kvm-ioctls has no wrapper for it yet.
+vmm_sys_util::ioctl_iowr_nr!(
+    KVM_PRE_FAULT_MEMORY,
+    kvm_bindings::KVMIO,
+    0xd5,
+    kvm_bindings::kvm_pre_fault_memory
+);
+
+/// Whether this KVM can build second-level mappings ahead of the guest.
+pub fn can_prefault(vm: &kvm_ioctls::VmFd) -> bool {
+    vm.check_extension_raw(kvm_bindings::KVM_CAP_PRE_FAULT_MEMORY.into()) > 0
+}
+
+/// Builds the guest's second-level mappings for every touched page, through
+/// `vcpu` (whose state must be restored: KVM maps with its MMU). Returns the
+/// pages mapped; stops at the first error, which only costs speed.
+pub fn prefault(vcpu: &kvm_ioctls::VcpuFd, mem: &GuestMemoryMmap, hot: &HotPages) -> u64 {
+    let mut done = 0;
+    for run in &hot.touched {
+        if host_range(mem, run).is_none() {
+            continue;
+        }
+        let mut range = kvm_bindings::kvm_pre_fault_memory {
+            gpa: run.guest_addr,
+            size: run.pages * PAGE,
+            ..Default::default()
+        };
+        while range.size > 0 {
+            // SAFETY: the ioctl reads and updates `range` (a struct of the
+            // size its number encodes) and touches no other memory of ours.
+            let ret = unsafe {
+                vmm_sys_util::ioctl::ioctl_with_mut_ref(vcpu, KVM_PRE_FAULT_MEMORY(), &mut range)
+            };
+            if ret < 0 {
+                let err = io::Error::last_os_error();
+                if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                    continue;
+                }
+                tracing::debug!("hot pages: KVM_PRE_FAULT_MEMORY: {err}");
+                return done;
+            }
+        }
+        done += run.pages;
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestRegionMmap, MmapRegion};
+
+    fn private_file_memory(pages: u64) -> (tempfile::TempDir, GuestMemoryMmap) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let file = File::create_new(&path).unwrap();
+        file.set_len(pages * PAGE).unwrap();
+        let layout = [super::super::memory::RegionLayout {
+            guest_addr: 0x10_0000,
+            len: pages * PAGE,
+            file_offset: 0,
+        }];
+        let mem = super::super::memory::map_memory(&File::open(&path).unwrap(), &layout).unwrap();
+        (dir, mem)
+    }
+
+    #[test]
+    fn recording_sees_reads_and_writes_separately() {
+        let (_dir, mem) = private_file_memory(16);
+        let mut byte = [0u8; 1];
+        mem.read_slice(&mut byte, GuestAddress(0x10_0000 + 2 * PAGE))
+            .unwrap();
+        mem.read_slice(&mut byte, GuestAddress(0x10_0000 + 3 * PAGE))
+            .unwrap();
+        mem.write_slice(&[7], GuestAddress(0x10_0000 + 3 * PAGE + 5))
+            .unwrap();
+        mem.write_slice(&[7], GuestAddress(0x10_0000 + 9 * PAGE))
+            .unwrap();
+        let hot = record(&mem).unwrap();
+        let run = |page: u64, pages| PageRun {
+            guest_addr: 0x10_0000 + page * PAGE,
+            pages,
+        };
+        // Written pages are exact; touched ones include what the host
+        // kernel mapped around a read fault (fault-around), so only
+        // "at least these" holds.
+        assert_eq!(hot.written, vec![run(3, 1), run(9, 1)]);
+        for page in [2, 3, 9] {
+            assert!(contains(&hot.touched, 0x10_0000 + page * PAGE), "{page}");
+        }
+    }
+
+    fn contains(runs: &[PageRun], addr: u64) -> bool {
+        runs.iter()
+            .any(|r| r.guest_addr <= addr && addr < r.guest_addr + r.pages * PAGE)
+    }
+
+    #[test]
+    fn a_saved_list_loads_back_and_a_damaged_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()), None);
+        let hot = HotPages {
+            touched: vec![PageRun {
+                guest_addr: 0x1000,
+                pages: 3,
+            }],
+            written: vec![PageRun {
+                guest_addr: 0x2000,
+                pages: 1,
+            }],
+        };
+        save(dir.path(), &hot).unwrap();
+        assert_eq!(load(dir.path()), Some(hot));
+        let path = dir.path().join(HOT_PAGES_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(load(dir.path()), None);
+    }
+
+    #[test]
+    fn mapping_ahead_copies_written_pages_and_keeps_contents() {
+        let (_dir, mem) = private_file_memory(8);
+        mem.write_slice(b"kept", GuestAddress(0x10_0000 + PAGE))
+            .unwrap();
+        let hot = HotPages {
+            touched: vec![
+                PageRun {
+                    guest_addr: 0x10_0000 + PAGE,
+                    pages: 3,
+                },
+                // Outside guest memory: skipped, not an error.
+                PageRun {
+                    guest_addr: 0x9000_0000,
+                    pages: 2,
+                },
+            ],
+            written: vec![PageRun {
+                guest_addr: 0x10_0000 + 2 * PAGE,
+                pages: 1,
+            }],
+        };
+        let warmed = map_ahead(&mem, &hot);
+        assert_eq!(
+            warmed,
+            Warmed {
+                copied: 1,
+                mapped: 3
+            }
+        );
+        let after = record(&mem).unwrap();
+        // Page 1 was written before (already private), page 2 by the copy.
+        assert_eq!(
+            after.written,
+            vec![PageRun {
+                guest_addr: 0x10_0000 + PAGE,
+                pages: 2
+            }]
+        );
+        for page in 1..4 {
+            assert!(contains(&after.touched, 0x10_0000 + page * PAGE), "{page}");
+        }
+        let mut back = [0u8; 4];
+        mem.read_slice(&mut back, GuestAddress(0x10_0000 + PAGE))
+            .unwrap();
+        assert_eq!(&back, b"kept");
+    }
+
+    #[test]
+    fn regions_built_elsewhere_are_read_too() {
+        // Anonymous memory: written pages are anonymous, so they count as
+        // written; untouched ones are absent.
+        let region = MmapRegion::new(4 * PAGE as usize).unwrap();
+        let mem =
+            GuestMemoryMmap::from_regions(vec![
+                GuestRegionMmap::new(region, GuestAddress(0)).unwrap()
+            ])
+            .unwrap();
+        mem.write_slice(&[1], GuestAddress(PAGE)).unwrap();
+        let hot = record(&mem).unwrap();
+        assert_eq!(hot.touched_pages(), 1);
+        assert_eq!(hot.written_pages(), 1);
+    }
+}
