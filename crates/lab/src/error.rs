@@ -27,11 +27,12 @@ pub enum LabError {
     },
 
     #[error(
-        "no generic Debian kernel package (linux-image-<version>-amd64-unsigned) in apt's \
-         lists; the lab needs a Debian 12 (bookworm) host or container with the main and \
-         security archives enabled: run `apt-get update` as root and retry"
+        "no generic Debian kernel package of series {0} (linux-image-{0}.*-amd64-unsigned) \
+         in apt's lists; the lab needs a Debian 12 (bookworm) host or container with the \
+         main and security archives enabled: run `apt-get update` as root and retry \
+         (SUPERMACHINE_LAB_KERNEL picks the series)"
     )]
-    KernelPackageNotFound,
+    KernelPackageNotFound(String),
 
     #[error("{0}")]
     BadKernelPackage(String),
