@@ -9,8 +9,10 @@
 //! prefetching anything, and when the host library says the copy has done
 //! its first piece of work the worker reads its own page table
 //! (`/proc/self/pagemap`) for guest memory: present pages are the ones
-//! touched, present anonymous ones the ones written (copied from the file).
-//! That list is stored beside the snapshot ([`HOT_PAGES_FILE`]).
+//! touched (plus the cached neighbours the host kernel maps around a read
+//! fault), present anonymous ones the ones written (copied from the file).
+//! That list is stored beside the snapshot ([`HOT_PAGES_FILE`]); one too
+//! big to be a restore's working set is stored empty.
 //!
 //! Later restores then, before the vCPUs run: copy the written pages
 //! (`MADV_POPULATE_WRITE`: the copy the guest's first write would have
@@ -35,9 +37,14 @@ const PAGE: u64 = 4096;
 /// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 const PM_PRESENT: u64 = 1 << 63;
 const PM_FILE_OR_SHARED: u64 = 1 << 61;
-/// A recording bigger than this (1 GiB of pages) is not a restore's
-/// working set; it is ignored rather than mapped.
-const MAX_PAGES: u64 = 1 << 18;
+/// A restore and a first exec touch a few thousand pages. A recording far
+/// above that (a first exec that was a big job, a VM stopped after long
+/// use) is not a restore's working set: mapping it ahead would slow every
+/// later restore, and copying its written pages ahead would cost each copy
+/// that much memory. Such a recording is stored as an empty list, which
+/// means "map nothing ahead, record nothing more".
+const MAX_TOUCHED: u64 = 1 << 15; // 128 MiB
+const MAX_WRITTEN: u64 = 1 << 13; // 32 MiB
 /// Pagemap entries read at a time (512 KiB).
 const PAGEMAP_CHUNK: u64 = 1 << 16;
 
@@ -64,6 +71,10 @@ impl HotPages {
 
     pub fn written_pages(&self) -> u64 {
         self.written.iter().map(|r| r.pages).sum()
+    }
+
+    fn is_plausible(&self) -> bool {
+        self.touched_pages() <= MAX_TOUCHED && self.written_pages() <= MAX_WRITTEN
     }
 }
 
@@ -133,9 +144,7 @@ pub fn load(dir: &Path) -> Option<HotPages> {
         }
     };
     match decode::<HotPages>(&bytes) {
-        Ok(hot) if hot.touched_pages() <= MAX_PAGES && hot.written_pages() <= MAX_PAGES => {
-            Some(hot)
-        }
+        Ok(hot) if hot.is_plausible() => Some(hot),
         Ok(_) => {
             tracing::debug!("hot pages: implausibly many, ignored");
             None
@@ -160,9 +169,18 @@ impl Recorder {
         Recorder { mem, snapshot_dir }
     }
 
-    /// Reads the pages touched so far and stores the list.
+    /// Reads the pages touched so far and stores the list (an empty one
+    /// if they are too many to be a restore's working set).
     pub fn record(&self) -> io::Result<HotPages> {
-        let hot = record(&self.mem)?;
+        let mut hot = record(&self.mem)?;
+        if !hot.is_plausible() {
+            tracing::debug!(
+                touched = hot.touched_pages(),
+                written = hot.written_pages(),
+                "hot pages: too many for a restore's working set; storing none"
+            );
+            hot = HotPages::default();
+        }
         save(&self.snapshot_dir, &hot)?;
         Ok(hot)
     }
@@ -317,6 +335,20 @@ mod tests {
     fn contains(runs: &[PageRun], addr: u64) -> bool {
         runs.iter()
             .any(|r| r.guest_addr <= addr && addr < r.guest_addr + r.pages * PAGE)
+    }
+
+    #[test]
+    fn a_recording_too_big_for_a_restore_is_stored_empty() {
+        let pages = MAX_WRITTEN + 8;
+        let (dir, mem) = private_file_memory(pages);
+        for page in 0..pages {
+            mem.write_slice(&[1], GuestAddress(0x10_0000 + page * PAGE))
+                .unwrap();
+        }
+        let recorder = Recorder::new(mem, dir.path().to_path_buf());
+        assert_eq!(recorder.record().unwrap(), HotPages::default());
+        // Stored: later restores map nothing ahead and record nothing.
+        assert_eq!(load(dir.path()), Some(HotPages::default()));
     }
 
     #[test]
