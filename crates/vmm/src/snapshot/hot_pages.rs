@@ -248,6 +248,9 @@ vmm_sys_util::ioctl_iowr_nr!(
     kvm_bindings::kvm_pre_fault_memory
 );
 
+/// How often one run may be retried before it is left to the guest.
+const MAX_PREFAULT_RETRIES: u32 = 64;
+
 /// Whether this KVM can build second-level mappings ahead of the guest.
 pub fn can_prefault(vm: &kvm_ioctls::VmFd) -> bool {
     vm.check_extension_raw(kvm_bindings::KVM_CAP_PRE_FAULT_MEMORY.into()) > 0
@@ -267,6 +270,9 @@ pub fn prefault(vcpu: &kvm_ioctls::VcpuFd, mem: &GuestMemoryMmap, hot: &HotPages
             size: run.pages * PAGE,
             ..Default::default()
         };
+        // KVM maps part of a range and asks to be called again (EINTR,
+        // EAGAIN); a range that never gets done is left to the guest.
+        let mut retries = 0;
         while range.size > 0 {
             // SAFETY: the ioctl reads and updates `range` (a struct of the
             // size its number encodes) and touches no other memory of ours.
@@ -275,7 +281,9 @@ pub fn prefault(vcpu: &kvm_ioctls::VcpuFd, mem: &GuestMemoryMmap, hot: &HotPages
             };
             if ret < 0 {
                 let err = io::Error::last_os_error();
-                if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                let again = matches!(err.raw_os_error(), Some(libc::EINTR | libc::EAGAIN));
+                if again && retries < MAX_PREFAULT_RETRIES {
+                    retries += 1;
                     continue;
                 }
                 tracing::debug!("hot pages: KVM_PRE_FAULT_MEMORY: {err}");
