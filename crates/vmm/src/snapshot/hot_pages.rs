@@ -21,8 +21,9 @@
 //! mappings for all of them, so the guest takes none of those exits.
 //!
 //! The list is only a hint: mapping a page ahead never changes its
-//! contents, runs outside guest memory are skipped, and a missing,
-//! damaged or foreign file means a restore without it.
+//! contents, runs outside guest memory are skipped, a missing or damaged
+//! file means a restore without it, and one copied in from another
+//! snapshot costs only time.
 
 use super::format::{decode, encode};
 use serde::{Deserialize, Serialize};
