@@ -13,7 +13,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use supermachine_protocol::{read_frame, AgentMessage, FrameError, HostMessage, MAX_CHUNK};
+use supermachine_protocol::{
+    read_frame, AgentMessage, FrameError, HostMessage, WindowSize, MAX_CHUNK,
+};
 
 /// How long output is still forwarded after the main process exited while
 /// something else holds the output open. Long enough for what the process
@@ -220,39 +222,61 @@ pub fn pump_input(
     group: &Group,
 ) {
     loop {
-        let problem = match read_frame::<HostMessage, _>(&mut &reader) {
-            Ok(HostMessage::Stdin(data)) => {
+        let problem = match control(read_frame::<HostMessage, _>(&mut &reader)) {
+            Ok(Control::Stdin(data)) => {
                 // A child that closed its stdin just loses the rest, as
                 // with a shell pipe; stdin frames without `stdin: true`
                 // are dropped the same way.
                 input.write(&data, &exited);
                 continue;
             }
-            Ok(HostMessage::CloseStdin) => {
+            Ok(Control::CloseStdin) => {
                 input.end(&exited);
                 continue;
             }
-            Ok(HostMessage::Signal(sig)) => {
+            Ok(Control::Signal(sig)) => {
                 group.signal(sig);
                 continue;
             }
-            Ok(HostMessage::Resize(size)) => {
+            Ok(Control::Resize(size)) => {
                 if let Input::Pty { master, .. } = &input {
                     let _ = pty::set_size(master.as_fd(), size);
                 }
                 continue;
             }
-            Ok(other @ (HostMessage::Data(_) | HostMessage::End)) => {
-                Some(format!("unexpected frame during exec: {}", name(&other)))
-            }
-            Err(e @ (FrameError::Decode(_) | FrameError::TooLarge(_))) => {
-                Some(format!("bad frame during exec: {e}"))
-            }
-            Err(_) => None,
+            Err(problem) => problem,
         };
         group.host_failed(writer, problem);
         reader.shutdown();
         return;
+    }
+}
+
+/// What the host may send while an exec runs.
+pub enum Control {
+    Stdin(Vec<u8>),
+    CloseStdin,
+    Signal(i32),
+    Resize(WindowSize),
+}
+
+/// Sorts a frame read from the host during an exec: one of the exec's
+/// controls, or why the exec must end: a misplaced or malformed frame
+/// (the message to send back), or `None` when the host left.
+pub fn control(read: Result<HostMessage, FrameError>) -> Result<Control, Option<String>> {
+    match read {
+        Ok(HostMessage::Stdin(data)) => Ok(Control::Stdin(data)),
+        Ok(HostMessage::CloseStdin) => Ok(Control::CloseStdin),
+        Ok(HostMessage::Signal(sig)) => Ok(Control::Signal(sig)),
+        Ok(HostMessage::Resize(size)) => Ok(Control::Resize(size)),
+        Ok(other @ (HostMessage::Data(_) | HostMessage::End)) => Err(Some(format!(
+            "unexpected frame during exec: {}",
+            name(&other)
+        ))),
+        Err(e @ (FrameError::Decode(_) | FrameError::TooLarge(_))) => {
+            Err(Some(format!("bad frame during exec: {e}")))
+        }
+        Err(_) => Err(None),
     }
 }
 

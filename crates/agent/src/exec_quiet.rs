@@ -17,7 +17,7 @@
 //! breaking the protocol) before `Exited` aborts the exec.
 
 use crate::exec::{Group, Writer};
-use crate::exec_io::{Dropped, Output, EXIT_GRACE};
+use crate::exec_io::{control, Control, Dropped, Output, EXIT_GRACE};
 use crate::reaper::WaitStatus;
 use crate::sys;
 use crate::transport::Stream;
@@ -83,7 +83,7 @@ pub fn serve(mut q: Quiet<'_>) -> Option<Ended> {
             .map(|&i| sys::pollfd(q.outputs[i].fd(), libc::POLLIN))
             .collect();
         fds.push(sys::pollfd(q.stream.as_fd(), libc::POLLIN));
-        let host_slot = Some(fds.len() - 1);
+        let host_slot = fds.len() - 1;
         let reaped_slot = status.is_none().then(|| {
             fds.push(sys::pollfd(q.reaped.as_fd(), libc::POLLIN));
             fds.len() - 1
@@ -101,9 +101,7 @@ pub fn serve(mut q: Quiet<'_>) -> Option<Ended> {
                 return None;
             }
         }
-        if host_slot.is_some_and(|s| fds[s].revents != 0)
-            && !host_frame(q.stream, q.writer, q.group)
-        {
+        if fds[host_slot].revents != 0 && !host_frame(q.stream, q.writer, q.group) {
             return None;
         }
         if reaped_slot.is_some_and(|s| fds[s].revents != 0) {
@@ -123,25 +121,22 @@ pub fn serve(mut q: Quiet<'_>) -> Option<Ended> {
 /// Reads one frame the host sent during the exec and acts on it. False:
 /// the host left or broke the protocol, and the exec was aborted.
 fn host_frame(stream: &Stream, writer: &Writer, group: &Group) -> bool {
-    let problem = match read_frame::<HostMessage, _>(&mut &*stream) {
-        Ok(HostMessage::Signal(sig)) => {
+    let read = read_frame::<HostMessage, _>(&mut &*stream);
+    if matches!(&read, Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::Interrupted) {
+        return true;
+    }
+    match control(read) {
+        Ok(Control::Signal(sig)) => {
             group.signal(sig);
-            return true;
+            true
         }
         // Without a stdin or a terminal these change nothing, as on the
         // threaded path.
-        Ok(HostMessage::Stdin(_) | HostMessage::CloseStdin | HostMessage::Resize(_)) => {
-            return true;
+        Ok(Control::Stdin(_) | Control::CloseStdin | Control::Resize(_)) => true,
+        Err(problem) => {
+            group.host_failed(writer, problem);
+            stream.shutdown();
+            false
         }
-        Ok(HostMessage::Data(_)) => Some("unexpected frame during exec: Data".to_string()),
-        Ok(HostMessage::End) => Some("unexpected frame during exec: End".to_string()),
-        Err(e @ (FrameError::Decode(_) | FrameError::TooLarge(_))) => {
-            Some(format!("bad frame during exec: {e}"))
-        }
-        Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => return true,
-        Err(_) => None,
-    };
-    group.host_failed(writer, problem);
-    stream.shutdown();
-    false
+    }
 }
