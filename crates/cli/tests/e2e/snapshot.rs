@@ -292,23 +292,17 @@ fn damaged() -> Result<(), Failed> {
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
         std::fs::write(&state, &bad)?;
-        let e = Vm::start(&Image::from_snapshot(&snap)?, &config)
-            .await
-            .err()
-            .ok_or("a corrupted state file restored")?;
-        ensure(
-            e.to_string().contains("checksum"),
-            format!("corrupted: {e}"),
+        refused(
+            Vm::start(&Image::from_snapshot(&snap)?, &config).await,
+            "a corrupted state file",
+            "checksum",
         )?;
         // Detached, the worker's stderr goes to a log file: the error
         // still says why.
-        let e = Vm::start_detached(&Image::from_snapshot(&snap)?, &config, &[])
-            .await
-            .err()
-            .ok_or("a corrupted state file restored detached")?;
-        ensure(
-            e.to_string().contains("checksum"),
-            format!("corrupted, detached: {e}"),
+        refused(
+            Vm::start_detached(&Image::from_snapshot(&snap)?, &config, &[]).await,
+            "a corrupted state file, detached",
+            "checksum",
         )?;
         std::fs::write(&state, &good)?;
 
@@ -335,13 +329,10 @@ fn damaged() -> Result<(), Failed> {
             .write(true)
             .open(snap.join("memory"))?;
         memory.set_len(1 << 20)?;
-        let e = Vm::start(&Image::from_snapshot(&snap)?, &config)
-            .await
-            .err()
-            .ok_or("a truncated memory file restored")?;
-        ensure(
-            e.to_string().contains("truncated"),
-            format!("truncated: {e}"),
+        refused(
+            Vm::start(&Image::from_snapshot(&snap)?, &config).await,
+            "a truncated memory file",
+            "truncated",
         )?;
 
         // No worker is left behind by either failure.
@@ -351,6 +342,18 @@ fn damaged() -> Result<(), Failed> {
         )?;
         Ok(())
     })
+}
+
+/// A start that must fail, with an error that says `says`.
+fn refused<T>(
+    started: Result<T, supermachine::Error>,
+    what: &str,
+    says: &str,
+) -> Result<(), Failed> {
+    match started {
+        Ok(_) => Err(format!("{what} restored").into()),
+        Err(e) => ensure(e.to_string().contains(says), format!("{what}: {e}")),
+    }
 }
 
 fn concurrent_builds() -> Result<(), Failed> {
