@@ -26,22 +26,59 @@ use crate::exec_io::{self, Input, Output};
 use crate::spawn::{self, Child, ChildIo, SpawnError};
 use crate::transport::Stream;
 use crate::{exec_quiet, pty, reaper, sys};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use supermachine_protocol::{
-    write_frame, AgentMessage, ErrorKind, ExecRequest, ExitStatus, FrameError,
-};
+use supermachine_protocol::{encode, AgentMessage, ErrorKind, ExecRequest, ExitStatus, FrameError};
 
 /// The socket's write side, shared by every thread of one exec.
-pub type Writer = Arc<Mutex<Stream>>;
+pub type Writer = Arc<Mutex<Outbox>>;
 
+/// An exec's socket, and frames held back to leave with the next one.
+///
+/// Every `write` on a vsock stream is its own packet, and every packet is
+/// one notification of the host's device (a VM exit). Frames the host
+/// does not need at once ([`hold`]) ride along with the next frame in a
+/// single write instead of costing a notification of their own.
+pub struct Outbox {
+    stream: Stream,
+    held: Vec<u8>,
+}
+
+impl Outbox {
+    pub fn new(stream: Stream) -> Writer {
+        Arc::new(Mutex::new(Outbox {
+            stream,
+            held: Vec::new(),
+        }))
+    }
+}
+
+/// Sends `msg`, after any held frames, in one write.
 pub fn send(writer: &Writer, msg: &AgentMessage) -> Result<(), FrameError> {
-    let stream = writer.lock().unwrap_or_else(|e| e.into_inner());
-    write_frame(&mut &*stream, msg)
+    let mut out = writer.lock().unwrap_or_else(|e| e.into_inner());
+    let frame = encode(msg)?;
+    let bytes = if out.held.is_empty() {
+        frame
+    } else {
+        let mut bytes = std::mem::take(&mut out.held);
+        bytes.extend_from_slice(&frame);
+        bytes
+    };
+    (&out.stream).write_all(&bytes)?;
+    Ok(())
+}
+
+/// Queues `msg` to go out in front of the next [`send`]. Nothing is sent
+/// if no frame follows (the exec was aborted: the host is gone).
+pub fn hold(writer: &Writer, msg: &AgentMessage) -> Result<(), FrameError> {
+    let frame = encode(msg)?;
+    let mut out = writer.lock().unwrap_or_else(|e| e.into_inner());
+    out.held.extend_from_slice(&frame);
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +206,8 @@ impl Group {
 
 /// Serves one exec request on `stream` until the process is reported.
 pub fn run(stream: Stream, req: ExecRequest) {
-    let writer: Writer = match stream.try_clone() {
-        Ok(w) => Arc::new(Mutex::new(w)),
+    let writer = match stream.try_clone() {
+        Ok(w) => Outbox::new(w),
         Err(e) => {
             crate::log!("exec: cannot clone connection: {e}");
             return;
@@ -225,7 +262,7 @@ fn report_spawn_error(writer: &Writer, argv0: &str, e: SpawnError) {
         code: Some(code),
         ..Default::default()
     });
-    let _ = send(writer, &AgentMessage::Stderr(stderr.into_bytes()))
+    let _ = hold(writer, &AgentMessage::Stderr(stderr.into_bytes()))
         .and_then(|()| send(writer, &exited));
 }
 
@@ -343,7 +380,10 @@ fn serve_quiet(
         pty: None,
         state: Mutex::new(State::Running),
     };
-    if send(writer, &AgentMessage::Started { pid: pid as u32 }).is_err() {
+    // The host asks for an exec without stdin or a terminal only to collect
+    // its output (`output()`), which has no use for the pid before that
+    // output or the end: it goes out with the first of them.
+    if hold(writer, &AgentMessage::Started { pid: pid as u32 }).is_err() {
         group.abort();
         return;
     }
@@ -449,4 +489,40 @@ fn session_groups(sid: libc::pid_t) -> Vec<libc::pid_t> {
             (session == sid && pgrp > 0).then_some(pgrp)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use supermachine_protocol::read_frame;
+
+    #[test]
+    fn held_frames_leave_with_the_next_one_in_a_single_write() {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        theirs.set_nonblocking(true).expect("nonblocking");
+        let writer = Outbox::new(Stream::from(ours));
+        hold(&writer, &AgentMessage::Started { pid: 7 }).expect("hold");
+        let mut buf = [0u8; 256];
+        let nothing = (&theirs).read(&mut buf).expect_err("nothing is sent yet");
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+
+        send(&writer, &AgentMessage::Exited(ExitStatus::default())).expect("send");
+        let n = (&theirs).read(&mut buf).expect("one read");
+        let mut bytes = &buf[..n];
+        let first: AgentMessage = read_frame(&mut bytes).expect("first frame");
+        let second: AgentMessage = read_frame(&mut bytes).expect("second frame");
+        assert_eq!(first, AgentMessage::Started { pid: 7 });
+        assert_eq!(second, AgentMessage::Exited(ExitStatus::default()));
+        assert!(bytes.is_empty());
+
+        // Nothing stays held: the next frame goes alone.
+        send(&writer, &AgentMessage::Pong).expect("send");
+        let n = (&theirs).read(&mut buf).expect("read");
+        assert_eq!(
+            read_frame::<AgentMessage, _>(&mut &buf[..n]).expect("frame"),
+            AgentMessage::Pong
+        );
+    }
 }

@@ -33,6 +33,13 @@ impl Stream {
     }
 }
 
+#[cfg(test)]
+impl From<std::os::unix::net::UnixStream> for Stream {
+    fn from(stream: std::os::unix::net::UnixStream) -> Stream {
+        Stream(stream.into())
+    }
+}
+
 impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()

@@ -215,12 +215,17 @@ fn malformed_frame_during_exec_is_refused_and_kills() {
     // With stdin (a thread reads host frames) and without (the exec's own
     // thread polls the socket with the child's output).
     for stdin in [true, false] {
-        let mut req = exec_req(&["sleep", "300"]);
+        let mut req = exec_req(&["sh", "-c", "echo ready; exec sleep 300"]);
         req.stdin = stdin;
         let mut s = agent.request(Request::Exec(req));
+        // Without stdin, `Started` may wait for the first output.
         let AgentMessage::Started { pid } = read_frame(&mut s).expect("started") else {
             panic!("expected Started")
         };
+        assert!(
+            matches!(read_frame(&mut s), Ok(AgentMessage::Stdout(out)) if out == b"ready\n"),
+            "stdin {stdin}"
+        );
         std::io::Write::write_all(&mut s, &[3, 0, 0, 0, 0xff, 0xff, 0xff]).expect("garbage");
         let r = common::collect(&mut s);
         assert!(

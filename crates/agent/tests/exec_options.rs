@@ -229,10 +229,16 @@ fn detached_process_keeps_running_after_the_connection_closes() {
 fn data_frames_during_exec_are_refused_and_kill() {
     let agent = Agent::start();
     let m = marker();
-    let mut s = agent.request(Request::Exec(sh(&format!("sleep 1000.{m}"))));
+    let command = format!("echo ready; exec sleep 1000.{m}");
+    let mut s = agent.request(Request::Exec(sh(&command)));
+    // Without stdin, `Started` may wait for the first output.
     assert!(matches!(
         read_frame::<AgentMessage, _>(&mut s),
         Ok(AgentMessage::Started { .. })
+    ));
+    assert!(matches!(
+        read_frame::<AgentMessage, _>(&mut s),
+        Ok(AgentMessage::Stdout(out)) if out == b"ready\n"
     ));
     write_frame(&mut s, &HostMessage::End).expect("send");
     let r = common::collect(&mut s);

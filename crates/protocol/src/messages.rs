@@ -29,7 +29,11 @@ pub enum Request {
     /// Runs a process. The agent answers [`AgentMessage::Started`] (or
     /// [`AgentMessage::Exited`] with code 127/126 and a message on stderr
     /// when the program cannot be started, as a shell would), then streams
-    /// output, then [`AgentMessage::Exited`]. The host may send
+    /// output, then [`AgentMessage::Exited`]. Without stdin and a PTY the
+    /// agent may hold `Started` back and send it in one packet with the
+    /// first output or with `Exited` (it still comes first): such an exec
+    /// is one for its output, and every packet the guest sends costs a VM
+    /// exit. The host may send
     /// [`HostMessage::Stdin`], [`HostMessage::CloseStdin`],
     /// [`HostMessage::Signal`] and [`HostMessage::Resize`] meanwhile.
     /// Closing the connection before `Exited` kills the child's session
