@@ -8,7 +8,7 @@ use std::time::Duration;
 use supermachine_protocol::{
     self as proto, AgentMessage, Hello, HostMessage, Request, AGENT_PORT, MAX_FRAME_BODY,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
@@ -16,8 +16,11 @@ use tokio::net::UnixStream;
 /// hang the caller.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The muxer's reply line ("OK <port>") is never longer than this.
+const MAX_MUXER_REPLY: u64 = 64;
+
 /// Reading side of an agent connection.
-pub(crate) struct ConnReader(OwnedReadHalf);
+pub(crate) struct ConnReader(BufReader<OwnedReadHalf>);
 /// Writing side of an agent connection. Dropping it tells the agent the
 /// host is gone: a running exec is killed.
 pub(crate) struct ConnWriter(OwnedWriteHalf);
@@ -26,6 +29,11 @@ pub(crate) struct Conn {
     pub reader: ConnReader,
     pub writer: ConnWriter,
 }
+
+/// Bytes read from the connection at a time. Frames arrive back to back
+/// (an exec's `Started` and `Exited` often in one vsock packet), and one
+/// read that takes them all beats two per frame (header, then body).
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Opens a stream to the agent and sends the hello carrying `request`.
 pub(crate) async fn connect(muxer: &Path, request: Request) -> Result<Conn, Error> {
@@ -37,25 +45,22 @@ pub(crate) async fn connect(muxer: &Path, request: Request) -> Result<Conn, Erro
             .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
             .await
             .map_err(|e| Error::io("vsock connect", e))?;
-        // Byte by byte: anything after the "OK <port>" line is the agent's.
+        let (r, w) = stream.into_split();
+        // Anything after the "OK <port>" line is the agent's, and stays in
+        // the buffer for the first frame.
+        let mut reader = BufReader::with_capacity(READ_BUFFER, r);
         let mut line = Vec::new();
-        loop {
-            let byte = match stream.read_u8().await {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(Error::Protocol(
-                        "the guest refused the vsock connection (is the agent running?)".into(),
-                    ))
-                }
-                Err(e) => return Err(Error::io("vsock connect", e)),
-            };
-            if byte == b'\n' {
-                break;
-            }
-            if line.len() >= 64 {
-                return Err(Error::Protocol("overlong vsock muxer reply".into()));
-            }
-            line.push(byte);
+        (&mut reader)
+            .take(MAX_MUXER_REPLY)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| Error::io("vsock connect", e))?;
+        if line.pop() != Some(b'\n') {
+            return Err(Error::Protocol(if line.len() as u64 >= MAX_MUXER_REPLY {
+                "overlong vsock muxer reply".into()
+            } else {
+                "the guest refused the vsock connection (is the agent running?)".into()
+            }));
         }
         if !line.starts_with(b"OK ") {
             return Err(Error::Protocol(format!(
@@ -63,9 +68,12 @@ pub(crate) async fn connect(muxer: &Path, request: Request) -> Result<Conn, Erro
                 String::from_utf8_lossy(&line)
             )));
         }
-        Ok(stream)
+        Ok(Conn {
+            reader: ConnReader(reader),
+            writer: ConnWriter(w),
+        })
     };
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    let mut conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| {
             Error::Protocol(format!(
@@ -73,11 +81,6 @@ pub(crate) async fn connect(muxer: &Path, request: Request) -> Result<Conn, Erro
                 HANDSHAKE_TIMEOUT.as_secs()
             ))
         })??;
-    let (r, w) = stream.into_split();
-    let mut conn = Conn {
-        reader: ConnReader(r),
-        writer: ConnWriter(w),
-    };
     conn.writer.send_frame(&Hello::new(request)).await?;
     Ok(conn)
 }
@@ -114,7 +117,7 @@ impl ConnWriter {
     }
 }
 
-async fn read_frame<T: DeserializeOwned>(r: &mut OwnedReadHalf) -> Result<T, Error> {
+async fn read_frame<T: DeserializeOwned>(r: &mut BufReader<OwnedReadHalf>) -> Result<T, Error> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await.map_err(|e| {
         tracing::debug!("agent connection: reading a frame header: {e}");

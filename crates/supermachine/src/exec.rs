@@ -516,21 +516,64 @@ fn remaining_ms(deadline: Instant) -> u64 {
 async fn run_one(vm: &Vm, request: ExecRequest, stdin: Option<Vec<u8>>) -> Result<Output, Error> {
     let mut request = request;
     request.stdin = stdin.is_some();
-    let mut child = spawn(vm, request).await?;
-    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // Feed stdin while the output is collected, or a command that
-        // writes before it reads everything would deadlock against us.
-        tokio::spawn(async move {
-            let _ = pipe.write(&bytes).await;
-        });
-    }
-    match child.wait_with_output().await {
-        Ok(out) => {
-            // Not awaited: the caller has its result now.
-            let _ = vm.record_hot_pages();
-            Ok(out)
+    let out = match stdin {
+        None => collect(vm, request).await?,
+        Some(bytes) => {
+            let mut child = spawn(vm, request).await?;
+            if let Some(mut pipe) = child.stdin.take() {
+                // Feed stdin while the output is collected, or a command that
+                // writes before it reads everything would deadlock against us.
+                tokio::spawn(async move {
+                    let _ = pipe.write(&bytes).await;
+                });
+            }
+            match child.wait_with_output().await {
+                Ok(out) => out,
+                Err(e) => return Err(vm.explain_lost(e).await),
+            }
         }
-        Err(e) => Err(vm.explain_lost(e).await),
+    };
+    // Not awaited: the caller has its result now.
+    let _ = vm.record_hot_pages();
+    Ok(out)
+}
+
+/// Runs an exec without stdin to its end, reading its frames right here.
+/// Nothing flows the other way, so the streaming [`Child`] (two tasks and
+/// their channels) would only add task hand-offs to the most common call.
+/// Memory stays bounded by the exec's output limits: the agent keeps to
+/// them, and a guest that does not is refused here.
+async fn collect(vm: &Vm, request: ExecRequest) -> Result<Output, Error> {
+    let limits = [request.stdout_limit, request.stderr_limit];
+    // Held until the end: dropping the writer would tell the agent the host
+    // is gone, and it would kill the command.
+    let mut conn = vm.connect(Request::Exec(request)).await?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    loop {
+        let msg = match conn.recv().await {
+            Ok(msg) => msg,
+            Err(e) => return Err(vm.explain_lost(e).await),
+        };
+        let (buf, data, limit, name) = match msg {
+            AgentMessage::Started { .. } => continue,
+            AgentMessage::Stdout(data) => (&mut stdout, data, limits[0], "stdout"),
+            AgentMessage::Stderr(data) => (&mut stderr, data, limits[1], "stderr"),
+            AgentMessage::Exited(status) => {
+                return Ok(Output {
+                    status,
+                    stdout,
+                    stderr,
+                })
+            }
+            other => return Err(crate::conn::unexpected(other, "exec")),
+        };
+        buf.extend_from_slice(&data);
+        if limit.is_some_and(|limit| buf.len() as u64 > limit) {
+            return Err(Error::Protocol(format!(
+                "the guest sent more {name} than the exec's limit of {} bytes",
+                limit.unwrap_or_default()
+            )));
+        }
     }
 }
 
