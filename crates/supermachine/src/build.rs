@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 use supermachine_oci::lock::{FileLock, LockMode};
+use supermachine_protocol::worker_control::HOT_PAGES_FILE;
 
 /// Bumped when the meaning of a build changes (what a bake does), so old
 /// snapshots are not reused for new semantics.
@@ -436,6 +437,7 @@ async fn bake(options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Err
         dir.to_path_buf()
     };
     vm.snapshot_and_stop(&target, Some(key.to_string())).await?;
+    record_hot_pages(&target, options.timeout).await;
     if target != dir {
         let old = dir.with_file_name(format!(
             ".{}.old-{}",
@@ -448,6 +450,43 @@ async fn bake(options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Err
     }
     tracing::info!(key, "baked {} in {:?}", dir.display(), started.elapsed());
     Image::from_snapshot(dir)
+}
+
+/// Restores the new snapshot once and runs one command in the copy, which
+/// records the snapshot's hot-page list (see `Vm::record_hot_pages`) now,
+/// at bake time, instead of in the first restore somebody waits for; and
+/// detached restores, which never record one, find it too. The list is
+/// only a hint: a failure here costs later restores speed, not
+/// correctness, so it is logged, not returned.
+async fn record_hot_pages(snapshot: &Path, timeout: Duration) {
+    let recorded = async {
+        let image = Image::from_snapshot(snapshot)?;
+        let config = VmConfig {
+            boot_timeout: timeout,
+            ..VmConfig::default()
+        };
+        let vm = Vm::start(&image, &config).await?;
+        // Any answer will do, 127 included (an image without `true`): it is
+        // the restore's and the agent's exec path that the list is about.
+        let exec = vm.exec(["true"]).await;
+        // Waits for the recording the exec set off.
+        let stop = vm.stop().await;
+        exec.and(stop)
+    };
+    match recorded.await {
+        Ok(()) if snapshot.join(HOT_PAGES_FILE).exists() => {
+            tracing::debug!("recorded the hot pages of {}", snapshot.display())
+        }
+        Ok(()) => tracing::warn!(
+            "no hot-page list recorded for {}; its first restore will record one",
+            snapshot.display()
+        ),
+        Err(e) => tracing::warn!(
+            "restoring {} to record its hot pages failed: {e}; \
+             its first restore will try again",
+            snapshot.display()
+        ),
+    }
 }
 
 /// Polls the guest's TCP tables until something listens on `port`.

@@ -69,6 +69,11 @@ fn cli_build() -> Result<(), Failed> {
 
     let (key1, path1, err1) = build_with(snapshots, conf_arg)?;
     ensure(err1.contains("baked"), format!("first build: {err1}"))?;
+    // Recorded at bake time, by a restore of the new snapshot.
+    ensure(
+        std::path::Path::new(&path1).join("hot-pages").is_file(),
+        format!("no hot-page list in {path1} after the build"),
+    )?;
     let (key1b, path1b, err1b) = build_with(snapshots, conf_arg)?;
     ensure(
         key1b == key1 && path1b == path1 && err1b.contains("cached"),
