@@ -15,7 +15,7 @@ use std::time::Duration;
 use supermachine_agent::power::{self, Action};
 use supermachine_agent::server::{self, OnShutdown};
 use supermachine_agent::transport::{self, Listener};
-use supermachine_agent::{boot, cmdline, log, reaper, restore, AGENT_VERSION};
+use supermachine_agent::{boot, cmdline, log, reaper, AGENT_VERSION};
 use supermachine_protocol::{write_frame, AgentMessage, AGENT_PORT, PROTOCOL_VERSION, READY_PORT};
 
 /// Signals PID 1 acts on, besides SIGCHLD (busybox init's meanings, so the
@@ -110,11 +110,6 @@ fn init() -> ! {
     }
     if let Err(e) = boot::set_hostname(&cfg.hostname) {
         log!("cannot set hostname {:?}: {e}", cfg.hostname);
-    }
-    if cfg.root.is_some() {
-        if let Err(e) = restore::write_boot_machine_id() {
-            log!("/etc/machine-id not written: {e}");
-        }
     }
     if let Err(e) = boot::loopback_up() {
         log!("cannot bring up lo: {e}");

@@ -180,28 +180,6 @@ fn set_hostname(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// At boot, when the root is the image under an overlay: a machine id of
-/// this VM's own in /etc. Besides giving a booted VM an identity of its own
-/// (restored copies get theirs in the fixup), it brings /etc into the
-/// overlay's upper layer now, so the fixup of every copy restored from a
-/// snapshot of this VM only replaces a file there: copying /etc up is most
-/// of what that write costs (about half of it in the lab), and restores
-/// are where time counts.
-pub fn write_boot_machine_id() -> io::Result<()> {
-    let mut bytes = [0u8; 16];
-    // GRND_INSECURE: unique is what a machine id must be, not secret, and
-    // PID 1 must not wait for the entropy pool this early.
-    // SAFETY: writes at most `bytes.len()` bytes into `bytes`.
-    let got = sys::cvt(unsafe {
-        libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_INSECURE)
-    })?;
-    if got != bytes.len() as isize {
-        return Err(io::Error::other("getrandom returned too few bytes"));
-    }
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_machine_id(Path::new("/etc"), &id)
-}
-
 /// Replaces `etc`/machine-id atomically (a temporary file in `etc` renamed
 /// over it), so a reader never sees it empty. No fsync: the root is an
 /// overlay on tmpfs. An image without /etc has no use for one.
