@@ -468,7 +468,12 @@ async fn record_hot_pages(snapshot: &Path, timeout: Duration) {
         let vm = Vm::start(&image, &config).await?;
         // Any answer will do, 127 included (an image without `true`): it is
         // the restore's and the agent's exec path that the list is about.
-        let exec = vm.exec(["true"]).await;
+        let exec = vm
+            .exec_builder()
+            .argv(["true"])
+            .timeout(timeout)
+            .output()
+            .await;
         // Waits for the recording the exec set off.
         let stop = vm.stop().await;
         exec.and(stop)
