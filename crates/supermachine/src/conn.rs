@@ -55,13 +55,14 @@ pub(crate) async fn connect(muxer: &Path, request: Request) -> Result<Conn, Erro
             .read_until(b'\n', &mut line)
             .await
             .map_err(|e| Error::io("vsock connect", e))?;
-        if line.pop() != Some(b'\n') {
+        if line.last() != Some(&b'\n') {
             return Err(Error::Protocol(if line.len() as u64 >= MAX_MUXER_REPLY {
                 "overlong vsock muxer reply".into()
             } else {
                 "the guest refused the vsock connection (is the agent running?)".into()
             }));
         }
+        line.pop();
         if !line.starts_with(b"OK ") {
             return Err(Error::Protocol(format!(
                 "vsock muxer said {:?}",
@@ -141,5 +142,68 @@ pub(crate) fn unexpected(msg: AgentMessage, during: &str) -> Error {
     match msg {
         AgentMessage::Error { kind, message } => Error::Agent { kind, message },
         other => Error::Protocol(format!("unexpected {other:?} during {during}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// `connect` against a fake muxer that answers `reply` (in one write),
+    /// ends its side, and reads the host's hello if one comes.
+    fn connect_to_muxer_saying(reply: impl AsRef<[u8]> + Send + 'static) -> Result<Conn, Error> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vsock.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let muxer = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut line = [0u8; 13];
+            stream.read_exact(&mut line).expect("CONNECT line");
+            stream.write_all(reply.as_ref()).expect("reply");
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+            let _ = proto::read_frame::<Hello, _>(&mut stream);
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let conn = runtime.block_on(connect(&path, Request::Ping));
+        muxer.join().expect("muxer");
+        conn
+    }
+
+    fn protocol_error(result: Result<Conn, Error>) -> String {
+        match result {
+            Err(Error::Protocol(message)) => message,
+            Err(other) => panic!("expected a protocol error, got {other}"),
+            Ok(_) => panic!("expected a protocol error, got a connection"),
+        }
+    }
+
+    #[test]
+    fn the_muxer_reply_line_is_read_and_what_follows_kept_for_the_agent() {
+        // The agent's first frame arrives in the same read as the line.
+        let mut reply = b"OK 1024\n".to_vec();
+        reply.extend(proto::encode(&AgentMessage::Pong).expect("encode"));
+        let mut conn = connect_to_muxer_saying(reply).expect("connected");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        assert_eq!(
+            runtime.block_on(conn.recv()).expect("frame"),
+            AgentMessage::Pong
+        );
+    }
+
+    #[test]
+    fn a_closed_or_overlong_muxer_reply_is_named() {
+        assert!(protocol_error(connect_to_muxer_saying(b"".as_slice())).contains("refused"));
+        assert!(protocol_error(connect_to_muxer_saying(b"OK 10".as_slice())).contains("refused"));
+        assert!(protocol_error(connect_to_muxer_saying([b'x'; 64])).contains("overlong"));
+        assert!(protocol_error(connect_to_muxer_saying(b"NO 1024\n".as_slice())).contains("said"));
     }
 }
