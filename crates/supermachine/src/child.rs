@@ -376,6 +376,26 @@ impl AsyncRead for ChildOutput {
     }
 }
 
+/// What the agent may send once an exec runs.
+pub(crate) enum ExecFrame {
+    /// `Started` (late without stdin and a terminal; see the protocol).
+    Started,
+    /// A chunk of stdout (0) or stderr (1).
+    Output(usize, Vec<u8>),
+    Exited(ExitStatus),
+}
+
+/// Sorts an agent frame of a running exec; anything else is an error.
+pub(crate) fn exec_frame(msg: AgentMessage) -> Result<ExecFrame, Error> {
+    match msg {
+        AgentMessage::Started { .. } => Ok(ExecFrame::Started),
+        AgentMessage::Stdout(data) => Ok(ExecFrame::Output(0, data)),
+        AgentMessage::Stderr(data) => Ok(ExecFrame::Output(1, data)),
+        AgentMessage::Exited(status) => Ok(ExecFrame::Exited(status)),
+        other => Err(crate::conn::unexpected(other, "exec")),
+    }
+}
+
 async fn read_frames(
     mut reader: ConnReader,
     first: Option<AgentMessage>,
@@ -394,12 +414,11 @@ async fn read_frames(
                 Err(e) => break Err(e),
             },
         };
-        let (index, data) = match msg {
-            AgentMessage::Stdout(data) => (0, data),
-            AgentMessage::Stderr(data) => (1, data),
-            AgentMessage::Started { .. } => continue,
-            AgentMessage::Exited(status) => break Ok(status),
-            other => break Err(crate::conn::unexpected(other, "exec")),
+        let (index, data) = match exec_frame(msg) {
+            Ok(ExecFrame::Output(index, data)) => (index, data),
+            Ok(ExecFrame::Started) => continue,
+            Ok(ExecFrame::Exited(status)) => break Ok(status),
+            Err(e) => break Err(e),
         };
         if let Some(tx) = &outputs[index] {
             if tx.send(data).await.is_err() {

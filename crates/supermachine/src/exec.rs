@@ -1,7 +1,7 @@
 //! Running commands in a VM: the builder, its result, and how a process
 //! ended.
 
-use crate::child::Child;
+use crate::child::{exec_frame, Child, ExecFrame};
 use crate::error::Error;
 use crate::vm::Vm;
 use std::time::{Duration, Instant};
@@ -548,30 +548,29 @@ async fn collect(vm: &Vm, request: ExecRequest) -> Result<Output, Error> {
     // Held until the end: dropping the writer would tell the agent the host
     // is gone, and it would kill the command.
     let mut conn = vm.connect(Request::Exec(request)).await?;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut outputs = [Vec::new(), Vec::new()];
     loop {
         let msg = match conn.recv().await {
             Ok(msg) => msg,
             Err(e) => return Err(vm.explain_lost(e).await),
         };
-        let (buf, data, limit, name) = match msg {
-            AgentMessage::Started { .. } => continue,
-            AgentMessage::Stdout(data) => (&mut stdout, data, limits[0], "stdout"),
-            AgentMessage::Stderr(data) => (&mut stderr, data, limits[1], "stderr"),
-            AgentMessage::Exited(status) => {
+        let (index, data) = match exec_frame(msg)? {
+            ExecFrame::Started => continue,
+            ExecFrame::Output(index, data) => (index, data),
+            ExecFrame::Exited(status) => {
+                let [stdout, stderr] = outputs;
                 return Ok(Output {
                     status,
                     stdout,
                     stderr,
-                })
+                });
             }
-            other => return Err(crate::conn::unexpected(other, "exec")),
         };
-        buf.extend_from_slice(&data);
-        if limit.is_some_and(|limit| buf.len() as u64 > limit) {
+        outputs[index].extend_from_slice(&data);
+        if let Some(limit) = limits[index].filter(|&l| outputs[index].len() as u64 > l) {
+            let name = ["stdout", "stderr"][index];
             return Err(Error::Protocol(format!(
-                "the guest sent more {name} than the exec's limit of {} bytes",
-                limit.unwrap_or_default()
+                "the guest sent more {name} than the exec's limit of {limit} bytes"
             )));
         }
     }
