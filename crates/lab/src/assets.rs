@@ -5,14 +5,18 @@
 //! lock                          flock held while assets are checked or built
 //! kernel.current                name of the kernel directory in use
 //! kernels/<pkg>_<version>/      vmlinux (or vmlinuz), modules/*.ko, modules.list
+//! qemu.current                  name of the QEMU directory in use
+//! qemu/<pkg>_<version>/         QEMU from bookworm-backports, unpacked (qemu.rs)
+//! apt/                          the private apt lists QEMU is found with
 //! initramfs-<pkg>_<version>-<hash>.cpio
 //! ```
 //!
-//! The kernel comes from `kernel.rs`; the initramfs is written here with
+//! The kernel comes from `kernel.rs`, QEMU from `qemu.rs`; the initramfs is written here with
 //! busybox-static, the kernel's modules and `init.sh`.
 
 use crate::host::{run_tool, Tools};
 use crate::kernel;
+use crate::qemu::{self, Qemu};
 use crate::LabError;
 use std::fs::{self, File};
 use std::io::Write;
@@ -30,6 +34,7 @@ pub(crate) struct Assets {
     /// through its PVH entry point), else the compressed vmlinuz.
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    pub qemu: Qemu,
 }
 
 pub(crate) fn cache_dir() -> Result<PathBuf, LabError> {
@@ -53,7 +58,12 @@ pub(crate) fn ensure(tools: &Tools) -> Result<Assets, LabError> {
         kdir.join("vmlinuz")
     };
     let initramfs = ensure_initramfs(&root, &kdir, tools)?;
-    Ok(Assets { kernel, initramfs })
+    let qemu = qemu::ensure_qemu(&root, tools)?;
+    Ok(Assets {
+        kernel,
+        initramfs,
+        qemu,
+    })
 }
 
 fn lock(path: &Path) -> Result<File, LabError> {
@@ -142,6 +152,28 @@ fn ensure_initramfs(root: &Path, kdir: &Path, tools: &Tools) -> Result<PathBuf, 
         }
     }
     Ok(path)
+}
+
+/// Marks a fully prepared `stage` complete and moves it to `dir` (replacing
+/// a half-made one), then removes the scratch directory `work`. Readers
+/// trust only directories with `complete` in them.
+pub(crate) fn install_staged(stage: &Path, dir: &Path, work: &Path) -> Result<(), LabError> {
+    File::create(stage.join("complete")).map_err(LabError::io(format!(
+        "cannot mark {} complete",
+        stage.display()
+    )))?;
+    let _ = fs::remove_dir_all(dir);
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)
+            .map_err(LabError::io(format!("cannot create {}", parent.display())))?;
+    }
+    fs::rename(stage, dir).map_err(LabError::io(format!(
+        "cannot move {} to {}",
+        stage.display(),
+        dir.display()
+    )))?;
+    let _ = fs::remove_dir_all(work);
+    Ok(())
 }
 
 pub(crate) fn copy(src: &Path, dst: &Path) -> Result<(), LabError> {

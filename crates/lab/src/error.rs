@@ -37,6 +37,9 @@ pub enum LabError {
     #[error("{0}")]
     BadKernelPackage(String),
 
+    #[error("the lab's QEMU: {0}")]
+    BadQemu(String),
+
     #[error(
         "the working directory {0} is under /run or /dev/shm, which are fresh tmpfs \
          inside the lab (Unix sockets do not work over 9p); run from a directory elsewhere, \

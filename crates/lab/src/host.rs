@@ -66,13 +66,12 @@ pub fn explain(host: KvmHost) -> &'static str {
     }
 }
 
-/// Paths of the programs the lab itself runs.
+/// Paths of the system programs the lab needs.
 pub(crate) struct Tools {
-    pub qemu: PathBuf,
+    /// Debian's QEMU: its package brings the libraries the lab's own QEMU
+    /// (`qemu.rs`) links against, and it runs the lab when asked to.
+    pub system_qemu: PathBuf,
     pub busybox: PathBuf,
-    /// Where QEMU's qboot firmware lives, if installed: it starts the
-    /// kernel faster than the default SeaBIOS and prints nothing.
-    pub qboot: Option<PathBuf>,
 }
 
 /// Finds the lab's tools, installing the missing ones with apt when root.
@@ -92,11 +91,10 @@ pub(crate) fn ensure_tools() -> Result<Tools, LabError> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    let qboot = PathBuf::from("/usr/share/qemu/qboot.rom");
     Ok(Tools {
-        qemu: find_in_path("qemu-system-x86_64").ok_or_else(|| not_installed("qemu-system-x86"))?,
+        system_qemu: find_in_path("qemu-system-x86_64")
+            .ok_or_else(|| not_installed("qemu-system-x86"))?,
         busybox: static_busybox().ok_or_else(|| not_installed("busybox-static"))?,
-        qboot: qboot.exists().then_some(qboot),
     })
 }
 

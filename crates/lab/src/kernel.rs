@@ -4,20 +4,20 @@
 //! (or vmlinuz), `modules/*.ko` uncompressed, and `modules.list`, the load
 //! order.
 //!
-//! The series is Debian 12's own 6.1 unless `SUPERMACHINE_LAB_KERNEL`
-//! names another: `6.12` (Debian 12's security archive carries it) gives
-//! the lab the KVM of current hosts, `KVM_PRE_FAULT_MEMORY` included. It
-//! is not the default because under QEMU 7.2's emulated SVM it is not
-//! steady: in about a dozen lab runs of the snapshot benchmark it crashed
-//! twice (a fault inside `__schedule`, its instruction pointer in the
-//! middle of an instruction) and once a guest triple-faulted at boot,
-//! while 6.1 has run hundreds of test suites without either.
+//! The series is 6.12 (Debian 12's security archive carries it: the KVM of
+//! current hosts, `KVM_PRE_FAULT_MEMORY` included) unless
+//! `SUPERMACHINE_LAB_KERNEL` names another, e.g. `6.1`, Debian 12's own,
+//! whose KVM cannot build guest mappings ahead. 6.12 became the default
+//! with QEMU 10 (`qemu.rs`): under QEMU 7.2's emulated SVM it crashed
+//! about one benchmark run in five (a fault inside `__schedule`, its
+//! instruction pointer in the middle of an instruction); under QEMU 10 it
+//! ran three end-to-end suites and eight benchmark runs without a fault.
 //!
 //! The package is resolved with apt only when no kernel of the series is
 //! cached (asking apt costs ~0.7 s, a third of a lab run); delete the
 //! cache directory to move to a newer Debian kernel.
 
-use crate::assets::{copy, write_atomic};
+use crate::assets::{copy, install_staged, write_atomic};
 use crate::host::{self, run_tool};
 use crate::LabError;
 use std::fs::{self, File};
@@ -72,7 +72,7 @@ pub(crate) fn series() -> String {
         .map_or_else(|| DEFAULT_SERIES.to_string(), |s| s.trim().to_string())
 }
 
-const DEFAULT_SERIES: &str = "6.1";
+const DEFAULT_SERIES: &str = "6.12";
 
 pub(crate) fn ensure_kernel(root: &Path) -> Result<PathBuf, LabError> {
     let series = series();
@@ -211,17 +211,7 @@ fn build_kernel_dir(root: &Path, pkg: &str, version: &str, dir: &Path) -> Result
         list.push('\n');
     }
     write_atomic(&stage.join("modules.list"), list.as_bytes())?;
-    File::create(stage.join("complete"))
-        .map_err(LabError::io("cannot mark the kernel complete"))?;
-    let _ = fs::remove_dir_all(dir);
-    fs::create_dir_all(dir.parent().unwrap())
-        .map_err(LabError::io("cannot create the kernels directory"))?;
-    fs::rename(&stage, dir).map_err(LabError::io(format!(
-        "cannot move the kernel to {}",
-        dir.display()
-    )))?;
-    let _ = fs::remove_dir_all(&work);
-    Ok(())
+    install_staged(&stage, dir, &work)
 }
 
 /// Orders generic kernel package names by the numbers in their version:

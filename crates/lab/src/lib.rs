@@ -20,6 +20,7 @@ mod assets;
 mod error;
 mod host;
 mod kernel;
+mod qemu;
 mod vm;
 
 pub use error::LabError;

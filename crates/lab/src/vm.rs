@@ -68,15 +68,15 @@ pub(crate) fn run(
     let log2 = log
         .try_clone()
         .map_err(LabError::io("cannot dup qemu.log"))?;
-    let mut cmd = Command::new(&tools.qemu);
-    cmd.args(qemu_args(&assets, tools.qboot.as_deref(), &run.path, opts))
+    let mut cmd = Command::new(&assets.qemu.binary);
+    cmd.args(qemu_args(&assets, &run.path, opts))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
     kill_with_parent(&mut cmd);
     let child = cmd.spawn().map_err(LabError::io(format!(
         "cannot start {}",
-        tools.qemu.display()
+        assets.qemu.binary.display()
     )))?;
     let mut qemu = Qemu(child);
 
@@ -137,12 +137,7 @@ fn forward(from: &mut File, to: &mut dyn Write) -> Result<(), LabError> {
     }
 }
 
-fn qemu_args(
-    assets: &Assets,
-    qboot: Option<&Path>,
-    run: &Path,
-    opts: &LabOptions,
-) -> Vec<OsString> {
+fn qemu_args(assets: &Assets, run: &Path, opts: &LabOptions) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |parts: &[&OsStr]| a.extend(parts.iter().map(|p| p.to_os_string()));
     let s = |x: &'static str| OsStr::new(x);
@@ -166,7 +161,10 @@ fn qemu_args(
         s("none"),
         s("-no-reboot"),
     ]);
-    if let Some(q) = qboot {
+    if let Some(dir) = &assets.qemu.data_dir {
+        push(&[s("-L"), dir.as_os_str()]);
+    }
+    if let Some(q) = &assets.qemu.qboot {
         push(&[s("-bios"), q.as_os_str()]);
     }
     push(&[
