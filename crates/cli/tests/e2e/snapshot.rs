@@ -466,6 +466,21 @@ fn prestarted() -> Result<(), Failed> {
                 sh(&vm, "hostname").await? == vm.id(),
                 "hostname is the VM id",
             )?;
+            // The standby opened the serial log before it knew the
+            // snapshot: the restored guest's console still lands in it.
+            sh(&vm, "echo prestarted-console-marker > /dev/ttyS0").await?;
+            let log = &vm.info().serial_log;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains("prestarted-console-marker")
+            {
+                ensure(
+                    Instant::now() < deadline,
+                    format!("the guest's console output is not in {}", log.display()),
+                )?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             // The reserve is refilled behind the restore.
             let next = wait_for_standby(1).await?;
             ensure(next[0] != waiting[0], "the reserve was not refilled")?;

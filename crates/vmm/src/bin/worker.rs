@@ -224,7 +224,10 @@ fn build(args: &Args) -> Result<Vm, supermachine_vmm::VmError> {
 /// Standby: prepares an empty VM, then serves the control socket until a
 /// `Restore` request arrives, and restores into the prepared VM.
 fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
-    let empty = EmptyVm::new().map_err(|e| e.to_string())?;
+    let mut empty = EmptyVm::new().map_err(|e| e.to_string())?;
+    if let Some(log) = &args.serial_log {
+        empty = empty.with_serial_log(log).map_err(|e| e.to_string())?;
+    }
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         match read_frame::<WorkerRequest, _>(&mut stream) {

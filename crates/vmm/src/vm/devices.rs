@@ -12,7 +12,7 @@ use crate::devices::virtio::{self, mmio::REG_QUEUE_NOTIFY, MmioTransport, Virtio
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::Serial;
@@ -104,9 +104,19 @@ pub(super) fn register_memory(
 }
 
 /// Where the console goes.
-pub(super) struct ConsoleConfig<'a> {
-    pub serial_log: Option<&'a PathBuf>,
+pub(super) struct ConsoleConfig {
+    /// From [`open_serial_log`].
+    pub serial_log: Option<File>,
     pub echo: bool,
+}
+
+/// Opens a VM's serial log for appending: a restored VM may share its log
+/// with nothing, but a log must never lose what an earlier run wrote.
+pub(super) fn open_serial_log(path: &Path) -> Result<File, VmError> {
+    io(
+        format!("opening serial log {}", path.display()),
+        File::options().create(true).append(true).open(path),
+    )
 }
 
 /// COM1, the i8042 reset port and the power port. The serial port starts
@@ -114,22 +124,13 @@ pub(super) struct ConsoleConfig<'a> {
 pub(super) fn add_legacy_devices(
     vm: &VmFd,
     pio: &mut Bus,
-    console: ConsoleConfig<'_>,
+    console: ConsoleConfig,
     reset: &ResetReporter,
     saved_serial: Option<&SerialState>,
 ) -> Result<Arc<Mutex<SerialDevice>>, VmError> {
     let irq = io("serial irqfd", EventFd::new(libc::EFD_NONBLOCK))?;
     kvm_call("KVM_IRQFD (serial)", vm.register_irqfd(&irq, SERIAL_IRQ))?;
-    let log = match console.serial_log {
-        // Appending: a restored VM may share its log with nothing, but a
-        // log must never lose what an earlier run wrote.
-        Some(p) => Some(io(
-            format!("opening serial log {}", p.display()),
-            File::options().create(true).append(true).open(p),
-        )?),
-        None => None,
-    };
-    let sink = ConsoleSink::new(log, console.echo, reset.panicked.clone());
+    let sink = ConsoleSink::new(console.serial_log, console.echo, reset.panicked.clone());
     let serial = match saved_serial {
         Some(state) => {
             SerialDevice::restore(state, IrqTrigger(irq), sink).map_err(VmError::Snapshot)?

@@ -210,7 +210,11 @@ impl Vm {
         let mem = devices::create_memory(&vm, config.memory_mib)?;
         let mut w = Wiring::new();
         let console = ConsoleConfig {
-            serial_log: config.serial_log.as_ref(),
+            serial_log: config
+                .serial_log
+                .as_deref()
+                .map(devices::open_serial_log)
+                .transpose()?,
             echo: config.console_echo,
         };
         let serial = devices::add_legacy_devices(&vm, &mut w.pio, console, &w.reset, None)?;

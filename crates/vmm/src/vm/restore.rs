@@ -2,21 +2,25 @@
 //!
 //! The devices are built exactly as for a boot, from the same kind of
 //! configuration, and then put into their saved state; guest memory is the
-//! snapshot's memory file mapped copy-on-write. Order: memory, devices
-//! (registers only), VM state (interrupt controllers, PIT, clock), vCPUs,
-//! and only then are the devices brought back to life, so whatever they
-//! signal lands in restored interrupt controllers.
+//! snapshot's memory file mapped copy-on-write. Order: memory, VM state
+//! (interrupt controllers, PIT, clock), vCPUs, devices (registers only;
+//! meanwhile a thread builds the guest mappings of the hot pages through
+//! vCPU 0), and only then are the devices brought back to life, so
+//! whatever they signal lands in restored interrupt controllers.
 
 use super::devices::{self, ConsoleConfig};
 use super::{DiskConfig, Vm, VmError, VsockConfig, Wiring};
 use crate::arch::x86_64::host;
 use crate::bus::lock;
-use crate::snapshot::bundle::{read_state, MEMORY_FILE};
+use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::MmioTransport;
+use crate::snapshot::bundle::{read_state, SnapshotState, MEMORY_FILE};
 use crate::snapshot::hot_pages::{self, HotPages};
 use crate::snapshot::memory::{map_memory, prefault_in_background};
 use crate::snapshot::{restore_vcpu, restore_vm};
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The host side of a restored VM: which files stand in for its disks,
 /// where its sockets and logs go. The snapshot says everything else.
@@ -35,12 +39,28 @@ pub struct RestoreConfig {
 /// A KVM VM with its interrupt controllers and PIT, but no memory, devices
 /// or vCPUs yet: what a standby worker prepares before it is told which
 /// snapshot to restore, so that work is off the restore's critical path.
-pub struct EmptyVm(kvm_ioctls::VmFd);
+pub struct EmptyVm {
+    vm: kvm_ioctls::VmFd,
+    /// The serial log, opened ahead ([`EmptyVm::with_serial_log`]).
+    serial_log: Option<(PathBuf, File)>,
+}
 
 impl EmptyVm {
     pub fn new() -> Result<EmptyVm, VmError> {
         let kvm = devices::open_kvm()?;
-        Ok(EmptyVm(devices::create_vm(&kvm)?))
+        Ok(EmptyVm {
+            vm: devices::create_vm(&kvm)?,
+            serial_log: None,
+        })
+    }
+
+    /// Opens (creates) the serial log now; a restore whose config names
+    /// the same file uses it instead of opening it on its critical path (a
+    /// file creation costs milliseconds on a network or 9p file system).
+    pub fn with_serial_log(mut self, path: &Path) -> Result<EmptyVm, VmError> {
+        let file = devices::open_serial_log(path)?;
+        self.serial_log = Some((path.to_path_buf(), file));
+        Ok(self)
     }
 }
 
@@ -66,7 +86,10 @@ impl Vm {
                 vcpu_count
             )));
         }
-        let vm = empty.0;
+        let EmptyVm {
+            vm,
+            serial_log: opened_log,
+        } = empty;
         let memory_path = dir.join(MEMORY_FILE);
         let memory_file = File::open(&memory_path)
             .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
@@ -86,43 +109,43 @@ impl Vm {
             prefault_in_background(&memory_file, &mem, &state.memory);
         }
 
-        let mut w = Wiring::new();
-        let console = ConsoleConfig {
-            serial_log: config.serial_log.as_ref(),
-            echo: config.console_echo,
-        };
-        let serial =
-            devices::add_legacy_devices(&vm, &mut w.pio, console, &w.reset, Some(&state.serial))?;
-        let virtio = devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng)?;
-        if virtio.len() != state.devices.len() {
-            return Err(snapshot_err(format!(
-                "the snapshot has {} virtio devices, this restore would make {} \
-                 (give it the same disks as the snapshotted VM)",
-                state.devices.len(),
-                virtio.len()
-            )));
-        }
-        let mut transports = Vec::with_capacity(virtio.len());
-        for (index, (device, saved)) in virtio.into_iter().zip(&state.devices).enumerate() {
-            let transport = devices::add_virtio_device(&vm, &mem, &mut w.mmio, index, device)?;
-            lock(&transport).restore(saved).map_err(snapshot_err)?;
-            transports.push(transport);
-        }
-
         restore_vm(&vm, &state.machine.vm).map_err(snapshot_err)?;
-        let mut vcpus = Vec::with_capacity(vcpu_count);
         let under_tcg = host::under_qemu_tcg();
+        let mut vcpu_fds = Vec::with_capacity(vcpu_count);
         for (id, saved) in state.machine.vcpus.iter().enumerate() {
             let fd = super::kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(id as u64))?;
             let mut saved = saved.clone();
             saved.sregs.tr.type_ = host::restored_tr_type(saved.sregs.tr.type_, under_tcg);
             restore_vcpu(&fd, &saved)
                 .map_err(|e| snapshot_err(format!("restoring vCPU {id}: {e}")))?;
-            if id == 0 {
-                prefault_hot_pages(&vm, &fd, &mem, hot.as_ref());
-            }
-            vcpus.push(w.runner(id as u8, fd));
+            vcpu_fds.push(fd);
         }
+
+        let serial_log = match (&config.serial_log, opened_log) {
+            (Some(wanted), Some((path, file))) if *wanted == path => Some(file),
+            (Some(wanted), _) => Some(devices::open_serial_log(wanted)?),
+            (None, _) => None,
+        };
+        let mut w = Wiring::new();
+        // The device set-up is mostly system calls and file opens: the
+        // guest mappings (a few µs a page, thousands of pages) are built
+        // beside it rather than after it.
+        let (serial, transports) = std::thread::scope(|scope| {
+            if let (Some(hot), Some(vcpu0)) = (hot.as_ref(), vcpu_fds.first()) {
+                let (vm, mem) = (&vm, &mem);
+                scope.spawn(move || prefault_hot_pages(vm, vcpu0, mem, hot));
+            }
+            let console = ConsoleConfig {
+                serial_log,
+                echo: config.console_echo,
+            };
+            restore_devices(&vm, &mem, &mut w, console, config, &state)
+        })?;
+        let vcpus = vcpu_fds
+            .into_iter()
+            .enumerate()
+            .map(|(id, fd)| w.runner(id as u8, fd))
+            .collect();
         for transport in &transports {
             lock(transport)
                 .resume_after_restore()
@@ -137,15 +160,47 @@ impl Vm {
     }
 }
 
+/// The serial port and the virtio transports, in MMIO slot order.
+type RestoredDevices = (Arc<Mutex<SerialDevice>>, Vec<Arc<Mutex<MmioTransport>>>);
+
+/// The serial port and the virtio devices, put into their saved state but
+/// not yet running.
+fn restore_devices(
+    vm: &kvm_ioctls::VmFd,
+    mem: &vm_memory::GuestMemoryMmap,
+    w: &mut Wiring,
+    console: ConsoleConfig,
+    config: &RestoreConfig,
+    state: &SnapshotState,
+) -> Result<RestoredDevices, VmError> {
+    let serial =
+        devices::add_legacy_devices(vm, &mut w.pio, console, &w.reset, Some(&state.serial))?;
+    let virtio = devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng)?;
+    if virtio.len() != state.devices.len() {
+        return Err(snapshot_err(format!(
+            "the snapshot has {} virtio devices, this restore would make {} \
+             (give it the same disks as the snapshotted VM)",
+            state.devices.len(),
+            virtio.len()
+        )));
+    }
+    let mut transports = Vec::with_capacity(virtio.len());
+    for (index, (device, saved)) in virtio.into_iter().zip(&state.devices).enumerate() {
+        let transport = devices::add_virtio_device(vm, mem, &mut w.mmio, index, device)?;
+        lock(&transport).restore(saved).map_err(snapshot_err)?;
+        transports.push(transport);
+    }
+    Ok((serial, transports))
+}
+
 /// Builds the guest's second-level mappings of its hot pages, where KVM
 /// can (Linux 6.10+); elsewhere the guest faults them in as it goes.
 fn prefault_hot_pages(
     vm: &kvm_ioctls::VmFd,
     vcpu: &kvm_ioctls::VcpuFd,
     mem: &vm_memory::GuestMemoryMmap,
-    hot: Option<&HotPages>,
+    hot: &HotPages,
 ) {
-    let Some(hot) = hot else { return };
     if hot_pages::can_prefault(vm) {
         let pages = hot_pages::prefault(vcpu, mem, hot);
         tracing::debug!(pages, "hot pages: guest mappings built ahead");
