@@ -131,15 +131,26 @@ impl Vm {
         // guest mappings (a few µs a page, thousands of pages) are built
         // beside it rather than after it.
         let (serial, transports) = std::thread::scope(|scope| {
+            let mut inline = None;
             if let (Some(hot), Some(vcpu0)) = (hot.as_ref(), vcpu_fds.first()) {
                 let (vm, mem) = (&vm, &mem);
-                scope.spawn(move || prefault_hot_pages(vm, vcpu0, mem, hot));
+                let spawned = std::thread::Builder::new()
+                    .name("prefault".into())
+                    .spawn_scoped(scope, move || prefault_hot_pages(vm, vcpu0, mem, hot));
+                // No thread to be had: the same work, after the devices.
+                if spawned.is_err() {
+                    inline = Some((hot, vcpu0));
+                }
             }
             let console = ConsoleConfig {
                 serial_log,
                 echo: config.console_echo,
             };
-            restore_devices(&vm, &mem, &mut w, console, config, &state)
+            let devices = restore_devices(&vm, &mem, &mut w, console, config, &state);
+            if let Some((hot, vcpu0)) = inline {
+                prefault_hot_pages(&vm, vcpu0, &mem, hot);
+            }
+            devices
         })?;
         let vcpus = vcpu_fds
             .into_iter()
