@@ -11,7 +11,7 @@
 //! with QEMU 10 (`qemu.rs`): under QEMU 7.2's emulated SVM it crashed
 //! about one benchmark run in five (a fault inside `__schedule`, its
 //! instruction pointer in the middle of an instruction); under QEMU 10 it
-//! ran three end-to-end suites and eight benchmark runs without a fault.
+//! ran three end-to-end suites and five benchmark runs without a fault.
 //!
 //! The package is resolved with apt only when no kernel of the series is
 //! cached (asking apt costs ~0.7 s, a third of a lab run); delete the
