@@ -2,10 +2,10 @@
 //! unpacked once into `qemu/<version>/` of the cache, instead of the
 //! system's QEMU 7.2.
 //!
-//! Why: QEMU 7.2's emulated SVM is the lab's weak spot. About one lab run
-//! in five froze (a vCPU stops taking timer interrupts: RCU stall, QEMU
-//! spinning at ~180% CPU), and 6.12 lab kernels crashed in `__schedule`
-//! about one run in five. The same benchmarks side by side under QEMU 10
+//! Why: QEMU 7.2's emulated SVM is the lab's weak spot. Three of the last
+//! ten snapshot benchmark runs under it froze (a vCPU stops taking timer
+//! interrupts: RCU stall, QEMU spinning at ~180% CPU), and 6.12 lab
+//! kernels crashed in `__schedule` about one run in five. The same benchmarks side by side under QEMU 10
 //! ran without either, and guest page faults (nested #NPF exits), which
 //! dominate a snapshot restore in the lab, cost less (README, "The lab").
 //!
