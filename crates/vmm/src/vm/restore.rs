@@ -130,27 +130,25 @@ impl Vm {
         // The device set-up is mostly system calls and file opens: the
         // guest mappings (a few µs a page, thousands of pages) are built
         // beside it rather than after it.
+        let ahead = hot.as_ref().filter(|_| kvm_maps_ahead(&vm));
         let (serial, transports) = std::thread::scope(|scope| {
-            let mut inline = None;
-            if let (Some(hot), Some(vcpu0)) = (hot.as_ref(), vcpu_fds.first()) {
-                let (vm, mem) = (&vm, &mem);
-                let spawned = std::thread::Builder::new()
+            if let (Some(hot), Some(vcpu0)) = (ahead, vcpu_fds.first()) {
+                let mem = &mem;
+                let build = move || build_guest_mappings(vcpu0, mem, hot);
+                // No thread to be had: the same work, on this one.
+                if std::thread::Builder::new()
                     .name("prefault".into())
-                    .spawn_scoped(scope, move || prefault_hot_pages(vm, vcpu0, mem, hot));
-                // No thread to be had: the same work, after the devices.
-                if spawned.is_err() {
-                    inline = Some((hot, vcpu0));
+                    .spawn_scoped(scope, build)
+                    .is_err()
+                {
+                    build_guest_mappings(vcpu0, mem, hot);
                 }
             }
             let console = ConsoleConfig {
                 serial_log,
                 echo: config.console_echo,
             };
-            let devices = restore_devices(&vm, &mem, &mut w, console, config, &state);
-            if let Some((hot, vcpu0)) = inline {
-                prefault_hot_pages(&vm, vcpu0, &mem, hot);
-            }
-            devices
+            restore_devices(&vm, &mem, &mut w, console, config, &state)
         })?;
         let vcpus = vcpu_fds
             .into_iter()
@@ -204,21 +202,26 @@ fn restore_devices(
     Ok((serial, transports))
 }
 
-/// Builds the guest's second-level mappings of its hot pages, where KVM
-/// can (Linux 6.10+); elsewhere the guest faults them in as it goes.
-fn prefault_hot_pages(
-    vm: &kvm_ioctls::VmFd,
-    vcpu: &kvm_ioctls::VcpuFd,
-    mem: &vm_memory::GuestMemoryMmap,
-    hot: &HotPages,
-) {
-    if hot_pages::can_prefault(vm) {
-        let pages = hot_pages::prefault(vcpu, mem, hot);
-        tracing::debug!(pages, "hot pages: guest mappings built ahead");
-    } else {
+/// Whether this KVM can build the guest's second-level mappings ahead
+/// (Linux 6.10+); elsewhere the guest faults its hot pages in as it goes.
+fn kvm_maps_ahead(vm: &kvm_ioctls::VmFd) -> bool {
+    let can = hot_pages::can_prefault(vm);
+    if !can {
         tracing::debug!(
             "hot pages: this KVM cannot build guest mappings ahead \
              (KVM_PRE_FAULT_MEMORY, Linux 6.10+); the guest maps them as it goes"
         );
     }
+    can
+}
+
+/// Builds the guest's second-level mappings of its hot pages through
+/// `vcpu`, whose state is restored.
+fn build_guest_mappings(
+    vcpu: &kvm_ioctls::VcpuFd,
+    mem: &vm_memory::GuestMemoryMmap,
+    hot: &HotPages,
+) {
+    let pages = hot_pages::prefault(vcpu, mem, hot);
+    tracing::debug!(pages, "hot pages: guest mappings built ahead");
 }
