@@ -144,6 +144,17 @@ pub(crate) fn require_apt() -> Result<(), LabError> {
     Ok(())
 }
 
+/// `program` (apt-get, apt-cache) set up to download into directories of
+/// ours: as root, apt drops to the `_apt` user for downloads, which cannot
+/// write to a root-owned cache directory; signatures are checked either way.
+pub(crate) fn apt_command(program: &str) -> Command {
+    let mut c = Command::new(program);
+    if is_root() {
+        c.args(["-o", "APT::Sandbox::User=root"]);
+    }
+    c
+}
+
 pub(crate) fn apt_update() -> Result<(), LabError> {
     run_tool(Command::new("apt-get").arg("update")).map(drop)
 }

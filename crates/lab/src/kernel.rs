@@ -151,14 +151,8 @@ fn build_kernel_dir(root: &Path, pkg: &str, version: &str, dir: &Path) -> Result
     fs::create_dir_all(stage.join("modules"))
         .map_err(LabError::io(format!("cannot create {}", stage.display())))?;
 
-    let mut download = Command::new("apt-get");
-    if host::is_root() {
-        // apt drops to the `_apt` user for downloads, which cannot write to
-        // a root-owned cache directory; the download is verified either way.
-        download.args(["-o", "APT::Sandbox::User=root"]);
-    }
     run_tool(
-        download
+        host::apt_command("apt-get")
             .arg("download")
             .arg(format!("{pkg}={version}"))
             .current_dir(&work),

@@ -174,7 +174,7 @@ impl PrivateApt {
     }
 
     fn tool(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = host::apt_command(program);
         let opt = |key: &str, sub: &str| format!("{key}={}", self.dir.join(sub).display());
         for o in [
             opt("Dir::Etc::SourceList", "sources.list"),
@@ -183,11 +183,6 @@ impl PrivateApt {
             opt("Dir::Cache", "cache"),
         ] {
             c.args(["-o", &o]);
-        }
-        if host::is_root() {
-            // apt drops to `_apt` for downloads, which cannot write to a
-            // root-owned cache directory; signatures are checked either way.
-            c.args(["-o", "APT::Sandbox::User=root"]);
         }
         c
     }
