@@ -9,8 +9,10 @@
 //! prefetching anything, and when the host library says the copy has done
 //! its first piece of work the worker reads its own page table
 //! (`/proc/self/pagemap`) for guest memory: present pages are the ones
-//! touched (plus the cached neighbours the host kernel maps around a read
-//! fault), present anonymous ones the ones written (copied from the file).
+//! touched, present anonymous ones the ones written (copied from the
+//! file). (Exactly the ones touched where [`super::fault_around`] can keep
+//! the host kernel from mapping cached neighbours around each read fault;
+//! elsewhere those neighbours too, about three times as many pages.)
 //! That list is stored beside the snapshot ([`HOT_PAGES_FILE`]); one too
 //! big to be a restore's working set is stored empty.
 //!
@@ -25,11 +27,13 @@
 //! file means a restore without it, and one copied in from another
 //! snapshot costs only time.
 
+use super::fault_around::FaultAroundOff;
 use super::format::{decode, encode};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 pub use supermachine_protocol::worker_control::HOT_PAGES_FILE;
@@ -163,17 +167,42 @@ pub fn load(dir: &Path) -> Option<HotPages> {
 pub struct Recorder {
     mem: GuestMemoryMmap,
     snapshot_dir: PathBuf,
+    /// Held until the recording is made, then dropped: fault-around is a
+    /// fine thing for the rest of the VM's life.
+    exact: Arc<Mutex<Option<FaultAroundOff>>>,
 }
 
 impl Recorder {
+    /// Call before the guest runs: from here on (where the host allows
+    /// it) the page table holds only the pages actually touched.
     pub fn new(mem: GuestMemoryMmap, snapshot_dir: PathBuf) -> Recorder {
-        Recorder { mem, snapshot_dir }
+        let exact = FaultAroundOff::over(&mem)
+            .inspect_err(|e| {
+                tracing::debug!(
+                    "hot pages: cannot turn fault-around off ({e}); \
+                     the recording will include neighbouring pages"
+                )
+            })
+            .ok();
+        Recorder {
+            mem,
+            snapshot_dir,
+            exact: Arc::new(Mutex::new(exact)),
+        }
+    }
+
+    /// Whether the recording will be of touched pages alone.
+    pub fn is_exact(&self) -> bool {
+        self.exact.lock().is_ok_and(|exact| exact.is_some())
     }
 
     /// Reads the pages touched so far and stores the list (an empty one
     /// if they are too many to be a restore's working set).
     pub fn record(&self) -> io::Result<HotPages> {
         let mut hot = record(&self.mem)?;
+        if let Ok(mut exact) = self.exact.lock() {
+            exact.take();
+        }
         if !hot.is_plausible() {
             tracing::debug!(
                 touched = hot.touched_pages(),
@@ -339,6 +368,55 @@ mod tests {
         for page in [2, 3, 9] {
             assert!(contains(&hot.touched, 0x10_0000 + page * PAGE), "{page}");
         }
+    }
+
+    /// Whether the running kernel is at least `major.minor`.
+    fn kernel_at_least(major: u32, minor: u32) -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release.trim().split(['.', '-']);
+        let mut next = || {
+            parts
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        (next(), next()) >= (major, minor)
+    }
+
+    #[test]
+    fn with_fault_around_off_the_recording_is_exactly_the_pages_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        // Real data, so the whole file sits in the page cache: what
+        // fault-around would map around a read.
+        std::fs::write(&path, vec![0x5au8; 64 * PAGE as usize]).unwrap();
+        let layout = [super::super::memory::RegionLayout {
+            guest_addr: 0x10_0000,
+            len: 64 * PAGE,
+            file_offset: 0,
+        }];
+        let mem = super::super::memory::map_memory(&File::open(&path).unwrap(), &layout).unwrap();
+        let recorder = Recorder::new(mem.clone(), dir.path().to_path_buf());
+        if !kernel_at_least(6, 7) {
+            // No asynchronous write protection: the recording is wider.
+            return;
+        }
+        assert!(recorder.is_exact(), "fault-around could not be turned off");
+        let page = |n: u64| GuestAddress(0x10_0000 + n * PAGE);
+        let mut byte = [0u8; 1];
+        mem.read_slice(&mut byte, page(5)).unwrap();
+        mem.read_slice(&mut byte, page(40)).unwrap();
+        mem.write_slice(&[1], page(20)).unwrap();
+        assert_eq!(byte, [0x5a], "contents read through unchanged");
+        let hot = recorder.record().unwrap();
+        let run = |page: u64| PageRun {
+            guest_addr: 0x10_0000 + page * PAGE,
+            pages: 1,
+        };
+        assert_eq!(hot.touched, vec![run(5), run(20), run(40)]);
+        assert_eq!(hot.written, vec![run(20)]);
+        assert!(!recorder.is_exact(), "fault-around is back once recorded");
+        assert_eq!(load(dir.path()), Some(hot));
     }
 
     fn contains(runs: &[PageRun], addr: u64) -> bool {

@@ -9,10 +9,12 @@
 //! - [`vm`]: [`save_vm`] / [`restore_vm`] and [`VmState`].
 //! - [`format`]: [`encode`] / [`decode`], the on-disk envelope.
 //! - [`memory`]: the sparse guest memory file and its copy-on-write mapping.
-//! - [`hot_pages`]: the pages a restore touches first, mapped ahead of it.
+//! - [`hot_pages`]: the pages a restore touches first, mapped ahead of it;
+//!   [`fault_around`] keeps their recording exact.
 //! - [`bundle`]: the snapshot directory (state file + memory file).
 
 pub mod bundle;
+pub mod fault_around;
 pub mod format;
 pub mod hot_pages;
 pub mod memory;

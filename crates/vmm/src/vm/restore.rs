@@ -97,6 +97,11 @@ impl Vm {
             .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
         devices::register_memory(&vm, &mem, false)?;
         let hot = hot_pages::load(dir);
+        // Made before anything touches guest memory, so that everything
+        // the restore and the guest touch is in the recording.
+        let recorder = hot
+            .is_none()
+            .then(|| hot_pages::Recorder::new(mem.clone(), dir.clone()));
         if let Some(hot) = &hot {
             let warmed = hot_pages::map_ahead(&mem, hot);
             tracing::debug!(
@@ -160,9 +165,6 @@ impl Vm {
                 .resume_after_restore()
                 .map_err(|e| snapshot_err(format!("reactivating a device: {e}")))?;
         }
-        let recorder = hot
-            .is_none()
-            .then(|| hot_pages::Recorder::new(mem.clone(), dir.clone()));
         let mut vm = Vm::assemble(vm, mem, state.memory_mib, vcpus, transports, serial, w);
         vm.hot_pages_recorder = recorder;
         Ok(vm)
