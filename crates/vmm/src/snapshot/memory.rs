@@ -151,13 +151,21 @@ pub fn map_memory(
     GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryFileError::Layout(e.to_string()))
 }
 
+/// How long the background mapping of the stored pages waits before it
+/// starts. A restore maps its hot pages (the first requests' working set)
+/// itself; running beside those first requests, on a two-core host, the
+/// background work slowed them by about 5 ms in the lab, even at idle
+/// priority (it contends for the same page-table locks).
+const BACKGROUND_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Maps the snapshot's stored pages into this process ahead of the guest,
-/// on a thread of its own: `MADV_POPULATE_READ` over the data extents of
-/// the file (holes are skipped, so only what the snapshot stored is read).
-/// A restored guest's first touch of a page then finds the host mapping
-/// in place instead of faulting through the host kernel while its vCPU
-/// waits. Pages stay shared, copy-on-write, through the page cache. Best
-/// effort: a kernel without `MADV_POPULATE_READ` (before 5.14) skips it.
+/// on a thread of its own, from [`BACKGROUND_DELAY`] after the call:
+/// `MADV_POPULATE_READ` over the data extents of the file (holes are
+/// skipped, so only what the snapshot stored is read). The guest's later
+/// first touch of a page then finds the host mapping in place instead of
+/// faulting through the host kernel while its vCPU waits. Pages stay
+/// shared, copy-on-write, through the page cache. Best effort, at idle
+/// priority: a kernel without `MADV_POPULATE_READ` (before 5.14) skips it.
 pub fn prefault_in_background(file: &File, mem: &GuestMemoryMmap, layout: &[RegionLayout]) {
     let Ok(file) = file.try_clone() else { return };
     // The thread's clone of `mem` keeps the mappings alive while it works.
@@ -166,17 +174,33 @@ pub fn prefault_in_background(file: &File, mem: &GuestMemoryMmap, layout: &[Regi
     let spawned = std::thread::Builder::new()
         .name("prefault".into())
         .spawn(move || {
+            std::thread::sleep(BACKGROUND_DELAY);
+            // Only on otherwise idle CPU time: the guest's work comes first.
+            let idle = libc::sched_param { sched_priority: 0 };
+            // SAFETY: changes this thread's own scheduling policy; the
+            // struct is read only during the call.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
+                tracing::debug!("prefault: SCHED_IDLE: {}", std::io::Error::last_os_error());
+            }
             for r in &layout {
                 let Ok(host) = mem.get_host_address(GuestAddress(r.guest_addr)) else {
                     continue;
                 };
-                for (start, len) in data_extents(&file, r.file_offset, r.file_offset + r.len) {
+                let extents = data_extents(&file, r.file_offset, r.file_offset + r.len);
+                for (start, end) in extents
+                    .into_iter()
+                    .flat_map(|(start, len)| chunks(start, start + len, POPULATE_CHUNK))
+                {
                     let addr = host.wrapping_add((start - r.file_offset) as usize);
                     // SAFETY: the range lies inside this region's live
                     // mapping (held by `mem`); populating reads nothing
                     // into our memory and changes no contents.
                     let done = unsafe {
-                        libc::madvise(addr.cast(), len as usize, libc::MADV_POPULATE_READ)
+                        libc::madvise(
+                            addr.cast(),
+                            (end - start) as usize,
+                            libc::MADV_POPULATE_READ,
+                        )
                     };
                     if done != 0 {
                         tracing::debug!("prefault: {}", std::io::Error::last_os_error());
@@ -188,6 +212,20 @@ pub fn prefault_in_background(file: &File, mem: &GuestMemoryMmap, layout: &[Regi
     if let Err(e) = spawned {
         tracing::debug!("prefault: no thread ({e})");
     }
+}
+
+/// Bytes populated per call. The call holds the process's memory-map lock
+/// (for reading); a thread of idle priority may sit on it a long while
+/// when the host is busy, and a thread waiting to map memory (starting a
+/// thread, a large allocation) would make every fault behind it wait too.
+/// In small pieces that wait stays short.
+const POPULATE_CHUNK: u64 = 256 << 10;
+
+/// `start..end` cut into pieces of at most `chunk` bytes.
+fn chunks(start: u64, end: u64, chunk: u64) -> impl Iterator<Item = (u64, u64)> {
+    (start..end)
+        .step_by(chunk as usize)
+        .map(move |from| (from, (from + chunk).min(end)))
 }
 
 /// The (offset, length) ranges of `file` in `start..end` that hold data.
@@ -220,6 +258,17 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
     use vm_memory::Bytes;
+
+    #[test]
+    fn populating_goes_in_pieces_that_cover_the_range_exactly() {
+        let k = 1024;
+        let pieces: Vec<_> = chunks(4 * k, 600 * k, 256 * k).collect();
+        assert_eq!(
+            pieces,
+            vec![(4 * k, 260 * k), (260 * k, 516 * k), (516 * k, 600 * k)]
+        );
+        assert_eq!(chunks(8 * k, 8 * k, 256 * k).count(), 0);
+    }
 
     /// A new read-write file in a temporary directory (kept alive with it).
     fn scratch_file() -> (tempfile::TempDir, File) {
