@@ -18,7 +18,7 @@ use supermachine_lab::KvmHost;
 /// }
 /// ```
 pub fn check_kvm() -> Result<(), Error> {
-    match supermachine_lab::detect() {
+    match kvm_host() {
         KvmHost::Missing => return Err(Error::NoKvm),
         KvmHost::Pvm if std::env::var_os("SUPERMACHINE_ALLOW_PVM").is_none() => {
             return Err(Error::PvmHost)
@@ -35,6 +35,23 @@ pub fn check_kvm() -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoKvm),
         Err(e) => Err(Error::io("opening /dev/kvm", e)),
     }
+}
+
+/// What kind of KVM this host has. Which KVM a present /dev/kvm is does
+/// not change while a process runs, so the answer (read from /proc, half
+/// a millisecond in the lab, on every start) is kept once /dev/kvm exists;
+/// a missing one is looked for again each time (the module may be loaded
+/// later).
+fn kvm_host() -> KvmHost {
+    static PRESENT: std::sync::OnceLock<KvmHost> = std::sync::OnceLock::new();
+    if let Some(host) = PRESENT.get() {
+        return *host;
+    }
+    let host = supermachine_lab::detect();
+    if host != KvmHost::Missing {
+        let _ = PRESENT.set(host);
+    }
+    host
 }
 
 /// A VM's directory under the runtime dir. The worker removes it when it
