@@ -53,7 +53,10 @@ vmm_sys_util::ioctl_iowr_nr!(UFFDIO_API, 0xaa, 0x3f, UffdioApi);
 vmm_sys_util::ioctl_iowr_nr!(UFFDIO_REGISTER, 0xaa, 0x00, UffdioRegister);
 
 /// Fault-around is off over the guest memory it was made for until this is
-/// dropped (closing the userfaultfd ends the registration).
+/// dropped (closing the userfaultfd ends the registration). Ending it has
+/// the kernel walk the range to clear write-protect bits, which can also
+/// drop KVM's mappings of it: the recording VM then faults in again what
+/// it touches next, once per snapshot.
 #[derive(Debug)]
 pub struct FaultAroundOff {
     _uffd: OwnedFd,
