@@ -330,18 +330,24 @@ mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestRegionMmap, MmapRegion};
 
+    /// `pages` of guest memory at 1 MiB, a sparse file mapped privately.
     fn private_file_memory(pages: u64) -> (tempfile::TempDir, GuestMemoryMmap) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory");
-        let file = File::create_new(&path).unwrap();
+        let file = File::create_new(dir.path().join("memory")).unwrap();
         file.set_len(pages * PAGE).unwrap();
+        let mem = map_memory_file(dir.path(), pages);
+        (dir, mem)
+    }
+
+    /// The first `pages` of `dir`/memory as guest memory at 1 MiB.
+    fn map_memory_file(dir: &Path, pages: u64) -> GuestMemoryMmap {
         let layout = [super::super::memory::RegionLayout {
             guest_addr: 0x10_0000,
             len: pages * PAGE,
             file_offset: 0,
         }];
-        let mem = super::super::memory::map_memory(&File::open(&path).unwrap(), &layout).unwrap();
-        (dir, mem)
+        let file = File::open(dir.join("memory")).unwrap();
+        super::super::memory::map_memory(&file, &layout).unwrap()
     }
 
     #[test]
@@ -386,16 +392,10 @@ mod tests {
     #[test]
     fn with_fault_around_off_the_recording_is_exactly_the_pages_touched() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory");
         // Real data, so the whole file sits in the page cache: what
         // fault-around would map around a read.
-        std::fs::write(&path, vec![0x5au8; 64 * PAGE as usize]).unwrap();
-        let layout = [super::super::memory::RegionLayout {
-            guest_addr: 0x10_0000,
-            len: 64 * PAGE,
-            file_offset: 0,
-        }];
-        let mem = super::super::memory::map_memory(&File::open(&path).unwrap(), &layout).unwrap();
+        std::fs::write(dir.path().join("memory"), vec![0x5au8; 64 * PAGE as usize]).unwrap();
+        let mem = map_memory_file(dir.path(), 64);
         let recorder = Recorder::new(mem.clone(), dir.path().to_path_buf());
         if !kernel_at_least(6, 7) {
             // No asynchronous write protection: the recording is wider.
