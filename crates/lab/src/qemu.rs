@@ -5,9 +5,10 @@
 //! Why: QEMU 7.2's emulated SVM is the lab's weak spot. Three of the last
 //! ten snapshot benchmark runs under it froze (a vCPU stops taking timer
 //! interrupts: RCU stall, QEMU spinning at ~180% CPU), and 6.12 lab
-//! kernels crashed in `__schedule` about one run in five. The same benchmarks side by side under QEMU 10
-//! ran without either, and guest page faults (nested #NPF exits), which
-//! dominate a snapshot restore in the lab, cost less (README, "The lab").
+//! kernels crashed in `__schedule` about one run in five. The same
+//! benchmarks side by side under QEMU 10 ran without either, and guest
+//! page faults (nested #NPF exits), which dominate a snapshot restore in
+//! the lab, cost less (README, "The lab").
 //!
 //! apt is pointed at a sources list and lists directory of our own inside
 //! the cache, so the host's apt configuration and packages are untouched.
@@ -31,6 +32,9 @@ const SUITE: &str = "bookworm-backports";
 /// The binary, and the firmware and option ROMs it loads (qboot, pvh.bin).
 const PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-data"];
 
+/// Where a QEMU built for the system looks for its firmware.
+const SYSTEM_DATA_DIR: &str = "/usr/share/qemu";
+
 /// The QEMU a lab runs.
 pub(crate) struct Qemu {
     pub binary: PathBuf,
@@ -44,11 +48,7 @@ pub(crate) struct Qemu {
 
 impl Qemu {
     fn system(tools: &Tools) -> Qemu {
-        Qemu::at(
-            tools.system_qemu.clone(),
-            None,
-            Path::new("/usr/share/qemu"),
-        )
+        Qemu::at(tools.system_qemu.clone(), None, Path::new(SYSTEM_DATA_DIR))
     }
 
     fn at(binary: PathBuf, data_dir: Option<PathBuf>, firmware: &Path) -> Qemu {
@@ -75,7 +75,7 @@ pub(crate) fn ensure_qemu(root: &Path, tools: &Tools) -> Result<Qemu, LabError> 
                     binary.display()
                 )));
             }
-            return Ok(Qemu::at(binary, None, Path::new("/usr/share/qemu")));
+            return Ok(Qemu::at(binary, None, Path::new(SYSTEM_DATA_DIR)));
         }
         None => {}
     }
