@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use supermachine_protocol::{disk_spec, worker_exit};
+use supermachine_protocol::disk_spec;
 
 /// Everything the worker's command line is made of.
 pub(crate) struct WorkerSpec {
@@ -96,28 +96,17 @@ impl Worker {
                 }
             }
             None => {
-                cmd.arg("--owned-by-parent");
+                // The worker must not outlive us: it asks for a signal
+                // when we go (and then cleans up its directory and log).
+                // No pre_exec hook here, so the spawn is a posix_spawn
+                // instead of a fork of this whole process.
+                cmd.arg("--owned-by-parent")
+                    .arg(std::process::id().to_string());
                 cmd.stderr(if spec.console {
                     Stdio::inherit()
                 } else {
                     Stdio::piped()
                 });
-                let parent = std::process::id();
-                // SAFETY: only async-signal-safe calls between fork and exec.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        // The worker must not outlive us: the signal lets
-                        // it clean up its directory and its log.
-                        let signal = worker_exit::OWNER_GONE_SIGNAL as libc::c_ulong;
-                        if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        if libc::getppid() as u32 != parent {
-                            libc::_exit(worker_exit::STOPPED);
-                        }
-                        Ok(())
-                    });
-                }
             }
         }
         let mut child = spawn_from_lasting_thread(cmd)

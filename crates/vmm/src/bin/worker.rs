@@ -63,11 +63,12 @@ struct Args {
     /// Copy the guest console to stderr.
     #[arg(long)]
     console: bool,
-    /// This worker was started to die with its parent: when it is stopped
-    /// after the parent is gone, nobody is left to read the serial log, so
-    /// the worker removes it.
-    #[arg(long)]
-    owned_by_parent: bool,
+    /// This worker dies with its parent, whose pid this is: it asks for
+    /// a signal when the parent goes, and when it is stopped after the
+    /// parent is gone, nobody is left to read the serial log, so the
+    /// worker removes it.
+    #[arg(long, value_name = "PID")]
+    owned_by_parent: Option<libc::pid_t>,
 }
 
 fn parse_disk(spec: &str) -> DiskConfig {
@@ -148,8 +149,12 @@ fn main() {
             }
         })
     };
-    let code = match watched {
-        Ok(()) => run(&args, &on_stop),
+    let code = match watched.and_then(|()| die_with_owner(args.owned_by_parent)) {
+        Ok(OwnerAlive(true)) => run(&args, &on_stop),
+        Ok(OwnerAlive(false)) => {
+            OWNER_GONE.store(true, Ordering::Relaxed);
+            worker_exit::STOPPED
+        }
         Err(e) => {
             eprintln!("supermachine-worker: cannot watch signals: {e}");
             worker_exit::ERROR
@@ -157,6 +162,31 @@ fn main() {
     };
     clean_up(&args, parent, code);
     std::process::exit(code);
+}
+
+/// Whether the process that owns this worker is still there.
+struct OwnerAlive(bool);
+
+/// Asks for the owner-gone signal when the thread that started this
+/// process ends. The worker does this itself, rather than between fork and
+/// exec in the parent, so that the parent can start it with posix_spawn
+/// (no copy of the parent's page tables; a fork of a large parent costs
+/// tens of milliseconds of CPU). The signal is blocked and waited for by
+/// then, so it arrives as a request to stop, never as a kill. An owner
+/// that went before the signal was armed never sends it: that is checked
+/// after arming.
+fn die_with_owner(owner: Option<libc::pid_t>) -> std::io::Result<OwnerAlive> {
+    let Some(owner) = owner else {
+        return Ok(OwnerAlive(true));
+    };
+    let signal = worker_exit::OWNER_GONE_SIGNAL as libc::c_ulong;
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and changes nothing
+    // else.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    Ok(OwnerAlive(unsafe { libc::getppid() } == owner))
 }
 
 /// Set when the stop came from the owner's death (its signal).
@@ -169,7 +199,7 @@ type StopTarget = Arc<Mutex<Option<ExitSender>>>;
 fn clean_up(args: &Args, parent: libc::pid_t, code: i32) {
     // SAFETY: getppid has no preconditions.
     let orphaned = OWNER_GONE.load(Ordering::Relaxed) || unsafe { libc::getppid() } != parent;
-    if args.owned_by_parent && orphaned && code == worker_exit::STOPPED {
+    if args.owned_by_parent.is_some() && orphaned && code == worker_exit::STOPPED {
         if let Some(log) = &args.serial_log {
             let _ = std::fs::remove_file(log);
         }
