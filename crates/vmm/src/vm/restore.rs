@@ -3,10 +3,11 @@
 //! The devices are built exactly as for a boot, from the same kind of
 //! configuration, and then put into their saved state; guest memory is the
 //! snapshot's memory file mapped copy-on-write. Order: memory, VM state
-//! (interrupt controllers, PIT, clock), vCPUs, devices (registers only;
-//! meanwhile a thread builds the guest mappings of the hot pages through
-//! vCPU 0), and only then are the devices brought back to life, so
-//! whatever they signal lands in restored interrupt controllers.
+//! (interrupt controllers, PIT, clock), vCPUs, devices (registers only),
+//! and only then are the devices brought back to life, so whatever they
+//! signal lands in restored interrupt controllers. Beside the vCPUs and
+//! devices, a thread readies the hot pages: their host pages first, then,
+//! once vCPU 0 is restored, the guest's mappings of them through it.
 
 use super::devices::{self, ConsoleConfig};
 use super::{DiskConfig, Vm, VmError, VsockConfig, Wiring};
@@ -16,11 +17,11 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::MmioTransport;
 use crate::snapshot::bundle::{read_state, SnapshotState, MEMORY_FILE};
 use crate::snapshot::hot_pages::{self, HotPages};
-use crate::snapshot::memory::{map_memory, prefault_in_background};
+use crate::snapshot::memory::{map_memory, prefault_in_background, RegionLayout};
 use crate::snapshot::{restore_vcpu, restore_vm};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// The host side of a restored VM: which files stand in for its disks,
 /// where its sockets and logs go. The snapshot says everything else.
@@ -102,52 +103,41 @@ impl Vm {
         let recorder = hot
             .is_none()
             .then(|| hot_pages::Recorder::new(mem.clone(), dir.clone()));
-        if let Some(hot) = &hot {
-            let warmed = hot_pages::map_ahead(&mem, hot);
-            tracing::debug!(
-                copied = warmed.copied,
-                mapped = warmed.mapped,
-                "hot pages: host side ready"
-            );
-            // The rest of the stored pages, behind the guest. Not while
-            // recording: the recording is what the guest touched.
-            prefault_in_background(&memory_file, &mem, &state.memory);
-        }
-
         restore_vm(&vm, &state.machine.vm).map_err(snapshot_err)?;
         let under_tcg = host::under_qemu_tcg();
-        let mut vcpu_fds = Vec::with_capacity(vcpu_count);
-        for (id, saved) in state.machine.vcpus.iter().enumerate() {
-            let fd = super::kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(id as u64))?;
-            let mut saved = saved.clone();
-            saved.sregs.tr.type_ = host::restored_tr_type(saved.sregs.tr.type_, under_tcg);
-            restore_vcpu(&fd, &saved)
-                .map_err(|e| snapshot_err(format!("restoring vCPU {id}: {e}")))?;
-            vcpu_fds.push(fd);
-        }
-
         let serial_log = match (&config.serial_log, opened_log) {
             (Some(wanted), Some((path, file))) if *wanted == path => Some(file),
             (Some(wanted), _) => Some(devices::open_serial_log(wanted)?),
             (None, _) => None,
         };
         let mut w = Wiring::new();
-        // The device set-up is mostly system calls and file opens: the
-        // guest mappings (a few µs a page, thousands of pages) are built
-        // beside it rather than after it.
-        let ahead = hot.as_ref().filter(|_| kvm_maps_ahead(&vm));
+        let vcpu_fds = (0..vcpu_count)
+            .map(|id| super::kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(id as u64)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The hot pages' host side (copying the written ones, mapping the
+        // rest) and then their guest mappings are the longest part of a
+        // restore and touch only guest memory and vCPU 0: a thread of
+        // their own does them beside the vCPU and device set-up.
+        let vcpu0_ready = Gate::default();
         let (serial, transports) = std::thread::scope(|scope| {
-            if let (Some(hot), Some(vcpu0)) = (ahead, vcpu_fds.first()) {
-                let mem = &mem;
-                let build = move || build_guest_mappings(vcpu0, mem, hot);
-                // No thread to be had: the same work, on this one.
-                if std::thread::Builder::new()
-                    .name("prefault".into())
-                    .spawn_scoped(scope, build)
-                    .is_err()
-                {
-                    build_guest_mappings(vcpu0, mem, hot);
-                }
+            let warm = hot.as_ref().zip(vcpu_fds.first()).map(|(hot, vcpu0)| {
+                let (vm, mem, ready) = (&vm, &mem, &vcpu0_ready);
+                let (file, layout) = (&memory_file, &state.memory);
+                move || warm_hot_pages(vm, mem, file, layout, hot, vcpu0, ready)
+            });
+            // Without a thread, the same work on this one once the vCPUs
+            // are restored (`warm` only borrows, so it can run either way).
+            let inline = warm.filter(|&warm| {
+                let spawned = std::thread::Builder::new()
+                    .name("hot-pages".into())
+                    .spawn_scoped(scope, warm);
+                spawned.is_err()
+            });
+            let restored = restore_vcpu_states(&vcpu_fds, &state, under_tcg);
+            vcpu0_ready.open(restored.is_ok());
+            restored?;
+            if let Some(warm) = inline {
+                warm();
             }
             let console = ConsoleConfig {
                 serial_log,
@@ -168,6 +158,72 @@ impl Vm {
         let mut vm = Vm::assemble(vm, mem, state.memory_mib, vcpus, transports, serial, w);
         vm.hot_pages_recorder = recorder;
         Ok(vm)
+    }
+}
+
+/// Puts each vCPU into its saved state.
+fn restore_vcpu_states(
+    vcpu_fds: &[kvm_ioctls::VcpuFd],
+    state: &SnapshotState,
+    under_tcg: bool,
+) -> Result<(), VmError> {
+    for (id, (fd, saved)) in vcpu_fds.iter().zip(&state.machine.vcpus).enumerate() {
+        let mut saved = saved.clone();
+        saved.sregs.tr.type_ = host::restored_tr_type(saved.sregs.tr.type_, under_tcg);
+        restore_vcpu(fd, &saved).map_err(|e| snapshot_err(format!("restoring vCPU {id}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// "vCPU 0 is restored" (or failed to be), for the thread that builds the
+/// guest mappings through it.
+#[derive(Default)]
+struct Gate {
+    outcome: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self, ok: bool) {
+        *lock(&self.outcome) = Some(ok);
+        self.opened.notify_all();
+    }
+
+    /// Waits for [`Gate::open`]; true if the vCPU was restored.
+    fn wait(&self) -> bool {
+        let mut outcome = lock(&self.outcome);
+        loop {
+            match *outcome {
+                Some(ok) => return ok,
+                None => outcome = self.opened.wait(outcome).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+}
+
+/// The hot pages: their host side, then (once vCPU 0 is restored, and if
+/// this KVM can) their guest mappings; last, the rest of the stored pages
+/// are left to a background thread.
+fn warm_hot_pages(
+    vm: &kvm_ioctls::VmFd,
+    mem: &vm_memory::GuestMemoryMmap,
+    memory_file: &File,
+    layout: &[RegionLayout],
+    hot: &HotPages,
+    vcpu0: &kvm_ioctls::VcpuFd,
+    vcpu0_ready: &Gate,
+) {
+    let warmed = hot_pages::map_ahead(mem, hot);
+    tracing::debug!(
+        copied = warmed.copied,
+        mapped = warmed.mapped,
+        "hot pages: host side ready"
+    );
+    // Behind the guest, and never while recording (there is no list then):
+    // the recording is what the guest touched.
+    prefault_in_background(memory_file, mem, layout);
+    if vcpu0_ready.wait() && kvm_maps_ahead(vm) {
+        build_guest_mappings(vcpu0, mem, hot);
     }
 }
 
