@@ -8,7 +8,7 @@ use std::time::Duration;
 use supermachine_protocol::{
     self as proto, AgentMessage, Hello, HostMessage, Request, AGENT_PORT, MAX_FRAME_BODY,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
@@ -36,13 +36,20 @@ pub(crate) struct Conn {
 const READ_BUFFER: usize = 16 * 1024;
 
 /// Opens a stream to the agent and sends the hello carrying `request`.
+///
+/// The hello goes out with the `CONNECT` line, before the muxer's `OK`:
+/// the muxer reads only the line and leaves the rest in the socket until
+/// the guest has accepted, then passes it on. That saves a round trip
+/// through this process on every request.
 pub(crate) async fn connect(muxer: &Path, request: Request) -> Result<Conn, Error> {
+    let mut opening = format!("CONNECT {AGENT_PORT}\n").into_bytes();
+    opening.extend(proto::encode(&Hello::new(request))?);
     let handshake = async {
         let mut stream = UnixStream::connect(muxer)
             .await
             .map_err(|e| Error::io(format!("connecting to {}", muxer.display()), e))?;
         stream
-            .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+            .write_all(&opening)
             .await
             .map_err(|e| Error::io("vsock connect", e))?;
         let (r, w) = stream.into_split();
@@ -74,16 +81,14 @@ pub(crate) async fn connect(muxer: &Path, request: Request) -> Result<Conn, Erro
             writer: ConnWriter(w),
         })
     };
-    let mut conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| {
             Error::Protocol(format!(
                 "the guest did not answer a vsock connection within {} s",
                 HANDSHAKE_TIMEOUT.as_secs()
             ))
-        })??;
-    conn.writer.send_frame(&Hello::new(request)).await?;
-    Ok(conn)
+        })?
 }
 
 impl Conn {
@@ -118,10 +123,15 @@ impl ConnWriter {
     }
 }
 
-async fn read_frame<T: DeserializeOwned>(r: &mut BufReader<OwnedReadHalf>) -> Result<T, Error> {
+/// One frame from an async stream (an agent connection, a worker's
+/// control socket); a stream that fails or ends mid-way is a lost
+/// connection.
+pub(crate) async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<T, Error> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await.map_err(|e| {
-        tracing::debug!("agent connection: reading a frame header: {e}");
+        tracing::debug!("reading a frame header: {e}");
         Error::ConnectionLost
     })?;
     let len = u32::from_le_bytes(len) as usize;
@@ -130,7 +140,7 @@ async fn read_frame<T: DeserializeOwned>(r: &mut BufReader<OwnedReadHalf>) -> Re
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await.map_err(|e| {
-        tracing::debug!("agent connection: reading a {len}-byte frame: {e}");
+        tracing::debug!("reading a {len}-byte frame: {e}");
         Error::ConnectionLost
     })?;
     Ok(proto::decode(&body)?)

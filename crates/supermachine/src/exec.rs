@@ -535,6 +535,7 @@ async fn run_one(vm: &Vm, request: ExecRequest, stdin: Option<Vec<u8>>) -> Resul
     };
     // Not awaited: the caller has its result now.
     let _ = vm.record_hot_pages();
+    vm.release_refill_hold();
     Ok(out)
 }
 

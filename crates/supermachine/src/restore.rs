@@ -63,12 +63,14 @@ impl Vm {
             standby::take()
         };
         let vm = match standby {
-            Some(standby) => {
+            Some((standby, hold)) => {
                 let info = info(standby.id(), standby.serial_log().to_path_buf());
                 let (dir, worker) = standby
                     .restore(&snapshot.dir, &disks, config.boot_timeout)
                     .await?;
-                Vm::adopt(dir, worker, info)?
+                let vm = Vm::adopt(dir, worker, info)?;
+                *vm.refill_hold.lock().unwrap_or_else(|e| e.into_inner()) = Some(hold);
+                vm
             }
             None => {
                 let dir = VmDir::create()?;
@@ -122,6 +124,16 @@ impl Vm {
                 });
             tracing::debug!(?answer, "hot pages recorded");
         }))
+    }
+
+    /// Lets the standby refill go on (once the first exec is answered).
+    pub(crate) fn release_refill_hold(&self) {
+        let hold = self
+            .refill_hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(hold);
     }
 
     /// Sends the restore fixup until the agent confirms it. The worker

@@ -7,6 +7,11 @@
 //! [`prestart_workers`] keeps a process-wide reserve of them, refilled by
 //! a background thread; [`Vm::start`](crate::Vm::start) on a snapshot image
 //! takes one when it is there and starts a worker itself when it is not.
+//!
+//! The refill waits while a VM restored into a standby has not yet
+//! answered its first exec (at most [`REFILL_HOLD`]): starting a process
+//! costs tens of milliseconds of CPU, and taken from the restore and its
+//! first request that is most of what a restore costs on a small host.
 
 use crate::error::Error;
 use crate::runtime::VmDir;
@@ -15,16 +20,37 @@ use crate::{assets, snapshot};
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use supermachine_protocol::disk_spec;
 use supermachine_protocol::worker_control::{WorkerReply, WorkerRequest};
+use tokio::io::AsyncWriteExt;
+
+/// Longest a standby worker may take to start listening.
+const STANDBY_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a refill waits for restored VMs to answer their first exec.
+const REFILL_HOLD: Duration = Duration::from_secs(1);
 
 /// A started worker that has not restored anything yet.
 pub(crate) struct Standby {
     dir: Option<VmDir>,
     worker: Option<Worker>,
     serial_log: PathBuf,
+    /// The worker's control socket, connected ahead by the refill thread
+    /// once the worker listens: the restore request is then one write,
+    /// with no connect and accept on its critical path.
+    control: Arc<Mutex<Control>>,
+}
+
+/// Where the connection to a standby's control socket stands.
+enum Control {
+    /// Not connected yet: a restore now connects itself.
+    Pending,
+    Connected(UnixStream),
+    /// Taken by a restore; a connection made after that is dropped, so the
+    /// worker reads its end of file and goes on to the next one.
+    Used,
 }
 
 impl Standby {
@@ -51,7 +77,34 @@ impl Standby {
             dir: Some(dir),
             worker: Some(worker),
             serial_log,
+            control: Arc::new(Mutex::new(Control::Pending)),
         })
+    }
+
+    /// What connects this standby's control socket ahead, on a thread
+    /// that may block: run it after the standby is in the reserve.
+    fn connect_later(&self) -> impl FnOnce() {
+        let control = self.control.clone();
+        let socket = self
+            .dir
+            .as_ref()
+            .map(|d| snapshot::control_socket(d.path()));
+        let pid = self.worker.as_ref().map(Worker::pid);
+        move || {
+            let (Some(socket), Some(pid)) = (socket, pid) else {
+                return;
+            };
+            match connect_when_listening(&socket, pid, STANDBY_START_TIMEOUT) {
+                Ok(stream) => {
+                    let mut control = control.lock().unwrap_or_else(|e| e.into_inner());
+                    if matches!(*control, Control::Pending) {
+                        *control = Control::Connected(stream);
+                    }
+                }
+                // The restore that takes it will connect and say why not.
+                Err(e) => tracing::debug!("standby control socket: {e}"),
+            }
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -88,10 +141,24 @@ impl Standby {
                 .collect(),
         };
         let pid = worker.pid();
-        let reply =
-            tokio::task::spawn_blocking(move || request_restore(&socket, &request, pid, timeout))
-                .await
-                .map_err(|e| Error::Setup(format!("restore task: {e}")))?;
+        let control = std::mem::replace(
+            &mut *self.control.lock().unwrap_or_else(|e| e.into_inner()),
+            Control::Used,
+        );
+        let reply = match control {
+            Control::Connected(stream) => ask_async(stream, &request, timeout).await,
+            Control::Pending | Control::Used => tokio::task::spawn_blocking(move || {
+                let mut stream = connect_when_listening(&socket, pid, timeout)?;
+                restore_reply(snapshot::ask_worker(
+                    &mut stream,
+                    &request,
+                    timeout,
+                    "restore",
+                ))
+            })
+            .await
+            .map_err(|e| Error::Setup(format!("restore task: {e}")))?,
+        };
         match reply {
             Ok(()) => Ok((dir, worker)),
             Err(reason) => {
@@ -117,18 +184,17 @@ impl Drop for Standby {
     }
 }
 
-/// Sends the restore request, waiting for the worker's control socket to
-/// appear if the worker is still starting.
-fn request_restore(
+/// Connects to a starting worker's control socket, waiting for it to
+/// appear.
+fn connect_when_listening(
     socket: &Path,
-    request: &WorkerRequest,
     pid: u32,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<UnixStream, String> {
     let deadline = Instant::now() + timeout;
-    let mut stream = loop {
+    loop {
         match UnixStream::connect(socket) {
-            Ok(s) => break s,
+            Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!("the standby worker never listened: {e}"))
             }
@@ -137,11 +203,46 @@ fn request_restore(
             }
             Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
+    }
+}
+
+/// Sends the restore request on a connected control socket and waits for
+/// the answer, without a blocking thread in between.
+async fn ask_async(
+    stream: UnixStream,
+    request: &WorkerRequest,
+    timeout: Duration,
+) -> Result<(), String> {
+    let exchange = async {
+        stream.set_nonblocking(true)?;
+        let mut stream = tokio::net::UnixStream::from_std(stream)?;
+        let bytes = supermachine_protocol::encode(request).map_err(std::io::Error::other)?;
+        stream.write_all(&bytes).await?;
+        Ok::<_, std::io::Error>(stream)
     };
-    let timeout = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_secs(1));
-    match snapshot::ask_worker(&mut stream, request, timeout, "restore")? {
+    let mut stream = exchange
+        .await
+        .map_err(|e| format!("sending the restore request: {e}"))?;
+    let reply = tokio::time::timeout(
+        timeout,
+        crate::conn::read_frame::<WorkerReply, _>(&mut stream),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "the worker did not answer the restore request within {} s",
+            timeout.as_secs()
+        )
+    })?
+    .map_err(|e| format!("the worker did not answer the restore request: {e}"));
+    restore_reply(reply.and_then(|reply| match reply {
+        WorkerReply::Failed(reason) => Err(reason),
+        reply => Ok(reply),
+    }))
+}
+
+fn restore_reply(reply: Result<WorkerReply, String>) -> Result<(), String> {
+    match reply? {
         WorkerReply::Restored => Ok(()),
         other => Err(format!("unexpected answer to a restore request: {other:?}")),
     }
@@ -153,6 +254,21 @@ struct Reserve {
     ready: VecDeque<Standby>,
     /// Whether the refill thread runs.
     refilling: bool,
+    /// Restores into standbys whose VM has not answered its first exec.
+    held: usize,
+}
+
+/// Holds the refill back while it lives: taken with a standby, dropped
+/// once the VM restored into it has answered its first exec (or is gone).
+pub(crate) struct RefillHold(());
+
+impl Drop for RefillHold {
+    fn drop(&mut self) {
+        let mut r = lock();
+        r.held = r.held.saturating_sub(1);
+        drop(r);
+        reserve().1.notify_all();
+    }
 }
 
 fn reserve() -> &'static (Mutex<Reserve>, Condvar) {
@@ -163,6 +279,7 @@ fn reserve() -> &'static (Mutex<Reserve>, Condvar) {
                 target: 0,
                 ready: VecDeque::new(),
                 refilling: false,
+                held: 0,
             }),
             Condvar::new(),
         )
@@ -217,8 +334,9 @@ pub fn prestart_workers(count: usize) {
     drop(excess);
 }
 
-/// A standby worker from the reserve, if one is there and still alive.
-pub(crate) fn take() -> Option<Standby> {
+/// A standby worker from the reserve, if one is there and still alive,
+/// and a hold on the refill to drop once its VM has answered a first exec.
+pub(crate) fn take() -> Option<(Standby, RefillHold)> {
     let mut r = lock();
     if r.target == 0 {
         return None;
@@ -235,6 +353,10 @@ pub(crate) fn take() -> Option<Standby> {
             None => break None,
         }
     };
+    let found = found.map(|standby| {
+        r.held += 1;
+        (standby, RefillHold(()))
+    });
     drop(r);
     reserve().1.notify_all();
     drop(dead);
@@ -251,13 +373,23 @@ fn refill() {
             while r.ready.len() >= r.target {
                 r = wakeup.wait(r).unwrap_or_else(|e| e.into_inner());
             }
+            // Under a steady stream of restores some are always held:
+            // the wait is bounded, so the reserve still fills.
+            let (_r, _) = wakeup
+                .wait_timeout_while(r, REFILL_HOLD, |r| r.held > 0)
+                .unwrap_or_else(|e| e.into_inner());
         }
         match Standby::start() {
             Ok(standby) => {
                 failures = 0;
+                let connect = standby.connect_later();
                 let mut r = mutex.lock().unwrap_or_else(|e| e.into_inner());
                 if r.ready.len() < r.target {
+                    // Usable at once (a restore connects itself until
+                    // the connection below is made).
                     r.ready.push_back(standby);
+                    drop(r);
+                    connect();
                 } else {
                     drop(r);
                     drop(standby);

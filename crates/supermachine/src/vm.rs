@@ -110,6 +110,9 @@ pub struct Vm {
     /// Restored from a snapshot with no hot-page list yet: the worker
     /// records one after the first exec (see `restore.rs`).
     pub(crate) hot_pages_pending: AtomicBool,
+    /// Restored into a standby worker: holds the standby refill back
+    /// until the first exec is answered (see `standby.rs`).
+    pub(crate) refill_hold: Mutex<Option<crate::standby::RefillHold>>,
 }
 
 impl Vm {
@@ -256,6 +259,7 @@ impl Vm {
             owns_worker: true,
             keep_log: AtomicBool::new(false),
             hot_pages_pending: AtomicBool::new(false),
+            refill_hold: Mutex::new(None),
             defaults: info.defaults.clone(),
             info,
         })
@@ -281,6 +285,7 @@ impl Vm {
             owns_worker: false,
             keep_log: AtomicBool::new(true),
             hot_pages_pending: AtomicBool::new(false),
+            refill_hold: Mutex::new(None),
             defaults: info.defaults.clone(),
             info,
         })
