@@ -16,6 +16,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Mutex;
 use supermachine_protocol::{write_frame, AgentMessage, ErrorKind, RestoreFixup};
 
 /// Fewest seed bytes accepted: 256 bits, what the kernel's CRNG needs to
@@ -86,10 +87,23 @@ pub fn validate(f: &RestoreFixup) -> Result<(), String> {
     check_machine_id(&f.machine_id)
 }
 
+/// Held while a fixup is being applied. The answer goes out before the
+/// machine id is written (a file in the overlay, the slowest step), so the
+/// host's next request is on its way meanwhile; every request that could
+/// see the guest's identity waits here first ([`wait_for_fixup`]), so none
+/// observes a half-fixed copy.
+static FIXING: Mutex<()> = Mutex::new(());
+
+/// Waits until no fixup is being applied.
+pub fn wait_for_fixup() {
+    drop(FIXING.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
 /// Serves one `Restored` request. With `apply` false (the agent serving a
 /// Unix socket in tests, which runs on a developer's or CI's own machine)
 /// the request is validated and answered but nothing is changed.
 pub fn handle(stream: &Stream, fixup: &RestoreFixup, apply: bool) {
+    let _fixing = FIXING.lock().unwrap_or_else(|e| e.into_inner());
     let reply = match validate(fixup) {
         Err(message) => AgentMessage::Error {
             kind: ErrorKind::BadRequest,
@@ -104,26 +118,28 @@ pub fn handle(stream: &Stream, fixup: &RestoreFixup, apply: bool) {
             },
         },
     };
+    let answered_done = matches!(reply, AgentMessage::Done { .. });
     let _ = write_frame(&mut &*stream, &reply);
+    if apply && answered_done && !fixup.machine_id.is_empty() {
+        // A courtesy to the workload: an image with a read-only /etc still
+        // gets its clock and randomness, which are what matter.
+        if let Err(e) = write_machine_id(Path::new("/etc"), &fixup.machine_id) {
+            crate::log!(
+                "restore: /etc/machine-id not written: {}",
+                sys::describe(&e)
+            );
+        }
+    }
 }
 
-/// Applies a validated fixup; the error names the step that failed.
+/// Applies a validated fixup but the machine id (see [`FIXING`]); the
+/// error names the step that failed.
 fn apply_fixup(f: &RestoreFixup) -> Result<(), String> {
     set_clock(f.unix_time_ns).map_err(failed("setting the clock"))?;
     // reseed() names its own steps: opening, adding, reseeding.
     reseed(&f.seed)?;
     if !f.hostname.is_empty() {
         set_hostname(&f.hostname).map_err(failed("setting the hostname"))?;
-    }
-    if !f.machine_id.is_empty() {
-        // A courtesy to the workload: an image with a read-only /etc still
-        // gets its clock and randomness, which are what matter.
-        if let Err(e) = write_machine_id(Path::new("/etc"), &f.machine_id) {
-            crate::log!(
-                "restore: /etc/machine-id not written: {}",
-                sys::describe(&e)
-            );
-        }
     }
     Ok(())
 }

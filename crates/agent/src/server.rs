@@ -63,6 +63,14 @@ fn handle(stream: Stream, on_shutdown: OnShutdown) {
         );
         return refuse(&stream, ErrorKind::VersionMismatch, message);
     }
+    // Anything that could see the guest's identity waits for a fixup in
+    // progress to end.
+    if !matches!(
+        hello.request,
+        Request::Ping | Request::Version | Request::Restored(_)
+    ) {
+        restore::wait_for_fixup();
+    }
     let reply = match hello.request {
         Request::Ping => AgentMessage::Pong,
         Request::Version => AgentMessage::Version {

@@ -458,6 +458,13 @@ fn prestarted() -> Result<(), Failed> {
                     waiting[0]
                 ),
             )?;
+            // The agent answers the fixup before it writes the machine id;
+            // the first request still waits for it.
+            let id = sh(&vm, "cat /etc/machine-id").await?;
+            ensure(
+                id.len() == 32,
+                format!("the machine id on the first request: {id:?}"),
+            )?;
             ensure(
                 sh(&vm, &format!("kill -0 {pid} && echo alive")).await? == "alive",
                 "the snapshot's process in a prestarted worker",
