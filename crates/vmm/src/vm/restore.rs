@@ -120,6 +120,9 @@ impl Vm {
         // their own does them beside the vCPU and device set-up.
         let vcpu0_ready = Gate::default();
         let (serial, transports) = std::thread::scope(|scope| {
+            // Opens the gate however this closure ends (an early error, a
+            // panic), before the scope waits for the thread behind it.
+            let _unblock = OpenOnDrop(&vcpu0_ready);
             let warm = hot.as_ref().zip(vcpu_fds.first()).map(|(hot, vcpu0)| {
                 let (vm, mem, ready) = (&vm, &mem, &vcpu0_ready);
                 let (file, layout) = (&memory_file, &state.memory);
@@ -184,8 +187,9 @@ struct Gate {
 }
 
 impl Gate {
+    /// Says how vCPU 0 came out; only the first word counts.
     fn open(&self, ok: bool) {
-        *lock(&self.outcome) = Some(ok);
+        lock(&self.outcome).get_or_insert(ok);
         self.opened.notify_all();
     }
 
@@ -198,6 +202,15 @@ impl Gate {
                 None => outcome = self.opened.wait(outcome).unwrap_or_else(|e| e.into_inner()),
             }
         }
+    }
+}
+
+/// Opens the gate as "not restored" unless it was opened already.
+struct OpenOnDrop<'a>(&'a Gate);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.open(false);
     }
 }
 
