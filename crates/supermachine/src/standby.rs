@@ -235,15 +235,14 @@ async fn ask_async(
         )
     })?
     .map_err(|e| format!("the worker did not answer the restore request: {e}"));
-    restore_reply(reply.and_then(|reply| match reply {
-        WorkerReply::Failed(reason) => Err(reason),
-        reply => Ok(reply),
-    }))
+    restore_reply(reply)
 }
 
+/// What a worker's answer to a restore request means.
 fn restore_reply(reply: Result<WorkerReply, String>) -> Result<(), String> {
     match reply? {
         WorkerReply::Restored => Ok(()),
+        WorkerReply::Failed(reason) => Err(reason),
         other => Err(format!("unexpected answer to a restore request: {other:?}")),
     }
 }
