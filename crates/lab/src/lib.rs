@@ -24,7 +24,7 @@ mod qemu;
 mod vm;
 
 pub use error::LabError;
-pub use host::{detect, explain, KvmHost};
+pub use supermachine_kvmhost::{detect, explain, KvmHost};
 
 use std::ffi::OsString;
 use std::io::{self, Read};

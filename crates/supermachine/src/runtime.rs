@@ -3,7 +3,7 @@
 use crate::error::Error;
 use crate::paths;
 use std::path::{Path, PathBuf};
-use supermachine_lab::KvmHost;
+use supermachine_kvmhost::KvmHost;
 
 /// Fails with an actionable error when this host cannot run VMs.
 ///
@@ -47,7 +47,7 @@ fn kvm_host() -> KvmHost {
     if let Some(host) = PRESENT.get() {
         return *host;
     }
-    let host = supermachine_lab::detect();
+    let host = supermachine_kvmhost::detect();
     if host != KvmHost::Missing {
         let _ = PRESENT.set(host);
     }
