@@ -1,6 +1,6 @@
 //! The library's error type.
 
-use crate::outcome::VmOutcome;
+use crate::worker::outcome::VmOutcome;
 use std::path::PathBuf;
 
 /// Everything that can go wrong, each saying what to do about it.

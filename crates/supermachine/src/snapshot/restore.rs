@@ -7,15 +7,17 @@
 //! every copy would produce the same "random" bytes), a hostname (the VM
 //! id) and a machine id. That exchange doubles as the readiness check.
 
-use crate::conn;
 use crate::error::Error;
+use crate::image::assets;
 use crate::image::SnapshotImage;
-use crate::outcome::VmOutcome;
-use crate::runtime::{self, random_bytes, VmDir, VmInfo};
 use crate::snapshot::{self, SnapshotMeta};
+use crate::vm::conn;
 use crate::vm::{exec_defaults, Vm, VmConfig};
+use crate::worker::outcome::VmOutcome;
+use crate::worker::runtime::{self, random_bytes, VmDir, VmInfo};
+use crate::worker::standby;
 use crate::worker::WorkerSpec;
-use crate::{assets, standby, Image};
+use crate::Image;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

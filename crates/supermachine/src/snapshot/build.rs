@@ -5,8 +5,8 @@
 use crate::error::Error;
 use crate::hash::{file_digest, Hasher};
 use crate::image::Image;
+use crate::image::{assets, kernel};
 use crate::vm::{Vm, VmConfig};
-use crate::{assets, kernel};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;

@@ -14,9 +14,10 @@
 //! first request that is most of what a restore costs on a small host.
 
 use crate::error::Error;
-use crate::runtime::VmDir;
+use crate::image::assets;
+use crate::snapshot;
+use crate::worker::runtime::VmDir;
 use crate::worker::{Worker, WorkerSpec};
-use crate::{assets, snapshot};
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -225,7 +226,7 @@ async fn ask_async(
         .map_err(|e| format!("sending the restore request: {e}"))?;
     let reply = tokio::time::timeout(
         timeout,
-        crate::conn::read_frame::<WorkerReply, _>(&mut stream),
+        crate::vm::conn::read_frame::<WorkerReply, _>(&mut stream),
     )
     .await
     .map_err(|_| {

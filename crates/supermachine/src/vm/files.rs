@@ -4,8 +4,8 @@
 //! neither side ever holds a whole file (unless the caller asks for a
 //! `Vec`, with [`Vm::read_file`]).
 
-use crate::conn::{unexpected, Conn};
 use crate::error::Error;
+use crate::vm::conn::{unexpected, Conn};
 use crate::vm::Vm;
 use supermachine_protocol::{
     AgentMessage, DirEntry, FileStat, HostMessage, Request, WriteFileRequest, MAX_CHUNK,

@@ -1,14 +1,19 @@
 //! A running VM as the host library sees it: a supervised worker process
 //! and the sockets to talk to the agent inside.
 
-use crate::conn::{self, Conn};
-use crate::defaults::ExecDefaults;
+pub(crate) mod child;
+pub(crate) mod conn;
+pub(crate) mod exec;
+mod files;
+
+use self::conn::Conn;
 use crate::error::Error;
+use crate::image::defaults::ExecDefaults;
 use crate::image::Image;
-use crate::outcome::VmOutcome;
-use crate::runtime::{self, VmDir, VmInfo};
+use crate::image::{assets, kernel};
+use crate::worker::outcome::VmOutcome;
+use crate::worker::runtime::{self, VmDir, VmInfo};
 use crate::worker::{Worker, WorkerSpec};
-use crate::{assets, kernel};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -112,7 +117,7 @@ pub struct Vm {
     pub(crate) hot_pages_pending: AtomicBool,
     /// Restored into a standby worker: holds the standby refill back
     /// until the first exec is answered (see `standby.rs`).
-    pub(crate) refill_hold: Mutex<Option<crate::standby::RefillHold>>,
+    pub(crate) refill_hold: Mutex<Option<crate::worker::standby::RefillHold>>,
 }
 
 impl Vm {

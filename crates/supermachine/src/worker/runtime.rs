@@ -96,7 +96,7 @@ pub struct VmInfo {
     pub exposed_ports: Vec<String>,
     /// Env, working directory and user every exec in the VM starts with.
     #[serde(default)]
-    pub defaults: crate::defaults::ExecDefaults,
+    pub defaults: crate::image::defaults::ExecDefaults,
     /// The detached command, if one was started with the VM.
     pub command: Vec<String>,
     pub serial_log: PathBuf,

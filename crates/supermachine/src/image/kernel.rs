@@ -23,13 +23,13 @@ use std::process::Command;
 /// let fragment = supermachine::kernel::FRAGMENT;
 /// assert!(fragment.lines().any(|l| l == "CONFIG_VIRTIO_VSOCKETS=y"));
 /// ```
-pub const FRAGMENT: &str = include_str!("../../../kernel/microvm.config");
+pub const FRAGMENT: &str = include_str!("../../../../kernel/microvm.config");
 /// The kernel build script (`kernel/build.sh`).
 ///
 /// ```
 /// assert!(supermachine::kernel::BUILD_SCRIPT.starts_with("#!/usr/bin/env bash"));
 /// ```
-pub const BUILD_SCRIPT: &str = include_str!("../../../kernel/build.sh");
+pub const BUILD_SCRIPT: &str = include_str!("../../../../kernel/build.sh");
 const SOURCE_PACKAGE: &str = "linux-source-6.1";
 const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 /// Debian packages the build needs besides the source.

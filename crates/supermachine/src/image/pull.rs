@@ -2,8 +2,8 @@
 //! find) its root filesystem.
 
 use crate::error::Error;
+use crate::image::rootfs;
 use crate::image::Image;
-use crate::rootfs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use supermachine_oci::{Digest, PullEvent, PullPolicy, RegistryConfig, Source, Store};

@@ -24,8 +24,12 @@
 //! # Ok(()) }
 //! ```
 
-use crate::defaults::ExecDefaults;
+pub(crate) mod build;
+pub(crate) mod pool;
+mod restore;
+
 use crate::error::Error;
+use crate::image::defaults::ExecDefaults;
 use serde::{Deserialize, Serialize};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -158,7 +162,7 @@ pub fn read_meta(dir: &Path) -> Result<SnapshotMeta, Error> {
 /// What a new snapshot starts from: the running VM's description.
 pub(crate) struct Source<'a> {
     pub control_socket: PathBuf,
-    pub info: &'a crate::runtime::VmInfo,
+    pub info: &'a crate::worker::runtime::VmInfo,
     pub defaults: &'a ExecDefaults,
     pub key: Option<String>,
     /// End the VM after the snapshot (a bake) instead of resuming it.

@@ -1,8 +1,14 @@
 //! What a VM boots from.
 
-use crate::assets;
-use crate::defaults::{docker_command, ExecDefaults};
+pub mod assets;
+pub(crate) mod defaults;
+pub mod images;
+pub mod kernel;
+pub(crate) mod pull;
+pub(crate) mod rootfs;
+
 use crate::error::Error;
+use crate::image::defaults::{docker_command, ExecDefaults};
 use crate::snapshot::{self, SnapshotMeta};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

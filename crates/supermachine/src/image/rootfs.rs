@@ -9,8 +9,8 @@
 //! it, so two processes wanting the same image build it once.
 
 use crate::error::Error;
+use crate::image::pull::{ImageEvent, PullOptions};
 use crate::paths;
-use crate::pull::{ImageEvent, PullOptions};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,12 @@
 //! The `supermachine-worker` process behind a VM: starting it, watching
 //! it, and stopping it.
 
+pub(crate) mod outcome;
+pub(crate) mod runtime;
+pub(crate) mod standby;
+
 use crate::error::Error;
-use crate::outcome::{outcome_of, VmOutcome};
+use crate::worker::outcome::{outcome_of, VmOutcome};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -19,7 +23,7 @@ pub(crate) struct WorkerSpec {
     /// Snapshot directory to restore instead of booting.
     pub restore: Option<PathBuf>,
     /// Neither boot nor restore yet: prepare an empty VM and wait for a
-    /// restore request on the control socket (see [`crate::standby`]).
+    /// restore request on the control socket (see [`crate::worker::standby`]).
     pub standby: bool,
     pub cmdline: String,
     pub memory_mib: u64,
