@@ -92,7 +92,7 @@ pub enum Error {
     },
     /// The pool could not restore a VM for a waiting acquire.
     #[error("the pool could not restore a VM: {0}")]
-    PoolRestore(String),
+    PoolRestore(#[source] std::sync::Arc<Error>),
 }
 
 fn log_hint(log: &Option<PathBuf>) -> String {

@@ -494,31 +494,36 @@ async fn record_hot_pages(snapshot: &Path, timeout: Duration) {
     }
 }
 
-/// Polls the guest's TCP tables until something listens on `port`.
+/// Polls the guest's TCP tables until something listens on `port` (the
+/// guest has no event for that to wait on); the worker's end is an event.
 async fn wait_for_listener(vm: &Vm, port: u16, timeout: Duration) -> Result<(), Error> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = vm.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).await?;
-        if listens_on(&out.stdout_lossy(), port) {
-            return Ok(());
+    let ended = vm.exit_watch();
+    let polled = async {
+        loop {
+            let out = vm.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).await?;
+            if listens_on(&out.stdout_lossy(), port) {
+                return Ok(());
+            }
+            tokio::time::sleep(LISTENER_POLL).await;
         }
-        if let Some(outcome) = vm.try_outcome() {
-            return Err(Error::VmEnded {
-                outcome,
-                serial_log: Some(vm.serial_log().to_path_buf()),
-            });
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Setup(format!(
-                "nothing listened on guest TCP port {port} within {} s (is the workload \
-                 starting? its output is in {})",
-                timeout.as_secs(),
-                vm.serial_log().display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::select! {
+        listening = polled => listening,
+        () = ended.ended() => Err(Error::VmEnded {
+            outcome: vm.try_outcome().unwrap_or(crate::VmOutcome::Stopped),
+            serial_log: Some(vm.serial_log().to_path_buf()),
+        }),
+        () = tokio::time::sleep(timeout) => Err(Error::Setup(format!(
+            "nothing listened on guest TCP port {port} within {} s (is the workload \
+             starting? its output is in {})",
+            timeout.as_secs(),
+            vm.serial_log().display()
+        ))),
     }
 }
+
+/// How often the guest's TCP tables are read while waiting for a listener.
+const LISTENER_POLL: Duration = Duration::from_millis(50);
 
 /// Whether a `/proc/net/tcp{,6}` table has a socket in LISTEN state (0A)
 /// on local `port`.

@@ -13,12 +13,39 @@ use crate::image::Image;
 use crate::image::{assets, kernel};
 use crate::worker::outcome::VmOutcome;
 use crate::worker::runtime::{self, VmDir, VmInfo};
-use crate::worker::{Worker, WorkerSpec};
+use crate::worker::{ExitWatch, Worker, WorkerSpec};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use supermachine_protocol::{self as proto, AgentMessage, Request, PROTOCOL_VERSION, READY_PORT};
+
+/// How long a lost agent connection waits for the worker to end, to say
+/// how the VM went away (a rebooting or panicking guest takes a moment).
+const LOST_GRACE: Duration = Duration::from_secs(5);
+
+/// Reads the agent's `Ready` frame from the ready socket's connection.
+async fn read_ready(stream: tokio::net::UnixStream) -> Result<(), Error> {
+    let mut stream = stream
+        .into_std()
+        .map_err(|e| Error::io("ready socket", e))?;
+    let read = tokio::task::spawn_blocking(move || {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok::<_, std::io::Error>(proto::read_frame::<AgentMessage, _>(&mut stream))
+    })
+    .await
+    .map_err(|e| Error::Setup(format!("ready reader: {e}")))?
+    .map_err(|e| Error::io("ready socket", e))?;
+    match read? {
+        AgentMessage::Ready { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(()),
+        AgentMessage::Ready { protocol, .. } => Err(Error::VersionMismatch {
+            agent: protocol,
+            host: PROTOCOL_VERSION,
+        }),
+        other => Err(Error::Protocol(format!("expected Ready, got {other:?}"))),
+    }
+}
 
 /// How to start a VM.
 ///
@@ -381,51 +408,44 @@ impl Vm {
         listener: &tokio::net::UnixListener,
         timeout: Duration,
     ) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Wake as soon as the agent connects; look at the worker every 50 ms.
-            if let Ok(accepted) =
-                tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
-            {
+        let ended = self.exit_watch();
+        tokio::select! {
+            accepted = listener.accept() => {
                 let (stream, _) = accepted.map_err(|e| Error::io("waiting for the agent", e))?;
-                let mut stream = stream
-                    .into_std()
-                    .map_err(|e| Error::io("ready socket", e))?;
-                let read = tokio::task::spawn_blocking(move || {
-                    stream.set_nonblocking(false)?;
-                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    Ok::<_, std::io::Error>(proto::read_frame::<AgentMessage, _>(&mut stream))
-                })
-                .await
-                .map_err(|e| Error::Setup(format!("ready reader: {e}")))?
-                .map_err(|e| Error::io("ready socket", e))?;
-                return match read? {
-                    AgentMessage::Ready { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(()),
-                    AgentMessage::Ready { protocol, .. } => Err(Error::VersionMismatch {
-                        agent: protocol,
-                        host: PROTOCOL_VERSION,
-                    }),
-                    other => Err(Error::Protocol(format!("expected Ready, got {other:?}"))),
-                };
+                read_ready(stream).await
             }
-            if let Some(outcome) = self.try_outcome() {
-                // Give the stderr reader a moment to collect the worker's last words.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            () = ended.ended() => Err(self.boot_failed()),
+            () = tokio::time::sleep(timeout) => {
                 self.keep_log.store(true, Ordering::Relaxed);
-                return Err(Error::BootFailed {
-                    outcome,
-                    stderr: self.worker().stderr_text(),
-                    serial_log: Some(self.info.serial_log.clone()),
-                });
-            }
-            if Instant::now() >= deadline {
-                self.keep_log.store(true, Ordering::Relaxed);
-                return Err(Error::BootTimeout {
+                Err(Error::BootTimeout {
                     secs: timeout.as_secs(),
                     serial_log: Some(self.info.serial_log.clone()),
-                });
+                })
             }
         }
+    }
+
+    /// The error for a worker that ended before its VM was ready (call it
+    /// once the worker has ended: its stderr is then complete).
+    pub(crate) fn boot_failed(&self) -> Error {
+        self.keep_log.store(true, Ordering::Relaxed);
+        let mut worker = self.worker();
+        Error::BootFailed {
+            outcome: worker.try_outcome().unwrap_or(VmOutcome::Stopped),
+            stderr: worker.stderr_text(),
+            serial_log: Some(self.info.serial_log.clone()),
+        }
+    }
+
+    /// A handle to wait for this VM's worker to end with.
+    pub(crate) fn exit_watch(&self) -> ExitWatch {
+        self.worker().exit_watch()
+    }
+
+    /// Waits for the worker to end; how it ended.
+    pub(crate) async fn ended(&self) -> VmOutcome {
+        self.exit_watch().ended().await;
+        self.try_outcome().unwrap_or(VmOutcome::Stopped)
     }
 
     pub(crate) async fn connect(&self, request: Request) -> Result<Conn, Error> {
@@ -498,21 +518,17 @@ impl Vm {
             return e;
         }
         // A rebooting or panicking guest takes a moment to stop its worker.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(outcome) = self.try_outcome() {
-                if outcome != VmOutcome::PowerOff {
-                    self.keep_log.store(true, Ordering::Relaxed);
-                }
-                let keep = self.keep_log.load(Ordering::Relaxed);
-                return Error::VmEnded {
-                    outcome,
-                    serial_log: keep.then(|| self.info.serial_log.clone()),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let Ok(outcome) = tokio::time::timeout(LOST_GRACE, self.ended()).await else {
+            return e;
+        };
+        if outcome != VmOutcome::PowerOff {
+            self.keep_log.store(true, Ordering::Relaxed);
         }
-        e
+        let keep = self.keep_log.load(Ordering::Relaxed);
+        Error::VmEnded {
+            outcome,
+            serial_log: keep.then(|| self.info.serial_log.clone()),
+        }
     }
 
     /// Asks the guest to power off and waits for the worker to end.
@@ -557,14 +573,10 @@ impl Vm {
 
     /// Waits up to `grace` for the worker to end, then stops it.
     async fn wait_exit(&self, grace: Duration) -> VmOutcome {
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Some(o) = self.try_outcome() {
-                return o;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        match tokio::time::timeout(grace, self.ended()).await {
+            Ok(outcome) => outcome,
+            Err(_) => self.worker().stop(),
         }
-        self.worker().stop()
     }
 }
 

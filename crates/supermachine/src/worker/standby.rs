@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::image::assets;
 use crate::snapshot;
 use crate::worker::runtime::VmDir;
-use crate::worker::{Worker, WorkerSpec};
+use crate::worker::{ExitWatch, Worker, WorkerSpec};
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -90,12 +90,12 @@ impl Standby {
             .dir
             .as_ref()
             .map(|d| snapshot::control_socket(d.path()));
-        let pid = self.worker.as_ref().map(Worker::pid);
+        let watch = self.worker.as_ref().map(Worker::exit_watch);
         move || {
-            let (Some(socket), Some(pid)) = (socket, pid) else {
+            let (Some(socket), Some(watch)) = (socket, watch) else {
                 return;
             };
-            match connect_when_listening(&socket, pid, STANDBY_START_TIMEOUT) {
+            match connect_when_listening(&socket, &watch, STANDBY_START_TIMEOUT) {
                 Ok(stream) => {
                     let mut control = control.lock().unwrap_or_else(|e| e.into_inner());
                     if matches!(*control, Control::Pending) {
@@ -141,7 +141,7 @@ impl Standby {
                 .map(|(path, read_only)| disk_spec::format(path, *read_only))
                 .collect(),
         };
-        let pid = worker.pid();
+        let watch = worker.exit_watch();
         let control = std::mem::replace(
             &mut *self.control.lock().unwrap_or_else(|e| e.into_inner()),
             Control::Used,
@@ -149,7 +149,7 @@ impl Standby {
         let reply = match control {
             Control::Connected(stream) => ask_async(stream, &request, timeout).await,
             Control::Pending | Control::Used => tokio::task::spawn_blocking(move || {
-                let mut stream = connect_when_listening(&socket, pid, timeout)?;
+                let mut stream = connect_when_listening(&socket, &watch, timeout)?;
                 restore_reply(snapshot::ask_worker(
                     &mut stream,
                     &request,
@@ -186,10 +186,12 @@ impl Drop for Standby {
 }
 
 /// Connects to a starting worker's control socket, waiting for it to
-/// appear.
+/// appear. The socket's appearance is looked for every millisecond (a
+/// standby binds it within milliseconds of starting); the worker's end
+/// cuts the wait short at once (its pidfd).
 fn connect_when_listening(
     socket: &Path,
-    pid: u32,
+    worker: &ExitWatch,
     timeout: Duration,
 ) -> Result<UnixStream, String> {
     let deadline = Instant::now() + timeout;
@@ -199,13 +201,17 @@ fn connect_when_listening(
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!("the standby worker never listened: {e}"))
             }
-            Err(_) if !crate::worker::process_alive(pid) => {
-                return Err("the standby worker ended before it was used".into())
+            Err(_) => {
+                if worker.wait_blocking(SOCKET_LOOK) {
+                    return Err("the standby worker ended before it was used".into());
+                }
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }
+
+/// How often a starting standby's control socket is looked for.
+const SOCKET_LOOK: Duration = Duration::from_millis(1);
 
 /// Sends the restore request on a connected control socket and waits for
 /// the answer, without a blocking thread in between.
