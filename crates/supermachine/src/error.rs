@@ -61,6 +61,11 @@ pub enum Error {
     NoSuchVm(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The guest listed an entry whose name is not one plain path
+    /// component (empty, `.`, `..`, a `/` or NUL in it, over 255 bytes):
+    /// a copy to the host stops there rather than write outside its target.
+    #[error("the guest listed an entry named {name:?} in {dir}: not a plain file name, refused")]
+    UnsafeName { name: String, dir: String },
     /// Getting an image failed: a bad reference or source, the registry,
     /// a corrupt blob, the store (the message says which, and what to do).
     #[error(transparent)]

@@ -119,6 +119,7 @@ pub use supermachine_protocol::WindowSize;
 /// ```
 pub use supermachine_protocol::WriteFileRequest;
 pub use vm::child::{Child, ChildControl, ChildOutput, ChildStdin};
+pub use vm::copy::{CopyOptions, CopyReport};
 pub use vm::exec::{ExecBuilder, ExitStatus, Output, DEFAULT_OUTPUT_LIMIT};
 pub use vm::{Disk, Vm, VmConfig};
 pub use worker::outcome::VmOutcome;

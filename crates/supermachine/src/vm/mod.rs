@@ -3,6 +3,7 @@
 
 pub(crate) mod child;
 pub(crate) mod conn;
+pub(crate) mod copy;
 pub(crate) mod exec;
 mod files;
 
