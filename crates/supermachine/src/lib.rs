@@ -52,6 +52,7 @@ pub use snapshot::build::{
     SNAPSHOTS_DIR_ENV,
 };
 pub use snapshot::pool::{Pool, PoolOptions, PoolStatus, PooledVm};
+pub use supermachine_protocol::worker_control::{FailureKind, WorkerFailure};
 /// An entry of [`Vm::list_dir`].
 ///
 /// ```no_run
@@ -121,9 +122,11 @@ pub use supermachine_protocol::WriteFileRequest;
 pub use vm::child::{Child, ChildControl, ChildOutput, ChildStdin};
 pub use vm::copy::{CopyOptions, CopyReport};
 pub use vm::exec::{ExecBuilder, ExitStatus, Output, DEFAULT_OUTPUT_LIMIT};
+pub use vm::files::{LIST_DIR_LIMIT, READ_FILE_LIMIT};
 pub use vm::{Disk, Vm, VmConfig};
+pub use worker::control::ControlError;
 pub use worker::outcome::VmOutcome;
-pub use worker::runtime::{check_kvm, VmInfo};
+pub use worker::runtime::{check_kvm, RuntimeDirProblem, VmInfo};
 pub use worker::standby::prestart_workers;
 
 /// Image references, sources, the blob store and image configs

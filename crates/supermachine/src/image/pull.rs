@@ -225,7 +225,10 @@ impl Image {
             Ok::<_, Error>(Image::from_pulled(pulled, path))
         })
         .await
-        .map_err(|e| Error::Setup(format!("root filesystem builder: {e}")))??;
+        .map_err(|source| Error::Task {
+            task: "root filesystem builder",
+            source,
+        })??;
         Ok(rootfs)
     }
 

@@ -330,7 +330,8 @@ pub async fn build(options: BuildOptions) -> Result<Built, Error> {
         None => key.clone(),
     };
     let dir = root.join(&name);
-    std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
+    crate::paths::create_private_dir_all(&root)
+        .map_err(io_err(format!("creating {}", root.display())))?;
     if let Some(hit) = cached(&dir, &key) {
         return Ok(Built {
             image: hit,
@@ -345,7 +346,10 @@ pub async fn build(options: BuildOptions) -> Result<Built, Error> {
     let lock =
         tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path, LockMode::Exclusive))
             .await
-            .map_err(|e| Error::Setup(format!("build lock: {e}")))??;
+            .map_err(|source| Error::Task {
+                task: "build lock",
+                source,
+            })??;
     if let Some(hit) = cached(&dir, &key) {
         return Ok(Built {
             image: hit,
@@ -417,11 +421,8 @@ async fn bake(options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Err
     if let Some(warmup) = options.warmup {
         tokio::time::timeout(options.timeout, warmup(&vm))
             .await
-            .map_err(|_| {
-                Error::Setup(format!(
-                    "the warmup did not finish within {} s",
-                    options.timeout.as_secs()
-                ))
+            .map_err(|_| Error::WarmupTimeout {
+                secs: options.timeout.as_secs(),
             })??;
     }
     let mut vm = vm;
@@ -513,12 +514,11 @@ async fn wait_for_listener(vm: &Vm, port: u16, timeout: Duration) -> Result<(), 
             outcome: vm.try_outcome().unwrap_or(crate::VmOutcome::Stopped),
             serial_log: Some(vm.serial_log().to_path_buf()),
         }),
-        () = tokio::time::sleep(timeout) => Err(Error::Setup(format!(
-            "nothing listened on guest TCP port {port} within {} s (is the workload \
-             starting? its output is in {})",
-            timeout.as_secs(),
-            vm.serial_log().display()
-        ))),
+        () = tokio::time::sleep(timeout) => Err(Error::NoListener {
+            port,
+            secs: timeout.as_secs(),
+            serial_log: vm.serial_log().to_path_buf(),
+        }),
     }
 }
 

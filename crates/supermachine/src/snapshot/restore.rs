@@ -15,8 +15,8 @@ use crate::vm::conn;
 use crate::vm::{exec_defaults, Vm, VmConfig};
 use crate::worker::outcome::VmOutcome;
 use crate::worker::runtime::{self, random_bytes, VmDir, VmInfo};
-use crate::worker::standby;
 use crate::worker::WorkerSpec;
+use crate::worker::{control, standby};
 use crate::Image;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -116,18 +116,16 @@ impl Vm {
         if !self.hot_pages_pending.swap(false, Ordering::Relaxed) {
             return None;
         }
-        let socket = snapshot::control_socket(self.dir.path());
+        let socket = control::socket(self.dir.path());
         Some(tokio::task::spawn_blocking(move || {
-            let answer = std::os::unix::net::UnixStream::connect(&socket)
-                .map_err(|e| e.to_string())
-                .and_then(|mut stream| {
-                    snapshot::ask_worker(
-                        &mut stream,
-                        &WorkerRequest::RecordHotPages,
-                        Duration::from_secs(10),
-                        "hot pages",
-                    )
-                });
+            let answer = control::connect(&socket).and_then(|mut stream| {
+                control::ask(
+                    &mut stream,
+                    &WorkerRequest::RecordHotPages,
+                    Duration::from_secs(10),
+                    "hot pages",
+                )
+            });
             tracing::debug!(?answer, "hot pages recorded");
         }))
     }
@@ -239,7 +237,7 @@ impl Vm {
         let path = path.to_path_buf();
         let info = self.info.clone();
         let defaults = self.defaults.clone();
-        let control_socket = snapshot::control_socket(self.dir.path());
+        let control_socket = control::socket(self.dir.path());
         // The request blocks for as long as the memory copy takes.
         tokio::task::spawn_blocking(move || {
             snapshot::take(
@@ -254,6 +252,9 @@ impl Vm {
             )
         })
         .await
-        .map_err(|e| Error::Setup(format!("snapshot task: {e}")))?
+        .map_err(|source| Error::Task {
+            task: "snapshot",
+            source,
+        })?
     }
 }

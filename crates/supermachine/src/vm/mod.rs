@@ -5,7 +5,7 @@ pub(crate) mod child;
 pub(crate) mod conn;
 pub(crate) mod copy;
 pub(crate) mod exec;
-mod files;
+pub(crate) mod files;
 
 use self::conn::Conn;
 use crate::error::Error;
@@ -36,7 +36,10 @@ async fn read_ready(stream: tokio::net::UnixStream) -> Result<(), Error> {
         Ok::<_, std::io::Error>(proto::read_frame::<AgentMessage, _>(&mut stream))
     })
     .await
-    .map_err(|e| Error::Setup(format!("ready reader: {e}")))?
+    .map_err(|source| Error::Task {
+        task: "ready reader",
+        source,
+    })?
     .map_err(|e| Error::io("ready socket", e))?;
     match read? {
         AgentMessage::Ready { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(()),
@@ -413,6 +416,7 @@ impl Vm {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = accepted.map_err(|e| Error::io("waiting for the agent", e))?;
+                runtime::check_peer(&stream, Path::new("the VM's ready socket"))?;
                 read_ready(stream).await
             }
             () = ended.ended() => Err(self.boot_failed()),
@@ -602,6 +606,66 @@ impl Drop for Vm {
         let keep = self.keep_log.load(Ordering::Relaxed);
         if !keep && matches!(outcome, VmOutcome::PowerOff | VmOutcome::Stopped) {
             let _ = std::fs::remove_file(&self.info.serial_log);
+        }
+    }
+}
+
+/// A [`Vm`] whose "agent" is a fake muxer in a test: each connection gets
+/// the frames `answer` returns for its request.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use std::io::{BufRead, Write};
+    use supermachine_protocol::{Hello, HostMessage};
+
+    pub(crate) fn vm_answering(
+        dir: &Path,
+        answer: impl Fn(&Request) -> Vec<AgentMessage> + Send + 'static,
+    ) -> Vm {
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("vsock.sock")).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let hello: Hello = proto::read_frame(&mut reader).unwrap();
+                let mut w = &stream;
+                w.write_all(b"OK 1\n").unwrap();
+                for msg in answer(&hello.request) {
+                    if proto::write_frame(&mut w, &msg).is_err() {
+                        break;
+                    }
+                }
+                // Whatever the host sends next ends with the connection.
+                let _ = proto::read_frame::<HostMessage, _>(&mut reader);
+            }
+        });
+        let info = VmInfo {
+            id: "0".into(),
+            pid: std::process::id(),
+            started: 0,
+            memory_mib: 1,
+            vcpus: 1,
+            image: "fake".into(),
+            image_digest: None,
+            exposed_ports: Vec::new(),
+            defaults: ExecDefaults::default(),
+            command: Vec::new(),
+            serial_log: dir.join("serial.log"),
+            detached: false,
+            disks: Vec::new(),
+            snapshot: None,
+        };
+        Vm {
+            dir: VmDir::for_test(dir),
+            worker: Mutex::new(Worker::attached(std::process::id())),
+            owns_worker: false,
+            keep_log: AtomicBool::new(false),
+            hot_pages_pending: AtomicBool::new(false),
+            refill_hold: Mutex::new(None),
+            defaults: ExecDefaults::default(),
+            info,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! reader thread reaches the pipe's end, which is a second event
 //! ([`ExitWatch::ended`] waits for both).
 
+pub(crate) mod control;
 pub(crate) mod outcome;
 pub(crate) mod runtime;
 pub(crate) mod standby;
@@ -202,7 +203,7 @@ impl Worker {
         }
         match &spec.detached_stderr {
             Some(path) => {
-                let file = std::fs::File::create(path)
+                let file = crate::paths::create_private_file(path)
                     .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
                 cmd.stderr(file);
                 // SAFETY: only async-signal-safe calls between fork and exec.
