@@ -69,11 +69,20 @@ pub async fn build(args: BuildArgs) -> Result<i32, Error> {
     let warmup_tag = args
         .warmup_tag
         .or_else(|| (!warmups.is_empty()).then(|| warmups.join("\n")));
+    let timeout = boot_timeout.max(Duration::from_secs(60));
     let warmup = (!warmups.is_empty()).then(|| {
         supermachine::warmup(move |vm| {
             Box::pin(async move {
+                // The library does not time a warmup; `--warmup` commands
+                // share the build's stage timeout, as they always have.
+                let deadline = tokio::time::Instant::now() + timeout;
                 for cmd in &warmups {
-                    let out = vm.exec(["sh", "-c", cmd.as_str()]).await?;
+                    let run = vm.exec(["sh", "-c", cmd.as_str()]);
+                    let out = tokio::time::timeout_at(deadline, run).await.map_err(|_| {
+                        Error::WarmupTimeout {
+                            secs: timeout.as_secs(),
+                        }
+                    })??;
                     if out.status.code != Some(0) {
                         return Err(Error::WarmupFailed {
                             command: cmd.clone(),
@@ -101,7 +110,7 @@ pub async fn build(args: BuildArgs) -> Result<i32, Error> {
         listener_required: args.listen.is_some(),
         guest_port: args.listen.unwrap_or(80),
         snapshots_dir: args.snapshots_dir,
-        timeout: boot_timeout.max(Duration::from_secs(60)),
+        timeout,
         ..BuildOptions::new(image)
     };
     let started = std::time::Instant::now();

@@ -121,12 +121,15 @@ pub struct BuildOptions {
     /// Where snapshots go; `None`: `$SUPERMACHINE_SNAPSHOTS_DIR`, else
     /// `<data dir>/snapshots` (`~/.local/share/supermachine/snapshots`).
     pub snapshots_dir: Option<PathBuf>,
-    /// Boot, listener wait and warmup each get this long.
+    /// The boot and the listener wait each get this long. The warmup is
+    /// not timed: it runs until it returns (give its commands timeouts of
+    /// their own, or wrap it in `tokio::time::timeout`).
     pub timeout: Duration,
 }
 
 impl BuildOptions {
-    /// Default options for baking `image` (256 MiB, 1 vCPU, 120 s per stage).
+    /// Default options for baking `image` (256 MiB, 1 vCPU, 120 s for the
+    /// boot and for the listener wait).
     ///
     /// ```
     /// use supermachine::{BuildOptions, Image};
@@ -382,7 +385,7 @@ fn cached(dir: &Path, key: &str) -> Option<Image> {
     (image.snapshot_key() == Some(key)).then_some(image)
 }
 
-async fn bake(options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Error> {
+async fn bake(mut options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Error> {
     let started = Instant::now();
     let config = VmConfig {
         memory_mib: options.memory_mib,
@@ -395,36 +398,7 @@ async fn bake(options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Err
         ..VmConfig::default()
     };
     let vm = Vm::start(&options.image, &config).await?;
-    for f in &options.extra_files {
-        let bytes = std::fs::read(&f.host_path).map_err(io_err(format!(
-            "reading extra file {}",
-            f.host_path.display()
-        )))?;
-        if let Some(parent) = Path::new(&f.guest_path).parent() {
-            let parent = parent.to_string_lossy();
-            if !parent.is_empty() && parent != "/" {
-                vm.mkdir(&parent, true).await?;
-            }
-        }
-        vm.write_file(&f.guest_path, &bytes).await?;
-    }
-    let command = match &options.cmd {
-        Some(argv) => argv.clone(),
-        None => options.image.command(&[]).unwrap_or_default(),
-    };
-    if !command.is_empty() {
-        vm.exec_builder().argv(&command).start_detached().await?;
-    }
-    if options.listener_required {
-        wait_for_listener(&vm, options.guest_port, options.timeout).await?;
-    }
-    if let Some(warmup) = options.warmup {
-        tokio::time::timeout(options.timeout, warmup(&vm))
-            .await
-            .map_err(|_| Error::WarmupTimeout {
-                secs: options.timeout.as_secs(),
-            })??;
-    }
+    let command = prepare(&vm, &mut options).await?;
     let mut vm = vm;
     vm.set_command(command);
     // A named snapshot being re-baked: build beside it, then swap.
@@ -451,6 +425,41 @@ async fn bake(options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Err
     }
     tracing::info!(key, "baked {} in {:?}", dir.display(), started.elapsed());
     Image::from_snapshot(dir)
+}
+
+/// What a bake does between the boot and the snapshot: copies the extra
+/// files in, starts the workload, waits for its listener, runs the warmup
+/// (taken out of `options`). Returns the workload's command.
+async fn prepare(vm: &Vm, options: &mut BuildOptions) -> Result<Vec<String>, Error> {
+    for f in &options.extra_files {
+        let bytes = std::fs::read(&f.host_path).map_err(io_err(format!(
+            "reading extra file {}",
+            f.host_path.display()
+        )))?;
+        if let Some(parent) = Path::new(&f.guest_path).parent() {
+            let parent = parent.to_string_lossy();
+            if !parent.is_empty() && parent != "/" {
+                vm.mkdir(&parent, true).await?;
+            }
+        }
+        vm.write_file(&f.guest_path, &bytes).await?;
+    }
+    let command = match &options.cmd {
+        Some(argv) => argv.clone(),
+        None => options.image.command(&[]).unwrap_or_default(),
+    };
+    if !command.is_empty() {
+        vm.exec_builder().argv(&command).start_detached().await?;
+    }
+    if options.listener_required {
+        wait_for_listener(vm, options.guest_port, options.timeout).await?;
+    }
+    if let Some(warmup) = options.warmup.take() {
+        // Not under `options.timeout`: a warmup is the caller's code and
+        // may run long commands (an install) with timeouts of its own.
+        warmup(vm).await?;
+    }
+    Ok(command)
 }
 
 /// Restores the new snapshot once and runs one command in the copy, which
@@ -543,6 +552,8 @@ fn listens_on(tables: &str, port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::fake::vm_answering;
+    use supermachine_protocol::{AgentMessage, FileKind, FileStat, Request};
 
     #[test]
     fn listener_lines_parse() {
@@ -555,6 +566,61 @@ mod tests {
             "0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 0\n";
         assert!(listens_on(tcp6, 8080));
         assert!(!listens_on("garbage", 80));
+    }
+
+    /// A guest whose agent answers reads of `/proc/net/tcp` with `table`
+    /// and every exec as a guest without that program would (127).
+    fn guest_with_tcp_table(dir: &Path, table: &'static str) -> Vm {
+        vm_answering(dir, move |request| match request {
+            Request::ReadFile { path } if path == "/proc/net/tcp" => vec![
+                AgentMessage::Stat(FileStat {
+                    kind: FileKind::File,
+                    mode: 0o444,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    mtime: 0,
+                    link_target: None,
+                }),
+                AgentMessage::Data(table.as_bytes().to_vec()),
+                AgentMessage::Done {
+                    count: table.len() as u64,
+                },
+            ],
+            Request::ReadFile { path } => vec![AgentMessage::Error {
+                kind: supermachine_protocol::ErrorKind::NotFound,
+                message: format!("read {path}: not found"),
+            }],
+            _ => vec![
+                AgentMessage::Stderr(b"sh: not found\n".to_vec()),
+                AgentMessage::Exited(crate::ExitStatus {
+                    code: Some(127),
+                    ..Default::default()
+                }),
+            ],
+        })
+    }
+
+    /// Failed before the fix: the warmup was cut off by the per-stage
+    /// timeout (`WarmupTimeout`), though the seed lets a warmup run its own
+    /// long commands (an `npm install` with a 10-minute exec timeout).
+    #[tokio::test(start_paused = true)]
+    async fn the_warmup_is_not_capped_by_the_stage_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = guest_with_tcp_table(dir.path(), "");
+        let mut options = BuildOptions {
+            timeout: Duration::from_secs(1),
+            warmup: Some(warmup(|_vm| {
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(())
+                })
+            })),
+            ..BuildOptions::new(Image::builtin())
+        };
+        let command = prepare(&vm, &mut options).await.unwrap();
+        assert!(command.is_empty(), "no workload was asked for");
+        assert!(options.warmup.is_none(), "the warmup ran");
     }
 
     #[test]
