@@ -506,12 +506,22 @@ async fn record_hot_pages(snapshot: &Path, timeout: Duration) {
 
 /// Polls the guest's TCP tables until something listens on `port` (the
 /// guest has no event for that to wait on); the worker's end is an event.
+/// The tables are read through the agent, so the image needs no program
+/// for it (a distroless image has no `cat`).
 async fn wait_for_listener(vm: &Vm, port: u16, timeout: Duration) -> Result<(), Error> {
     let ended = vm.exit_watch();
     let polled = async {
         loop {
-            let out = vm.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).await?;
-            if listens_on(&out.stdout_lossy(), port) {
+            let mut tables = String::new();
+            for table in TCP_TABLES {
+                match vm.read_file_limited(table, TCP_TABLE_LIMIT).await {
+                    Ok(bytes) => tables.push_str(&String::from_utf8_lossy(&bytes)),
+                    // A guest kernel without IPv6 has no tcp6 table.
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if listens_on(&tables, port) {
                 return Ok(());
             }
             tokio::time::sleep(LISTENER_POLL).await;
@@ -533,6 +543,11 @@ async fn wait_for_listener(vm: &Vm, port: u16, timeout: Duration) -> Result<(), 
 
 /// How often the guest's TCP tables are read while waiting for a listener.
 const LISTENER_POLL: Duration = Duration::from_millis(50);
+/// The guest's TCP socket tables (IPv4, IPv6).
+const TCP_TABLES: [&str; 2] = ["/proc/net/tcp", "/proc/net/tcp6"];
+/// Most bytes kept of one table: ~150 bytes a socket, so room for
+/// 100 000 of them, and a bound on what a guest can make the host hold.
+const TCP_TABLE_LIMIT: u64 = 16 << 20;
 
 /// Whether a `/proc/net/tcp{,6}` table has a socket in LISTEN state (0A)
 /// on local `port`.
@@ -621,6 +636,32 @@ mod tests {
         let command = prepare(&vm, &mut options).await.unwrap();
         assert!(command.is_empty(), "no workload was asked for");
         assert!(options.warmup.is_none(), "the warmup ran");
+    }
+
+    /// Failed before the fix: the listener check ran `cat` in the guest, so
+    /// an image without `cat` never saw its listener (NoListener).
+    #[tokio::test]
+    async fn the_listener_check_needs_no_program_in_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = "  sl  local_address rem_address   st\n\
+                     0: 00000000:1F90 00000000:0000 0A 00000000:00000000\n";
+        let vm = guest_with_tcp_table(dir.path(), table);
+        let mut options = BuildOptions {
+            timeout: Duration::from_secs(5),
+            listener_required: true,
+            guest_port: 8080,
+            ..BuildOptions::new(Image::builtin())
+        };
+        prepare(&vm, &mut options).await.unwrap();
+        // A port nobody listens on is still reported, naming the port.
+        let mut options = BuildOptions {
+            timeout: Duration::from_millis(300),
+            listener_required: true,
+            guest_port: 80,
+            ..BuildOptions::new(Image::builtin())
+        };
+        let e = prepare(&vm, &mut options).await.unwrap_err();
+        assert!(matches!(e, Error::NoListener { port: 80, .. }), "{e}");
     }
 
     #[test]
