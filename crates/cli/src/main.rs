@@ -202,7 +202,7 @@ enum SnapshotsAction {
         #[arg(long)]
         json: bool,
         /// The snapshots directory (default: $SUPERMACHINE_SNAPSHOTS_DIR, else
-        /// ~/.local/share/supermachine/snapshots).
+        /// $SUPERMACHINE_DATA_DIR/snapshots, else ~/.local/supermachine-snapshots).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },

@@ -39,7 +39,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "TAG")]
     pub warmup_tag: Option<String>,
     /// Where snapshots go (default: $SUPERMACHINE_SNAPSHOTS_DIR, else
-    /// ~/.local/share/supermachine/snapshots).
+    /// $SUPERMACHINE_DATA_DIR/snapshots, else ~/.local/supermachine-snapshots).
     #[arg(long, value_name = "DIR")]
     pub snapshots_dir: Option<PathBuf>,
     /// The workload to start in the background (default: the image's command), after `--`.

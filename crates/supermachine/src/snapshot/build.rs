@@ -118,8 +118,8 @@ pub struct BuildOptions {
     /// Wait until something in the guest listens on TCP `guest_port`.
     pub listener_required: bool,
     pub guest_port: u16,
-    /// Where snapshots go; `None`: `$SUPERMACHINE_SNAPSHOTS_DIR`, else
-    /// `<data dir>/snapshots` (`~/.local/share/supermachine/snapshots`).
+    /// Where snapshots go; `None`: [`default_snapshots_dir`]
+    /// (`~/.local/supermachine-snapshots` unless the environment says).
     pub snapshots_dir: Option<PathBuf>,
     /// The boot and the listener wait each get this long. The warmup is
     /// not timed: it runs until it returns (give its commands timeouts of
@@ -159,20 +159,38 @@ impl BuildOptions {
     }
 }
 
-/// The default snapshots directory.
+/// The default snapshots directory: `$SUPERMACHINE_SNAPSHOTS_DIR`, else
+/// `$SUPERMACHINE_DATA_DIR/snapshots` when a data directory is named,
+/// else `~/.local/supermachine-snapshots` (where the Node package's API
+/// has always put them).
 ///
 /// ```
 /// # fn main() -> Result<(), supermachine::Error> {
 /// let dir = supermachine::default_snapshots_dir()?;
-/// let from_env = std::env::var_os(supermachine::SNAPSHOTS_DIR_ENV).is_some_and(|v| !v.is_empty());
-/// assert!(from_env || dir.ends_with("snapshots"));
+/// let from_env = std::env::var_os(supermachine::SNAPSHOTS_DIR_ENV).is_some_and(|v| !v.is_empty())
+///     || std::env::var_os("SUPERMACHINE_DATA_DIR").is_some_and(|v| !v.is_empty());
+/// assert!(from_env || dir.ends_with(".local/supermachine-snapshots"));
 /// # Ok(()) }
 /// ```
 pub fn default_snapshots_dir() -> Result<PathBuf, Error> {
-    if let Some(d) = std::env::var_os(SNAPSHOTS_DIR_ENV).filter(|v| !v.is_empty()) {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(d) = env(SNAPSHOTS_DIR_ENV) {
         return Ok(PathBuf::from(d));
     }
-    Ok(supermachine_oci::data_dir()?.join("snapshots"))
+    // A data directory named on purpose (an isolated setup, a test) keeps
+    // its snapshots with the rest of its data.
+    if let Some(d) = env(supermachine_oci::DATA_DIR_ENV) {
+        return Ok(PathBuf::from(d).join("snapshots"));
+    }
+    match env("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".local/supermachine-snapshots")),
+        None => Err(Error::io(
+            "finding the snapshots directory",
+            std::io::Error::other(format!(
+                "neither {SNAPSHOTS_DIR_ENV}, SUPERMACHINE_DATA_DIR nor HOME is set"
+            )),
+        )),
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
