@@ -48,8 +48,8 @@ pub use image::pull::{ImageEvent, ImageProgressFn, PullOptions};
 pub use image::rootfs::rootfs_dir;
 pub use image::Image;
 pub use snapshot::build::{
-    build, build_key, default_snapshots_dir, warmup, BuildOptions, Built, ExtraFile, Warmup,
-    SNAPSHOTS_DIR_ENV,
+    build, build_key, default_snapshots_dir, warmup, BuildImage, BuildOptions, Built, ExtraFile,
+    Warmup, SNAPSHOTS_DIR_ENV,
 };
 pub use snapshot::pool::{Pool, PoolOptions, PoolStatus, PooledVm};
 pub use supermachine_protocol::worker_control::{FailureKind, WorkerFailure};

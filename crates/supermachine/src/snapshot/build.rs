@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use crate::hash::{file_digest, Hasher};
+use crate::image::pull::PullOptions;
 use crate::image::Image;
 use crate::image::{assets, kernel};
 use crate::vm::{Vm, VmConfig};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 use supermachine_oci::lock::{FileLock, LockMode};
+use supermachine_oci::PullPolicy;
 use supermachine_protocol::worker_control::HOT_PAGES_FILE;
 
 /// Bumped when the meaning of a build changes (what a bake does), so old
@@ -81,6 +83,56 @@ pub struct ExtraFile {
     pub guest_path: String,
 }
 
+/// What a bake starts from: an image in hand, or a reference to get the
+/// way `supermachine run` gets one.
+///
+/// ```
+/// use supermachine::{BuildImage, BuildOptions, Image};
+/// let by_ref = BuildOptions::new(BuildImage::Ref("alpine:latest".into()));
+/// let in_hand = BuildOptions::new(Image::builtin());
+/// assert!(matches!(by_ref.image, BuildImage::Ref(_)));
+/// assert!(matches!(in_hand.image, BuildImage::Image(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildImage {
+    Image(Image),
+    /// A registry reference (`alpine:latest`), `oci:DIR[:TAG]` or
+    /// `docker-archive:FILE`: taken from the local image store when it is
+    /// there, else pulled, with the registry settings of the environment
+    /// ([`PullOptions::from_env`]) — what `supermachine run` does.
+    Ref(String),
+}
+
+impl From<Image> for BuildImage {
+    fn from(image: Image) -> BuildImage {
+        BuildImage::Image(image)
+    }
+}
+
+impl BuildImage {
+    /// The image to bake: itself, or the reference pulled (store first).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// use supermachine::BuildImage;
+    /// let image = BuildImage::Ref("alpine:latest".into()).resolve().await?;
+    /// println!("{}", image.digest().expect("an OCI image"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn resolve(&self) -> Result<Image, Error> {
+        match self {
+            BuildImage::Image(image) => Ok(image.clone()),
+            BuildImage::Ref(reference) => {
+                let options = PullOptions {
+                    policy: PullPolicy::IfMissing,
+                    ..PullOptions::from_env()?
+                };
+                Image::pull(reference, &options).await
+            }
+        }
+    }
+}
+
 /// How to bake an image into a snapshot ([`Image::build`]).
 ///
 /// ```
@@ -94,7 +146,8 @@ pub struct ExtraFile {
 /// assert_eq!(options.memory_mib, 256);
 /// ```
 pub struct BuildOptions {
-    pub image: Image,
+    /// What to bake (resolved when the build starts).
+    pub image: BuildImage,
     /// Names the snapshot directory (else the key names it). A named
     /// snapshot whose inputs changed is re-baked in place.
     pub name: Option<String>,
@@ -137,9 +190,9 @@ impl BuildOptions {
     /// assert_eq!((options.memory_mib, options.vcpus, options.timeout.as_secs()), (256, 1, 120));
     /// assert!(options.cmd.is_none() && options.name.is_none());
     /// ```
-    pub fn new(image: Image) -> BuildOptions {
+    pub fn new(image: impl Into<BuildImage>) -> BuildOptions {
         BuildOptions {
-            image,
+            image: image.into(),
             name: None,
             memory_mib: 256,
             vcpus: 1,
@@ -208,17 +261,27 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 /// # Ok(()) }
 /// ```
 pub fn build_key(o: &BuildOptions) -> Result<String, Error> {
+    match &o.image {
+        BuildImage::Image(image) => key_of(o, image),
+        BuildImage::Ref(reference) => Err(Error::InvalidArgument(format!(
+            "the build key of {reference} hashes the image's digest: resolve it first (BuildImage::resolve)"
+        ))),
+    }
+}
+
+/// The build key of `o` baking `image` (its resolved image).
+fn key_of(o: &BuildOptions, image: &Image) -> Result<String, Error> {
     let mut h = Hasher::new(BUILD_VERSION);
-    let image_identity = match o.image.snapshot() {
+    let image_identity = match image.snapshot() {
         Some(_) => {
             return Err(Error::InvalidArgument(
                 "a snapshot cannot be baked again: build from its image".into(),
             ))
         }
-        None => match o.image.digest() {
+        None => match image.digest() {
             Some(d) => d.to_string(),
             None => {
-                let rootfs = o.image.rootfs()?;
+                let rootfs = image.rootfs()?;
                 file_digest(&rootfs).map_err(io_err(format!("reading {}", rootfs.display())))?
             }
         },
@@ -272,7 +335,8 @@ pub fn build_key(o: &BuildOptions) -> Result<String, Error> {
 }
 
 impl Image {
-    /// Bakes `options.image` into a snapshot and returns it as an image to
+    /// Bakes `options.image` (pulled first when it is a reference, see
+    /// [`BuildImage`]) into a snapshot and returns it as an image to
     /// start VMs from ([`crate::Vm::start`] restores it): boots it, copies
     /// the extra files in, starts the workload in the background, waits for
     /// it to listen on `guest_port` if `listener_required`, runs the warmup,
@@ -336,7 +400,8 @@ pub struct Built {
 /// # Ok(()) }
 /// ```
 pub async fn build(options: BuildOptions) -> Result<Built, Error> {
-    let key = build_key(&options)?;
+    let image = options.image.resolve().await?;
+    let key = key_of(&options, &image)?;
     let root = match &options.snapshots_dir {
         Some(d) => d.clone(),
         None => default_snapshots_dir()?,
@@ -379,7 +444,7 @@ pub async fn build(options: BuildOptions) -> Result<Built, Error> {
             cached: true,
         });
     }
-    let image = bake(options, &key, &dir).await?;
+    let image = bake(options, &image, &key, &dir).await?;
     drop(lock);
     Ok(Built {
         image,
@@ -403,7 +468,12 @@ fn cached(dir: &Path, key: &str) -> Option<Image> {
     (image.snapshot_key() == Some(key)).then_some(image)
 }
 
-async fn bake(mut options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Error> {
+async fn bake(
+    mut options: BuildOptions,
+    image: &Image,
+    key: &str,
+    dir: &Path,
+) -> Result<Image, Error> {
     let started = Instant::now();
     let config = VmConfig {
         memory_mib: options.memory_mib,
@@ -415,8 +485,8 @@ async fn bake(mut options: BuildOptions, key: &str, dir: &Path) -> Result<Image,
         boot_timeout: options.timeout,
         ..VmConfig::default()
     };
-    let vm = Vm::start(&options.image, &config).await?;
-    let command = prepare(&vm, &mut options).await?;
+    let vm = Vm::start(image, &config).await?;
+    let command = prepare(&vm, image, &mut options).await?;
     let mut vm = vm;
     vm.set_command(command);
     // A named snapshot being re-baked: build beside it, then swap.
@@ -448,7 +518,7 @@ async fn bake(mut options: BuildOptions, key: &str, dir: &Path) -> Result<Image,
 /// What a bake does between the boot and the snapshot: copies the extra
 /// files in, starts the workload, waits for its listener, runs the warmup
 /// (taken out of `options`). Returns the workload's command.
-async fn prepare(vm: &Vm, options: &mut BuildOptions) -> Result<Vec<String>, Error> {
+async fn prepare(vm: &Vm, image: &Image, options: &mut BuildOptions) -> Result<Vec<String>, Error> {
     for f in &options.extra_files {
         let bytes = std::fs::read(&f.host_path).map_err(io_err(format!(
             "reading extra file {}",
@@ -464,7 +534,7 @@ async fn prepare(vm: &Vm, options: &mut BuildOptions) -> Result<Vec<String>, Err
     }
     let command = match &options.cmd {
         Some(argv) => argv.clone(),
-        None => options.image.command(&[]).unwrap_or_default(),
+        None => image.command(&[]).unwrap_or_default(),
     };
     if !command.is_empty() {
         vm.exec_builder().argv(&command).start_detached().await?;
@@ -651,7 +721,7 @@ mod tests {
             })),
             ..BuildOptions::new(Image::builtin())
         };
-        let command = prepare(&vm, &mut options).await.unwrap();
+        let command = prepare(&vm, &Image::builtin(), &mut options).await.unwrap();
         assert!(command.is_empty(), "no workload was asked for");
         assert!(options.warmup.is_none(), "the warmup ran");
     }
@@ -670,7 +740,7 @@ mod tests {
             guest_port: 8080,
             ..BuildOptions::new(Image::builtin())
         };
-        prepare(&vm, &mut options).await.unwrap();
+        prepare(&vm, &Image::builtin(), &mut options).await.unwrap();
         // A port nobody listens on is still reported, naming the port.
         let mut options = BuildOptions {
             timeout: Duration::from_millis(300),
@@ -678,7 +748,9 @@ mod tests {
             guest_port: 80,
             ..BuildOptions::new(Image::builtin())
         };
-        let e = prepare(&vm, &mut options).await.unwrap_err();
+        let e = prepare(&vm, &Image::builtin(), &mut options)
+            .await
+            .unwrap_err();
         assert!(matches!(e, Error::NoListener { port: 80, .. }), "{e}");
     }
 
