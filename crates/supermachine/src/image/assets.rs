@@ -17,18 +17,76 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-/// Finds a helper binary: `$ENV`, else next to the running executable,
-/// else (for tests run from `target/<profile>/deps`) one directory up.
-fn find_binary(name: &'static str, env: &'static str) -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os(env) {
-        return Ok(PathBuf::from(p));
+/// The bundle directory, once [`set_bundle_dir`] named one.
+static BUNDLE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Names the directory where a packaged supermachine keeps the worker, the
+/// static agent and the guest kernel together (the npm package's
+/// `native/`): [`worker_binary`], [`agent_binary`] and
+/// [`crate::kernel::path`] look there after their environment variable
+/// and before the running executable's directory, whose executable is
+/// then someone else's (`node`). Set once per process; naming another
+/// directory later is refused.
+///
+/// ```
+/// # fn main() -> Result<(), supermachine::Error> {
+/// use supermachine::assets;
+/// assets::set_bundle_dir("/opt/supermachine/native")?;
+/// assets::set_bundle_dir("/opt/supermachine/native")?; // the same one again is fine
+/// assert!(assets::set_bundle_dir("/elsewhere").is_err());
+/// assert_eq!(assets::bundle_dir(), Some(std::path::Path::new("/opt/supermachine/native")));
+/// # Ok(()) }
+/// ```
+pub fn set_bundle_dir(dir: impl Into<PathBuf>) -> Result<(), Error> {
+    let dir = dir.into();
+    let set = BUNDLE_DIR.get_or_init(|| dir.clone());
+    if *set == dir {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "the bundle directory is already {}, not {}",
+            set.display(),
+            dir.display()
+        )))
     }
-    let dir = paths::exe_dir().ok_or(Error::MissingBinary(name, env))?;
-    [dir.join(name), dir.join("..").join(name)]
-        .into_iter()
-        .find(|p| p.is_file())
+}
+
+/// The directory [`set_bundle_dir`] named, if any.
+///
+/// ```
+/// assert_eq!(supermachine::assets::bundle_dir(), None);
+/// ```
+pub fn bundle_dir() -> Option<&'static Path> {
+    BUNDLE_DIR.get().map(PathBuf::as_path)
+}
+
+/// Finds a helper binary: `$ENV`, else in the bundle directory, else next
+/// to the running executable, else (for tests run from
+/// `target/<profile>/deps`) one directory up.
+fn find_binary(name: &'static str, env: &'static str) -> Result<PathBuf, Error> {
+    let from_env = std::env::var_os(env).map(PathBuf::from);
+    search(name, from_env, bundle_dir(), paths::exe_dir().as_deref())
         .ok_or(Error::MissingBinary(name, env))
+}
+
+/// [`find_binary`]'s order, given what it consults.
+fn search(
+    name: &str,
+    from_env: Option<PathBuf>,
+    bundle: Option<&Path>,
+    exe_dir: Option<&Path>,
+) -> Option<PathBuf> {
+    if from_env.is_some() {
+        return from_env;
+    }
+    let bundled = bundle.map(|d| d.join(name));
+    let beside_exe = exe_dir.map(|d| [d.join(name), d.join("..").join(name)]);
+    bundled
+        .into_iter()
+        .chain(beside_exe.into_iter().flatten())
+        .find(|p| p.is_file())
 }
 
 /// The worker binary that runs one VM: `$SUPERMACHINE_WORKER`, else next to this executable.
@@ -280,4 +338,33 @@ fn build_busybox_rootfs(busybox: &Path, image: &Path) -> Result<(), Error> {
     })();
     let _ = std::fs::remove_dir_all(&tree);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_are_found_env_first_then_bundle_then_beside_the_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bundle, exe) = (dir.path().join("bundle"), dir.path().join("bin"));
+        for d in [&bundle, &exe] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("helper"), b"").unwrap();
+        }
+        let env = Some(PathBuf::from("/from/env/helper"));
+        let found = |env, bundle, exe| search("helper", env, bundle, exe);
+        assert_eq!(found(env.clone(), Some(&bundle), Some(&exe)), env);
+        assert_eq!(
+            found(None, Some(&bundle), Some(&exe)),
+            Some(bundle.join("helper"))
+        );
+        // A bundle without this helper falls through to the executable's.
+        std::fs::remove_file(bundle.join("helper")).unwrap();
+        assert_eq!(
+            found(None, Some(&bundle), Some(&exe)),
+            Some(exe.join("helper"))
+        );
+        assert_eq!(found(None, None, None), None);
+    }
 }

@@ -81,7 +81,11 @@ pub fn key() -> Option<String> {
     )
 }
 
-/// Path of the built kernel, if it is built. `SUPERMACHINE_KERNEL` overrides.
+/// Path of the kernel to boot: `$SUPERMACHINE_KERNEL`, else `vmlinux` or
+/// `vmlinux.zst` in the bundle directory ([`crate::assets::set_bundle_dir`]),
+/// else the cached build, if it is built. A kernel compressed with zstd
+/// (a `.zst` file, as the npm package ships it) is unpacked once into the
+/// cache and that copy is returned.
 ///
 /// ```no_run
 /// match supermachine::kernel::path() {
@@ -91,7 +95,14 @@ pub fn key() -> Option<String> {
 /// ```
 pub fn path() -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os("SUPERMACHINE_KERNEL") {
-        return Ok(PathBuf::from(p));
+        return usable(PathBuf::from(p));
+    }
+    if let Some(dir) = crate::assets::bundle_dir() {
+        for name in ["vmlinux", "vmlinux.zst"] {
+            if dir.join(name).is_file() {
+                return usable(dir.join(name));
+            }
+        }
     }
     let key = key().ok_or(Error::KernelNotBuilt {
         reason: format!("the {SOURCE_PACKAGE} package is not installed"),
@@ -104,6 +115,77 @@ pub fn path() -> Result<PathBuf, Error> {
             reason: format!("{} does not exist", vmlinux.display()),
         })
     }
+}
+
+/// `kernel` itself, or for a `.zst` file its unpacked copy in the cache.
+fn usable(kernel: PathBuf) -> Result<PathBuf, Error> {
+    if kernel.extension().is_some_and(|e| e == "zst") {
+        unpacked(&kernel, &paths::cache_dir().join("kernel").join("unpacked"))
+    } else {
+        Ok(kernel)
+    }
+}
+
+/// Most bytes a compressed kernel may unpack to: guest kernels are tens of
+/// MiB, and a damaged or hostile file must not fill the disk.
+const UNPACKED_KERNEL_LIMIT: u64 = 512 << 20;
+
+/// Unpacks the zstd-compressed kernel `zst` into `<root>/<digest>/vmlinux`
+/// once (keyed by the compressed file's digest) and returns that path.
+fn unpacked(zst: &Path, root: &Path) -> Result<PathBuf, Error> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", zst.display());
+        move |e| Error::io(what, e)
+    };
+    let digest = hash::file_digest(zst).map_err(io("reading the kernel"))?;
+    let key = Hasher::new("unpacked-kernel")
+        .field(digest.as_bytes())
+        .short();
+    let dir = root.join(key);
+    let vmlinux = dir.join("vmlinux");
+    if vmlinux.is_file() {
+        return Ok(vmlinux);
+    }
+    paths::create_dir_all_mode(&dir, paths::SHARED_DIR)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    // Unpacked beside its final name and renamed into place: a reader
+    // never sees half a kernel, and two processes unpacking at once both
+    // end with a whole one.
+    let tmp = dir.join(format!(".vmlinux.{}.tmp", std::process::id()));
+    let result = (|| {
+        let input = std::fs::File::open(zst).map_err(io("opening the kernel"))?;
+        let decoder =
+            zstd::stream::read::Decoder::new(input).map_err(io("unpacking the kernel"))?;
+        let mut out = paths::create_private_file(&tmp)
+            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let copied = std::io::copy(
+            &mut std::io::Read::take(decoder, UNPACKED_KERNEL_LIMIT + 1),
+            &mut out,
+        )
+        .map_err(io("unpacking the kernel"))?;
+        if copied > UNPACKED_KERNEL_LIMIT {
+            return Err(Error::io(
+                format!("unpacking the kernel {}", zst.display()),
+                std::io::Error::other(format!(
+                    "it unpacks to more than {} MiB: not a kernel",
+                    UNPACKED_KERNEL_LIMIT >> 20
+                )),
+            ));
+        }
+        // Shared read-only like the rest of the cache (created private so
+        // no one reads it half-written).
+        std::fs::set_permissions(
+            &tmp,
+            std::os::unix::fs::PermissionsExt::from_mode(paths::SHARED_FILE),
+        )
+        .map_err(|e| Error::io(format!("setting the mode of {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &vmlinux)
+            .map_err(|e| Error::io(format!("renaming into {}", vmlinux.display()), e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| vmlinux)
 }
 
 fn install_build_deps() -> Result<(), Error> {
@@ -203,4 +285,56 @@ pub fn build() -> Result<PathBuf, Error> {
         return Err(Error::KernelMissingAfterBuild { path: vmlinux });
     }
     Ok(vmlinux)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compressed(dir: &Path, data: &[u8]) -> PathBuf {
+        let zst = dir.join("vmlinux.zst");
+        std::fs::write(&zst, zstd::stream::encode_all(data, 3).unwrap()).unwrap();
+        zst
+    }
+
+    #[test]
+    fn a_compressed_kernel_is_unpacked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let zst = compressed(dir.path(), &kernel);
+        let root = dir.path().join("unpacked");
+        let first = unpacked(&zst, &root).unwrap();
+        assert_eq!(std::fs::read(&first).unwrap(), kernel);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&first).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        // Cached: the same path, and it is not written again.
+        let mtime = std::fs::metadata(&first).unwrap().modified().unwrap();
+        assert_eq!(unpacked(&zst, &root).unwrap(), first);
+        assert_eq!(
+            std::fs::metadata(&first).unwrap().modified().unwrap(),
+            mtime
+        );
+    }
+
+    #[test]
+    fn a_damaged_kernel_is_an_error_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let zst = dir.path().join("vmlinux.zst");
+        std::fs::write(&zst, b"not zstd at all").unwrap();
+        let root = dir.path().join("unpacked");
+        let e = unpacked(&zst, &root).unwrap_err();
+        assert!(e.to_string().contains("unpacking the kernel"), "{e}");
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn an_uncompressed_kernel_is_used_as_it_is() {
+        let p = PathBuf::from("/boot/vmlinux-test");
+        assert_eq!(usable(p.clone()).unwrap(), p);
+    }
 }
