@@ -5,7 +5,8 @@
 //! ahead the pages a copy touches first.
 
 use crate::api::ensure;
-use crate::util::TempDir;
+use crate::progress::trial;
+use crate::util::{TempDir, PATIENCE};
 use libtest_mimic::{Failed, Trial};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supermachine::{Image, Vm, VmConfig};
@@ -13,18 +14,18 @@ use supermachine_vmm::snapshot::bundle;
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test(
+        trial(
             "snapshot::restored_copies_keep_state_and_are_independent",
             restored_copies,
         ),
-        Trial::test("snapshot::a_damaged_snapshot_fails_cleanly", damaged),
-        Trial::test(
+        trial("snapshot::a_damaged_snapshot_fails_cleanly", damaged),
+        trial(
             "snapshot::cli_build_caches_by_key_and_rebakes_on_change",
             cli_build,
         ),
-        Trial::test("snapshot::concurrent_builds_bake_once", concurrent_builds),
-        Trial::test("snapshot::restores_use_prestarted_workers", prestarted),
-        Trial::test(
+        trial("snapshot::concurrent_builds_bake_once", concurrent_builds),
+        trial("snapshot::restores_use_prestarted_workers", prestarted),
+        trial(
             "snapshot::the_first_restore_records_hot_pages_later_ones_map_them",
             hot_pages,
         ),
@@ -220,7 +221,7 @@ fn hot_pages() -> Result<(), Failed> {
         let first = Vm::start(&image, &VmConfig::default()).await?;
         ensure(!list.exists(), "a hot-page list before any restore ran")?;
         sh(&first, "true").await?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + PATIENCE;
         while !list.exists() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -477,7 +478,7 @@ fn prestarted() -> Result<(), Failed> {
             // snapshot: the restored guest's console still lands in it.
             sh(&vm, "echo prestarted-console-marker > /dev/ttyS0").await?;
             let log = &vm.info().serial_log;
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + PATIENCE;
             while !std::fs::read_to_string(log)
                 .unwrap_or_default()
                 .contains("prestarted-console-marker")
