@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the whole suite. Sets up first (agent, binaries,
-//! kernel), then runs every crate's tests in release mode (the end-to-end
-//! tests boot real VMs, in the lab when the host lacks VT-x/AMD-V), then
-//! fuzzes the protocol's frame decoder briefly.
+//! kernel), installs the tools the tests use, then runs every crate's tests
+//! in release mode (the end-to-end tests boot real VMs, in the lab when the
+//! host lacks VT-x/AMD-V), then fuzzes the protocol's frame decoder briefly.
 
 use crate::setup::{setup, workspace_root};
 use std::process::Command;
@@ -9,8 +9,24 @@ use std::process::Command;
 /// Seconds the protocol frame decoder is fuzzed for on every test run.
 const FUZZ_SECONDS: u32 = 30;
 
+/// Debian packages the tests run: root filesystem images (`mkfs.ext4`),
+/// `cpio` to read back the initramfs writer's archives, `fsck.erofs` to
+/// check our EROFS images, a real registry and the tool that pushes to it,
+/// and `debootstrap` for the Debian test image. Installed when missing (as
+/// root; otherwise the error gives the command).
+const TEST_PACKAGES: &[&str] = &[
+    "e2fsprogs",
+    "cpio",
+    "erofs-utils",
+    "docker-registry",
+    "skopeo",
+    "debootstrap",
+];
+
 pub fn test(extra: &[String]) -> Result<i32, String> {
     setup()?;
+    supermachine_lab::ensure_packages(TEST_PACKAGES)
+        .map_err(|e| format!("the tests' tools: {e}"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let ci = std::env::var_os("CI").is_some();
     let mut cmd = Command::new(&cargo);
