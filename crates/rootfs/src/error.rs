@@ -98,6 +98,18 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The image config does not give one `diff_id` per layer, so the
+    /// layers cannot be checked against it.
+    #[error(
+        "the image config lists {diff_ids} diff_ids for {layers} layers; the image is corrupt"
+    )]
+    DiffIdCount {
+        /// Layers in the manifest.
+        layers: usize,
+        /// Entries of `rootfs.diff_ids` in the config.
+        diff_ids: usize,
+    },
+
     /// The uncompressed layer does not hash to the `diff_id` the image
     /// config gives for it: the layer blob and the config disagree.
     #[error("layer {layer}: its uncompressed content is {actual}, but the image config says {expected}; the image is corrupt or was tampered with")]
