@@ -4,19 +4,24 @@
 //!
 //! ```text
 //! cargo run --release -p supermachine-rootfs --example hostile_bench [N]
+//! cargo run --release -p supermachine-rootfs --example hostile_bench -- --one CASE N [--image]
 //! ```
 //!
-//! Each case runs in a child process so its peak RSS is its own. Cases:
+//! CPU time (user + system) is the figure to compare: wall time on a busy
+//! machine also counts waiting for the disk and for other processes.
+//! Each case runs in a child process so its peak RSS is its own; the layer
+//! is written to a temporary file first and streamed from it, so the RSS is
+//! the tree's (and, with `--image`, the EROFS writer's) alone. Cases:
 //! `opaque` (N files, each followed by a root opaque marker), `links`
 //! (N hard links to one file), `tiny` (N one-byte files), `sparse` (one
 //! GNU sparse file of N data chunks), `xattrs` (N PAX records of distinct
 //! xattr names; refused by `max_xattr_bytes`, after the work is done).
 
-use std::io::Write;
+use std::io::{BufReader, Seek, Write};
 use std::process::Command;
 use std::time::Instant;
 
-use supermachine_rootfs::{Compression, Limits, Tree, TreeOptions};
+use supermachine_rootfs::{erofs, Compression, Limits, Tree, TreeOptions};
 
 fn header(name: &[u8], typeflag: u8, size: u64, link: &[u8]) -> [u8; 512] {
     let mut h = [0u8; 512];
@@ -39,15 +44,22 @@ fn checksum(h: &mut [u8; 512]) {
     h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
-fn member(out: &mut Vec<u8>, name: &str, typeflag: u8, data: &[u8], link: &str) {
-    out.extend_from_slice(&header(
+/// Zeros up to the next 512-byte boundary after `len` bytes.
+fn pad(out: &mut dyn Write, len: usize) {
+    let fill = len.next_multiple_of(512) - len;
+    out.write_all(&[0u8; 512][..fill]).expect("write");
+}
+
+fn member(out: &mut dyn Write, name: &str, typeflag: u8, data: &[u8], link: &str) {
+    let h = header(
         name.as_bytes(),
         typeflag,
         data.len() as u64,
         link.as_bytes(),
-    ));
-    out.extend_from_slice(data);
-    out.resize(out.len().next_multiple_of(512), 0);
+    );
+    out.write_all(&h).expect("write");
+    out.write_all(data).expect("write");
+    pad(out, data.len());
 }
 
 fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
@@ -63,7 +75,7 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
 }
 
 /// One GNU sparse member with `n` one-byte data chunks 8 KiB apart.
-fn sparse(out: &mut Vec<u8>, n: u64) {
+fn sparse(out: &mut dyn Write, n: u64) {
     let real = n * 8192;
     let mut h = header(b"sparse", b'S', n, b"");
     h[257..265].copy_from_slice(b"ustar  \0");
@@ -77,7 +89,7 @@ fn sparse(out: &mut Vec<u8>, n: u64) {
     h[482] = u8::from(n > 4);
     h[483..495].copy_from_slice(format!("{real:011o}\0").as_bytes());
     checksum(&mut h);
-    out.extend_from_slice(&h);
+    out.write_all(&h).expect("write");
     let mut i = 4;
     while i < n {
         let mut ext = [0u8; 512];
@@ -88,44 +100,53 @@ fn sparse(out: &mut Vec<u8>, n: u64) {
             }
         }
         ext[504] = u8::from(i < n);
-        out.extend_from_slice(&ext);
+        out.write_all(&ext).expect("write");
     }
-    out.resize(out.len() + n as usize, b'x');
-    out.resize(out.len().next_multiple_of(512), 0);
+    out.write_all(&vec![b'x'; n as usize]).expect("write");
+    pad(out, n as usize);
 }
 
-fn layer(case: &str, n: u64) -> Vec<u8> {
-    let mut t = Vec::new();
+/// Writes the layer of `case` with `n` entries to `t`.
+fn layer(case: &str, n: u64, t: &mut dyn Write) {
     match case {
         "opaque" => {
             for i in 0..n {
-                member(&mut t, &format!("d{}/f{i}", i % 64), b'0', b"x", "");
-                member(&mut t, ".wh..wh..opq", b'0', b"", "");
+                member(t, &format!("d{}/f{i}", i % 64), b'0', b"x", "");
+                member(t, ".wh..wh..opq", b'0', b"", "");
             }
         }
         "links" => {
-            member(&mut t, "f", b'0', b"x", "");
+            member(t, "f", b'0', b"x", "");
             for i in 0..n {
-                member(&mut t, &format!("d{}/l{i}", i % 64), b'1', b"", "f");
+                member(t, &format!("d{}/l{i}", i % 64), b'1', b"", "f");
             }
         }
         "tiny" => {
             for i in 0..n {
-                member(&mut t, &format!("d{}/f{i}", i % 64), b'0', b"x", "");
+                member(t, &format!("d{}/f{i}", i % 64), b'0', b"x", "");
             }
         }
-        "sparse" => sparse(&mut t, n),
+        "sparse" => sparse(t, n),
         "xattrs" => {
             let body: Vec<u8> = (0..n as u32)
                 .flat_map(|i| pax_record(&format!("SCHILY.xattr.user.k{i}"), b"v"))
                 .collect();
-            member(&mut t, "PaxHeaders/x", b'x', &body, "");
-            member(&mut t, "x", b'0', b"", "");
+            member(t, "PaxHeaders/x", b'x', &body, "");
+            member(t, "x", b'0', b"", "");
         }
         other => panic!("unknown case {other}"),
     }
-    t.resize(t.len() + 1024, 0);
-    t
+    t.write_all(&[0u8; 1024]).expect("write");
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 fn peak_rss_kib() -> u64 {
@@ -138,8 +159,14 @@ fn peak_rss_kib() -> u64 {
 }
 
 /// Runs one case in this process and prints one line.
-fn run(case: &str, n: u64) {
-    let tar = layer(case, n);
+fn run(case: &str, n: u64, image: bool) {
+    let mut file = tempfile::tempfile().expect("temporary file");
+    let mut out = std::io::BufWriter::new(&mut file);
+    layer(case, n, &mut out);
+    out.flush().expect("writing the layer");
+    drop(out);
+    let tar_len = file.stream_position().expect("position") as usize;
+    file.rewind().expect("rewind");
     // Big enough for the largest cases; the defaults would refuse some.
     let limits = Limits {
         max_header_bytes: 64 << 20,
@@ -152,24 +179,37 @@ fn run(case: &str, n: u64) {
     })
     .expect("tree");
     let start = Instant::now();
-    let result = tree.apply_layer(0, &tar[..], Compression::None);
-    let secs = start.elapsed().as_secs_f64();
-    let outcome = match result {
+    let cpu = cpu_secs();
+    let result = tree.apply_layer(0, BufReader::new(file), Compression::None);
+    let mut outcome = match result {
         Ok(_) => "ok".to_string(),
         Err(e) => format!("error: {e}"),
     };
+    if image && outcome == "ok" {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        match erofs::write(&tree, &dir.path().join("img")) {
+            Ok(stats) => outcome = format!("ok, image {} MiB", stats.bytes >> 20),
+            Err(e) => outcome = format!("image error: {e}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu;
     println!(
-        "{case:<7} n={n:<9} {secs:>8.3} s  peak RSS {:>7} MiB  tar {:>6} MiB  {outcome}",
+        "{case:<7} n={n:<9} cpu {cpu:>7.3} s  wall {secs:>7.3} s  peak RSS {:>5} MiB  tar {:>5} MiB  {outcome}",
         peak_rss_kib() / 1024,
-        tar.len() >> 20
+        tar_len >> 20
     );
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, flag, case, n] = &args[..] {
+    if let [_, flag, case, n, rest @ ..] = &args[..] {
         if flag == "--one" {
-            run(case, n.parse().expect("n"));
+            run(
+                case,
+                n.parse().expect("n"),
+                rest.iter().any(|a| a == "--image"),
+            );
             return;
         }
     }
