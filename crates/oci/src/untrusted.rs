@@ -50,7 +50,7 @@ impl From<rustix::io::Errno> for OpenError {
     fn from(e: rustix::io::Errno) -> Self {
         match e {
             rustix::io::Errno::NOENT => Self::Missing,
-            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => Self::Symlink,
+            rustix::io::Errno::LOOP => Self::Symlink,
             rustix::io::Errno::NOTDIR => {
                 Self::NotRegular("below something that is not a directory")
             }
@@ -124,10 +124,8 @@ impl Beneath {
     }
 
     fn open_raw(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, OpenError> {
-        let resolve = ResolveFlags::BENEATH
-            | ResolveFlags::NO_SYMLINKS
-            | ResolveFlags::NO_MAGICLINKS
-            | ResolveFlags::NO_XDEV;
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
         match rustix::fs::openat2(&self.dir, rel, flags, Mode::empty(), resolve) {
             Err(rustix::io::Errno::NOSYS) => self.walk(rel, flags),
             other => Ok(other?),
