@@ -105,6 +105,10 @@ impl Tree {
     /// must match the stream's magic bytes. A zero-byte stream is an empty
     /// layer whatever the declared format.
     ///
+    /// Every layer counts against the tree's [`Limits`] (unpacked bytes,
+    /// spool bytes, names, metadata): a layer that would exceed one is
+    /// refused with [`Error::LimitExceeded`] naming the cap.
+    ///
     /// On error the tree is left half-applied and refuses further use.
     pub fn apply_layer<R: Read>(
         &mut self,
@@ -177,7 +181,8 @@ impl Tree {
 
     /// Every path of the tree with its type, ownership, mode, size, link
     /// target, device number, content digest and link count, sorted by path.
-    /// Reads all file contents back from the spool to hash them.
+    /// Reads all file contents back from the spool to hash them, holes
+    /// included (as zeros): it costs up to the unpacked size.
     pub fn listing(&self) -> Result<Vec<ListingEntry>> {
         self.check()?;
         listing::build(&self.view())
