@@ -5,7 +5,8 @@
 //!
 //! One test function: the cache directory is process-wide (an env var).
 
-use sha2::{Digest as _, Sha256};
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use supermachine::oci::{PullPolicy, Store};
@@ -26,41 +27,21 @@ fn tar_with(files: &[(&str, &[u8])]) -> Vec<u8> {
 /// A one-layer OCI layout tagged `tag` whose file `/hello` holds `text`.
 fn layout(dir: &Path, tag: &str, text: &str) {
     use std::io::Write;
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let put = |media: &str, bytes: &[u8]| {
-        let hex = hex::encode(Sha256::digest(bytes));
-        std::fs::write(blobs.join(&hex), bytes).unwrap();
-        serde_json::json!({"mediaType": media, "digest": format!("sha256:{hex}"), "size": bytes.len()})
-    };
     let tar = tar_with(&[("hello", text.as_bytes())]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
-    let layer = put(
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        &gz.finish().unwrap(),
-    );
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["cat", "/hello"], "Env": ["A=1"], "WorkingDir": "/w", "User": "1:2"},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(Sha256::digest(&tar)))]},
+        "rootfs": {"type": "layers", "diff_ids": [common::sha256(&tar)]},
     });
-    let config = put(
-        "application/vnd.oci.image.config.v1+json",
-        &serde_json::to_vec(&config).unwrap(),
+    common::one_layer_layout(
+        dir,
+        &gz.finish().unwrap(),
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &config,
+        Some(tag),
     );
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config, "layers": [layer],
-    });
-    let mut desc = put(
-        "application/vnd.oci.image.manifest.v1+json",
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
-    desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
 #[derive(Clone, Default)]
