@@ -1,6 +1,6 @@
 //! The environment of an exec'd process.
 
-use crate::spawn::SpawnError;
+use crate::exec::spawn::SpawnError;
 use crate::user::User;
 use supermachine_protocol::{EnvMode, ErrorKind, ExecRequest};
 

@@ -13,20 +13,19 @@ pub mod boot;
 pub mod cmdline;
 pub mod env;
 pub mod exec;
-pub mod exec_io;
-pub mod exec_quiet;
 pub mod files;
 pub mod power;
 pub mod probe;
-pub mod pty;
 pub mod reaper;
 pub mod restore;
 pub mod server;
-pub mod spawn;
 pub mod sys;
 pub mod transport;
 pub mod user;
 pub mod write_file;
+
+// The exec modules live under `exec/` now; their old paths stay valid.
+pub use exec::{pty, quiet as exec_quiet, spawn, streams as exec_io};
 
 /// Version reported to the host in `Ready` and `Version`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

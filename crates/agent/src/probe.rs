@@ -3,7 +3,7 @@
 //! exec benchmark subtracts this (and a bare ping) from a full exec round
 //! trip to show what the protocol and the host add.
 
-use crate::spawn::{self, SpawnError};
+use crate::exec::spawn::{self, SpawnError};
 use crate::transport::Stream;
 use std::time::Instant;
 use supermachine_protocol::{write_frame, AgentMessage, ErrorKind, ExecRequest, MAX_SPAWN_PROBES};

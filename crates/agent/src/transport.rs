@@ -82,7 +82,22 @@ impl Write for Stream {
 
 /// A listening stream socket.
 #[derive(Debug)]
-pub struct Listener(OwnedFd);
+pub struct Listener {
+    fd: OwnedFd,
+    /// A vsock listener accepts only the host (CID 2): any process in the
+    /// guest could otherwise connect to the agent's port over vsock
+    /// loopback and have it run commands as root.
+    host_only: bool,
+}
+
+/// Whether a vsock peer is the host. The host always connects from
+/// [`libc::VMADDR_CID_HOST`]; the guest's own CID, the local CID (1) and
+/// anything else are processes inside the guest (or another VM).
+pub fn is_host_peer(peer: &libc::sockaddr_vm, len: libc::socklen_t) -> bool {
+    len as usize >= mem::size_of::<libc::sockaddr_vm>()
+        && i32::from(peer.svm_family) == libc::AF_VSOCK
+        && peer.svm_cid == libc::VMADDR_CID_HOST
+}
 
 impl Listener {
     /// Listens on `port` of every local CID.
@@ -99,29 +114,51 @@ impl Listener {
         })?;
         // SAFETY: plain syscall on our fd.
         cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
-        Ok(Listener(fd))
+        Ok(Listener {
+            fd,
+            host_only: true,
+        })
     }
 
-    /// Listens on a Unix socket path (test mode).
+    /// Listens on a Unix socket path (test mode; the socket file's
+    /// permissions decide who may connect).
     pub fn unix(path: &Path) -> io::Result<Listener> {
-        Ok(Listener(UnixListener::bind(path)?.into()))
+        Ok(Listener {
+            fd: UnixListener::bind(path)?.into(),
+            host_only: false,
+        })
     }
 
-    /// Waits for the next connection.
+    /// Waits for the next connection (on vsock: the next one from the
+    /// host; others are closed at once).
     pub fn accept(&self) -> io::Result<Stream> {
         loop {
-            // SAFETY: null address pointers are allowed; the fd is ours.
+            // SAFETY: sockaddr_vm is plain old data; zero is a valid value.
+            let mut peer: libc::sockaddr_vm = unsafe { mem::zeroed() };
+            let mut len = mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+            // SAFETY: the address buffer is a live sockaddr_vm and `len`
+            // its size; for a Unix socket the kernel truncates to `len`.
             let ret = unsafe {
                 libc::accept4(
-                    self.0.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
+                    self.fd.as_raw_fd(),
+                    (&mut peer as *mut libc::sockaddr_vm).cast(),
+                    &mut len,
                     libc::SOCK_CLOEXEC,
                 )
             };
             match cvt(ret) {
-                // SAFETY: accept4 returned a new fd that nothing else owns.
-                Ok(fd) => return Ok(Stream(unsafe { OwnedFd::from_raw_fd(fd) })),
+                Ok(fd) => {
+                    // SAFETY: accept4 returned a new fd that nothing else owns.
+                    let stream = Stream(unsafe { OwnedFd::from_raw_fd(fd) });
+                    if self.host_only && !is_host_peer(&peer, len) {
+                        crate::log!(
+                            "refused a vsock connection from CID {} (only the host may connect)",
+                            peer.svm_cid
+                        );
+                        continue;
+                    }
+                    return Ok(stream);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
@@ -234,4 +271,51 @@ pub fn report_send_failure(e: &supermachine_protocol::FrameError) {
         }
     }
     crate::log(format_args!("sending a reply failed: {e}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(family: i32, cid: u32) -> libc::sockaddr_vm {
+        let mut addr = vsock_addr(cid, 1234);
+        addr.svm_family = family as libc::sa_family_t;
+        addr
+    }
+
+    const LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+
+    #[test]
+    fn only_the_host_cid_may_talk_to_the_agent() {
+        assert!(is_host_peer(
+            &peer(libc::AF_VSOCK, libc::VMADDR_CID_HOST),
+            LEN
+        ));
+        // vsock loopback from inside the guest: the local CID, the guest's
+        // own CID, the hypervisor's, "any".
+        for cid in [1, 3, 42, libc::VMADDR_CID_HYPERVISOR, libc::VMADDR_CID_ANY] {
+            assert!(!is_host_peer(&peer(libc::AF_VSOCK, cid), LEN), "CID {cid}");
+        }
+        // Not a vsock address at all, or a short one.
+        assert!(!is_host_peer(
+            &peer(libc::AF_UNIX, libc::VMADDR_CID_HOST),
+            LEN
+        ));
+        assert!(!is_host_peer(
+            &peer(libc::AF_VSOCK, libc::VMADDR_CID_HOST),
+            4
+        ));
+    }
+
+    #[test]
+    fn a_unix_listener_in_test_mode_accepts_any_peer() {
+        let dir = std::env::temp_dir().join(format!("agent-transport-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let listener = Listener::unix(&path).expect("bind");
+        let _client = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+        assert!(listener.accept().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

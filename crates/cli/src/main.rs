@@ -103,6 +103,10 @@ enum Command {
     /// `supermachine cp ./app ID:/srv/app`, `supermachine cp ID:/var/log/app.log .`
     /// A destination that is an existing directory receives the source under its own name.
     Cp {
+        /// Keep setuid, setgid and sticky bits (dropped by default: a
+        /// setuid file from a guest must not become one on the host).
+        #[arg(short = 'p', long)]
+        preserve_mode: bool,
         /// Source: a host path or ID:/guest/path.
         src: String,
         /// Destination: a host path or ID:/guest/path.
@@ -281,7 +285,11 @@ async fn dispatch(command: Command) -> Result<i32, supermachine::Error> {
                 Err(e) => Err(vm.explain_lost(e).await),
             }
         }
-        Command::Cp { src, dst } => cp::run(&src, &dst).await.map(|()| 0),
+        Command::Cp {
+            src,
+            dst,
+            preserve_mode,
+        } => cp::run(&src, &dst, preserve_mode).await.map(|()| 0),
         Command::Pull { image } => images::pull(&image).await,
         Command::Images { json } => images::list(json),
         Command::Inspect { image } => images::inspect(&image),

@@ -9,7 +9,10 @@ pub fn ps(json: bool) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     if json {
         for vm in &vms {
-            let line = serde_json::to_string(vm).map_err(|e| Error::Setup(e.to_string()))?;
+            let line = serde_json::to_string(vm).map_err(|source| Error::Json {
+                what: "describing a VM",
+                source,
+            })?;
             let _ = writeln!(out, "{line}");
         }
         return Ok(());

@@ -75,11 +75,11 @@ pub async fn build(args: BuildArgs) -> Result<i32, Error> {
                 for cmd in &warmups {
                     let out = vm.exec(["sh", "-c", cmd.as_str()]).await?;
                     if out.status.code != Some(0) {
-                        return Err(Error::Setup(format!(
-                            "warmup `{cmd}` failed (exit {}): {}",
-                            out.status.shell_code(),
-                            out.stderr_lossy().trim()
-                        )));
+                        return Err(Error::WarmupFailed {
+                            command: cmd.clone(),
+                            code: out.status.shell_code(),
+                            stderr: out.stderr_lossy().trim().to_string(),
+                        });
                     }
                 }
                 Ok(())
@@ -137,7 +137,7 @@ pub fn find(spec: &str) -> Result<Image, Error> {
     }
     Err(Error::Snapshot {
         path: named,
-        reason: "no such snapshot (see `supermachine snapshots ls`)".into(),
+        reason: supermachine::snapshot::SnapshotProblem::NotFound,
     })
 }
 
@@ -160,7 +160,10 @@ pub fn ls(json: bool, dir: Option<PathBuf>) -> Result<i32, Error> {
     let mut out = std::io::stdout().lock();
     if json {
         for (path, meta) in &all {
-            let mut v = serde_json::to_value(meta).map_err(|e| Error::Setup(e.to_string()))?;
+            let mut v = serde_json::to_value(meta).map_err(|source| Error::Json {
+                what: "describing a snapshot",
+                source,
+            })?;
             v["path"] = serde_json::Value::String(path.display().to_string());
             let _ = writeln!(out, "{v}");
         }

@@ -25,7 +25,8 @@ mod qemu;
 mod vm;
 
 pub use error::LabError;
-pub use host::{detect, ensure_packages, explain, KvmHost};
+pub use host::ensure_packages;
+pub use supermachine_kvmhost::{detect, explain, KvmHost};
 
 use std::ffi::OsString;
 use std::io::{self, Read};

@@ -40,8 +40,69 @@ pub enum WorkerRequest {
 pub enum WorkerReply {
     Snapshotted(SnapshotReport),
     Restored,
-    HotPagesRecorded { touched: u64, written: u64 },
+    HotPagesRecorded {
+        touched: u64,
+        written: u64,
+    },
+    /// A failure as text only (older workers; the host reads it as
+    /// [`FailureKind::Other`]). New code sends [`WorkerReply::Refused`].
     Failed(String),
+    /// A failure with its kind, so the host can tell them apart without
+    /// reading the message.
+    Refused(WorkerFailure),
+}
+
+/// Why a worker could not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerFailure {
+    pub kind: FailureKind,
+    /// For people: what went wrong and what to do.
+    pub message: String,
+}
+
+impl WorkerFailure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> WorkerFailure {
+        WorkerFailure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The kinds of [`WorkerFailure`] a caller may act on. Append only: the
+/// encoding is by position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// Anything else.
+    Other,
+    /// The request did not decode, or does not apply to this worker
+    /// (a restore to a running VM, a snapshot to a standby).
+    BadRequest,
+    /// The VM is not running (any more).
+    NotRunning,
+    /// The snapshot's state file is not one this worker reads: bad magic,
+    /// another format version, corrupt, or it does not decode.
+    SnapshotFormat,
+    /// The snapshot's memory file does not match its layout (truncated?).
+    SnapshotMemory,
+    /// The snapshot's guest TSC runs at another rate and this host's KVM
+    /// cannot scale it.
+    TscRate,
+    /// The disks given do not match the snapshotted VM's (count, size,
+    /// read-only flag).
+    DiskMismatch,
+    /// The host's KVM refused (an ioctl failed, /dev/kvm unusable).
+    Kvm,
+    /// Reading or writing a file failed.
+    Io,
+    /// Recording the hot pages failed, or there is nothing to record.
+    HotPages,
 }
 
 /// What a snapshot wrote and what it cost the guest.

@@ -1,6 +1,6 @@
 //! The library's error type.
 
-use crate::outcome::VmOutcome;
+use crate::worker::outcome::VmOutcome;
 use std::path::PathBuf;
 
 /// Everything that can go wrong, each saying what to do about it.
@@ -23,8 +23,65 @@ pub enum Error {
     PvmHost,
     #[error("{0} not found: build the workspace (cargo xtask setup) or set {1}")]
     MissingBinary(&'static str, &'static str),
-    #[error("setup: {0}")]
-    Setup(String),
+    /// A Debian package the host needs is missing.
+    #[error("{what} needs these Debian packages: {}apt-get install -y {}", if *.as_root { "" } else { "sudo " }, .packages.join(" "))]
+    MissingPackages {
+        what: &'static str,
+        packages: Vec<String>,
+        /// Whether this process runs as root (else the hint says sudo).
+        as_root: bool,
+    },
+    /// A host tool ran and failed.
+    #[error("{tool} failed ({status}){}", .hint.as_deref().map(|h| format!(": {h}")).unwrap_or_default())]
+    ToolFailed {
+        tool: &'static str,
+        status: String,
+        hint: Option<&'static str>,
+    },
+    /// The guest kernel build finished without producing a kernel.
+    #[error("the kernel build finished without producing {}", .path.display())]
+    KernelMissingAfterBuild { path: PathBuf },
+    /// The agent binary needs a dynamic loader, so it cannot be PID 1.
+    #[error("{} is dynamically linked and cannot be the guest's init: build the static agent with `cargo xtask setup`", .path.display())]
+    AgentNotStatic { path: PathBuf },
+    /// The cached root filesystem of a pulled image is gone.
+    #[error("the root filesystem of {image} ({}) was removed (by `supermachine gc`?): pull the image again", .path.display())]
+    RootfsRemoved { image: String, path: PathBuf },
+    /// Sixteen random VM ids in a row were taken.
+    #[error("could not pick a free VM id in the runtime directory")]
+    NoFreeVmId,
+    /// A background task of the library panicked or was cancelled.
+    #[error("the {task} task failed: {source}")]
+    Task {
+        task: &'static str,
+        source: tokio::task::JoinError,
+    },
+    /// Writing or reading JSON the library itself produces.
+    #[error("{what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    /// A bake's warmup ran past its time.
+    #[error("the warmup did not finish within {secs} s")]
+    WarmupTimeout { secs: u64 },
+    /// A bake's warmup command failed.
+    #[error("warmup `{command}` failed (exit {code}): {stderr}")]
+    WarmupFailed {
+        command: String,
+        code: i32,
+        stderr: String,
+    },
+    /// A bake waited for a listener that never came.
+    #[error("nothing listened on guest TCP port {port} within {secs} s (is the workload starting? its output is in {})", .serial_log.display())]
+    NoListener {
+        port: u16,
+        secs: u64,
+        serial_log: PathBuf,
+    },
+    /// A state the library's own logic should never reach.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -61,6 +118,26 @@ pub enum Error {
     NoSuchVm(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// [`crate::Vm::read_file`] of a file larger than its cap.
+    #[error("{path} is larger than {limit} bytes, the most read_file keeps in memory: stream it with read_file_to, or raise the cap with read_file_limited")]
+    ReadLimit { path: String, limit: u64 },
+    /// [`crate::Vm::list_dir`] of a directory with more entries than its cap.
+    #[error("{path} has more than {limit} entries, the most list_dir keeps in memory: raise the cap with list_dir_limited")]
+    ListLimit { path: String, limit: usize },
+    /// The runtime directory (where VM sockets live) is not safe to use.
+    #[error("the runtime directory {} is not safe to keep VM sockets in: {problem}. Remove it, or set SUPERMACHINE_RUNTIME_DIR (or XDG_RUNTIME_DIR) to a directory of your own with mode 0700", .path.display())]
+    UnsafeRuntimeDir {
+        path: PathBuf,
+        problem: crate::worker::runtime::RuntimeDirProblem,
+    },
+    /// A worker's socket is served by a process of another user.
+    #[error("{} is served by uid {uid}, neither you nor root: refusing to talk to it (is someone else's process in your runtime directory?)", .socket.display())]
+    UntrustedPeer { socket: PathBuf, uid: u32 },
+    /// The guest listed an entry whose name is not one plain path
+    /// component (empty, `.`, `..`, a `/` or NUL in it, over 255 bytes):
+    /// a copy to the host stops there rather than write outside its target.
+    #[error("the guest listed an entry named {name:?} in {dir}: not a plain file name, refused")]
+    UnsafeName { name: String, dir: String },
     /// Getting an image failed: a bad reference or source, the registry,
     /// a corrupt blob, the store (the message says which, and what to do).
     #[error(transparent)]
@@ -78,9 +155,13 @@ pub enum Error {
     /// [`crate::Image::from_store`] of an image that was never pulled.
     #[error("image {0} is not in the local image store: pull it first (`supermachine pull {0}`)")]
     NotPulled(String),
-    /// A snapshot could not be taken, read or restored.
+    /// A snapshot could not be taken, read or restored; `reason` says
+    /// which check failed, or what the worker said (with its kind).
     #[error("snapshot {}: {reason}", .path.display())]
-    Snapshot { path: PathBuf, reason: String },
+    Snapshot {
+        path: PathBuf,
+        reason: crate::snapshot::SnapshotProblem,
+    },
     /// [`crate::Pool::acquire`] after [`crate::Pool::shutdown`].
     #[error("the pool was shut down")]
     PoolClosed,
@@ -92,7 +173,7 @@ pub enum Error {
     },
     /// The pool could not restore a VM for a waiting acquire.
     #[error("the pool could not restore a VM: {0}")]
-    PoolRestore(String),
+    PoolRestore(#[source] std::sync::Arc<Error>),
 }
 
 fn log_hint(log: &Option<PathBuf>) -> String {

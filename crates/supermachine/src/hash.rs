@@ -58,9 +58,10 @@ pub fn memoized(
     let value = compute()?;
     // Best effort: a memo we cannot write only costs time next run.
     if let Some(dir) = memo.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = paths::create_dir_all_mode(dir, paths::SHARED_DIR);
         let tmp = memo.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, format!("{stamp}\n{value}")).is_ok() {
+        let text = format!("{stamp}\n{value}");
+        if paths::write_with_mode(&tmp, text.as_bytes(), paths::SHARED_FILE).is_ok() {
             let _ = std::fs::rename(&tmp, &memo);
         }
     }

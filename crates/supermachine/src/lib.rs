@@ -25,45 +25,34 @@
 //! # Ok(()) }
 //! ```
 
-pub mod assets;
-mod build;
-mod child;
-mod conn;
-mod defaults;
 mod error;
-mod exec;
-mod files;
 mod hash;
 mod image;
-pub mod images;
-pub mod kernel;
-mod outcome;
 pub mod paths;
-mod pool;
-mod pull;
-mod restore;
-mod rootfs;
-mod runtime;
 pub mod snapshot;
-mod standby;
 mod vm;
 mod worker;
 
-pub use build::{
+// The crate is grouped by part (see the module docs of each):
+// `vm/`       a running VM: the handle, exec, children, files, agent connections;
+// `image/`    what a VM boots from: images, pulls, root filesystems, kernel, assets;
+// `snapshot/` snapshots and what is made of them: restore, bake (build), pools;
+// `worker/`   the worker process behind a VM: spawn, supervision, runtime dirs,
+//             prestarted standbys, how it ended.
+// The public paths of the flat layout stay valid through these re-exports.
+pub use image::{assets, images, kernel};
+
+pub use error::Error;
+pub use image::defaults::{docker_command, merge_env, ExecDefaults};
+pub use image::pull::{ImageEvent, ImageProgressFn, PullOptions};
+pub use image::rootfs::rootfs_dir;
+pub use image::Image;
+pub use snapshot::build::{
     build, build_key, default_snapshots_dir, warmup, BuildOptions, Built, ExtraFile, Warmup,
     SNAPSHOTS_DIR_ENV,
 };
-pub use child::{Child, ChildControl, ChildOutput, ChildStdin};
-pub use defaults::{docker_command, merge_env, ExecDefaults};
-pub use error::Error;
-pub use exec::{ExecBuilder, ExitStatus, Output, DEFAULT_OUTPUT_LIMIT};
-pub use image::Image;
-pub use outcome::VmOutcome;
-pub use pool::{Pool, PoolOptions, PoolStatus, PooledVm};
-pub use pull::{ImageEvent, ImageProgressFn, PullOptions};
-pub use rootfs::rootfs_dir;
-pub use runtime::{check_kvm, VmInfo};
-pub use standby::prestart_workers;
+pub use snapshot::pool::{Pool, PoolOptions, PoolStatus, PooledVm};
+pub use supermachine_protocol::worker_control::{FailureKind, WorkerFailure};
 /// An entry of [`Vm::list_dir`].
 ///
 /// ```no_run
@@ -130,7 +119,15 @@ pub use supermachine_protocol::WindowSize;
 /// assert_eq!((log.mode, log.uid, log.create_parents), (0o644, None, false));
 /// ```
 pub use supermachine_protocol::WriteFileRequest;
+pub use vm::child::{Child, ChildControl, ChildOutput, ChildStdin};
+pub use vm::copy::{CopyOptions, CopyReport};
+pub use vm::exec::{ExecBuilder, ExitStatus, Output, DEFAULT_OUTPUT_LIMIT};
+pub use vm::files::{LIST_DIR_LIMIT, READ_FILE_LIMIT};
 pub use vm::{Disk, Vm, VmConfig};
+pub use worker::control::ControlError;
+pub use worker::outcome::VmOutcome;
+pub use worker::runtime::{check_kvm, RuntimeDirProblem, VmInfo};
+pub use worker::standby::prestart_workers;
 
 /// Image references, sources, the blob store and image configs
 /// (the `supermachine-oci` crate).

@@ -8,13 +8,66 @@
 //!   root, else `/tmp/supermachine-<uid>`): one short-named directory per
 //!   running VM holding its sockets; removed when the VM ends.
 //!
+//! File modes never ride on the umask: what the library creates gets an
+//! explicit mode. Private (directories 0700, files 0600): the runtime and
+//! state directories, logs, snapshots (guest memory holds the guest's
+//! secrets), build directories and VM records. Shared read-only (0755 /
+//! 0644): the cache, whose kernels, initramfs and root filesystems hold
+//! nothing secret and are rebuilt from public inputs.
+//!
 //! ```
 //! use supermachine::paths;
 //! let logs = paths::state_dir().join("logs");
 //! assert!(logs.ends_with("supermachine/logs"));
 //! ```
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Mode of private directories the library creates.
+pub(crate) const PRIVATE_DIR: u32 = 0o700;
+/// Mode of private files the library creates.
+pub(crate) const PRIVATE_FILE: u32 = 0o600;
+/// Mode of cache directories (shared read-only).
+pub(crate) const SHARED_DIR: u32 = 0o755;
+/// Mode of cache files (shared read-only).
+pub(crate) const SHARED_FILE: u32 = 0o644;
+
+/// `mkdir -p` with `mode` for every directory it creates (existing ones
+/// are left as they are).
+pub(crate) fn create_dir_all_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+}
+
+/// `mkdir -p`, private (0700).
+pub(crate) fn create_private_dir_all(path: &Path) -> std::io::Result<()> {
+    create_dir_all_mode(path, PRIVATE_DIR)
+}
+
+/// Creates (or truncates) `path` with `mode` and writes `bytes`.
+pub(crate) fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+/// Creates (or truncates) a private (0600) file.
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .open(path)
+}
 
 fn home() -> PathBuf {
     std::env::var_os("HOME")

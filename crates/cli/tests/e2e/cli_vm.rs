@@ -87,11 +87,61 @@ fn with_started(id: &str) -> Result<(), Failed> {
         return Err("the file copied back differs".into());
     }
 
+    cp_from_a_hostile_guest(id, &dir.0)?;
+
     let logs = run(&["logs", id])?;
     check(
         stdout(&logs).contains("workload-says-hello"),
         "logs show the workload's output",
         &logs,
+    )
+}
+
+/// A guest tree made to escape the host target (CVE-2018-15664 class): a
+/// symlink where the copy used to put its partial file, pointing at a host
+/// file outside the target, and a setuid file. The host file outside stays
+/// as it was, and the copy has no setuid bit.
+fn cp_from_a_hostile_guest(id: &str, host: &std::path::Path) -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let victim = host.join("victim");
+    std::fs::write(&victim, "host data\n")?;
+    let script = format!(
+        "mkdir -p /tmp/evil && cd /tmp/evil && echo guest-data > x && \
+         ln -sf {} .x.supermachine-partial && \
+         echo s > suid && chmod 4755 suid",
+        victim.display()
+    );
+    let made = run(&["exec", id, "--", "sh", "-c", &script])?;
+    check(made.status.success(), "making the hostile tree", &made)?;
+    let out = host.join("evil-copy");
+    let down = run(&[
+        "cp",
+        &format!("{id}:/tmp/evil"),
+        out.to_str().ok_or("path")?,
+    ])?;
+    if std::fs::read_to_string(&victim)? != "host data\n" {
+        return Err(
+            "cp from the guest wrote through a guest symlink to a host file outside the target"
+                .into(),
+        );
+    }
+    check(down.status.success(), "cp of the hostile tree", &down)?;
+    check(
+        std::fs::read_to_string(out.join("x"))? == "guest-data\n",
+        "the regular file arrived",
+        &down,
+    )?;
+    let mode = std::fs::symlink_metadata(out.join("suid"))?
+        .permissions()
+        .mode();
+    if mode & 0o7000 != 0 {
+        return Err(format!("the copy kept the setuid bit (mode {mode:o})").into());
+    }
+    let link = std::fs::symlink_metadata(out.join(".x.supermachine-partial"))?;
+    check(
+        link.file_type().is_symlink(),
+        "the guest symlink is copied as a symlink",
+        &down,
     )
 }
 

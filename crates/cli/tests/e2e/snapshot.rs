@@ -335,11 +335,12 @@ fn damaged() -> Result<(), Failed> {
             .write(true)
             .open(snap.join("memory"))?;
         memory.set_len(1 << 20)?;
-        refused(
-            Vm::start(&Image::from_snapshot(&snap)?, &config).await,
-            "a truncated memory file",
-            "truncated",
-        )?;
+        // The library's own check of the snapshot refuses it already.
+        let started = match Image::from_snapshot(&snap) {
+            Ok(image) => Vm::start(&image, &config).await.map(drop),
+            Err(e) => Err(e),
+        };
+        refused(started, "a truncated memory file", "truncated")?;
 
         // No worker is left behind by either failure.
         ensure(

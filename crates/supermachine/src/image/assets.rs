@@ -13,8 +13,8 @@
 use crate::error::Error;
 use crate::hash::{self, Hasher};
 use crate::paths;
-use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -67,10 +67,9 @@ fn require_static(agent: &Path) -> Result<(), Error> {
     if is_static {
         Ok(())
     } else {
-        Err(Error::Setup(format!(
-            "{} is dynamically linked and cannot be the guest's init: build the static agent with `cargo xtask setup`",
-            agent.display()
-        )))
+        Err(Error::AgentNotStatic {
+            path: agent.to_path_buf(),
+        })
     }
 }
 
@@ -122,7 +121,7 @@ fn write_atomically(
     fill: impl FnOnce(&Path) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
+    paths::create_dir_all_mode(dir, paths::SHARED_DIR)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
@@ -161,8 +160,13 @@ pub fn initramfs() -> Result<PathBuf, Error> {
     }
     require_static(&agent)?;
     write_atomically(&path, |tmp| {
-        let file =
-            File::create(tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(paths::SHARED_FILE)
+            .open(tmp)
+            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
         let mut w = supermachine_initramfs::Writer::new(BufWriter::new(file));
         let io = |e| Error::io("writing the initramfs", e);
         for dir in ["dev", "proc", "sys", "tmp", "run", "mnt"] {
@@ -191,9 +195,12 @@ const BUSYBOX: &str = "/bin/busybox";
 pub fn default_rootfs() -> Result<PathBuf, Error> {
     let busybox = Path::new(BUSYBOX);
     if !busybox.is_file() {
-        return Err(Error::Setup(format!(
-            "{BUSYBOX} is missing: apt-get install busybox-static"
-        )));
+        return Err(Error::MissingPackages {
+            what: "the built-in root filesystem",
+            packages: vec!["busybox-static".into()],
+            // SAFETY: geteuid has no preconditions.
+            as_root: unsafe { libc::geteuid() } == 0,
+        });
     }
     let digest =
         hash::file_digest(busybox).map_err(|e| Error::io(format!("reading {BUSYBOX}"), e))?;
@@ -263,7 +270,11 @@ fn build_busybox_rootfs(busybox: &Path, image: &Path) -> Result<(), Error> {
             .status()
             .map_err(|e| io("running mkfs.ext4 (apt-get install e2fsprogs)", e))?;
         if !status.success() {
-            return Err(Error::Setup(format!("mkfs.ext4 failed: {status}")));
+            return Err(Error::ToolFailed {
+                tool: "mkfs.ext4",
+                status: status.to_string(),
+                hint: None,
+            });
         }
         Ok(())
     })();

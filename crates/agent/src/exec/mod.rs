@@ -2,10 +2,10 @@
 //! stdin, report how it ended.
 //!
 //! An exec without stdin or a terminal (the common case) runs in this
-//! thread alone ([`exec_quiet`]). Otherwise, threads per exec: this one
+//! thread alone ([`quiet`]). Otherwise, threads per exec: this one
 //! (waits for the exit status and enforces the timeout), one polling the
-//! output fds ([`exec_io::pump_output`]), one reading host frames
-//! ([`exec_io::pump_input`]), which may block writing stdin. Output frames share the
+//! output fds ([`streams::pump_output`]), one reading host frames
+//! ([`streams::pump_input`]), which may block writing stdin. Output frames share the
 //! socket behind a mutex, one whole frame per lock. Every stream is
 //! bounded: a slow host stalls the output pipes and so the child, and a
 //! child that does not read stdin stalls the host's stdin frames.
@@ -22,10 +22,15 @@
 //! away, so the host must end stdin with `CloseStdin`, never by
 //! half-closing its side of the socket.
 
-use crate::exec_io::{self, Input, Output};
-use crate::spawn::{self, Child, ChildIo, SpawnError};
+pub mod pty;
+pub mod quiet;
+pub mod spawn;
+pub mod streams;
+
+use self::spawn::{Child, ChildIo, SpawnError};
+use self::streams::{Input, Output};
 use crate::transport::Stream;
-use crate::{exec_quiet, pty, reaper, sys};
+use crate::{reaper, sys};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -338,7 +343,7 @@ fn serve_child(stream: Stream, writer: Writer, child: Child, req: &ExecRequest) 
     };
     let (w, g) = (writer.clone(), group.clone());
     let output = match thread("exec-out", move || {
-        exec_io::pump_output(outputs, exited_r, &w, &g)
+        streams::pump_output(outputs, exited_r, &w, &g)
     }) {
         Ok(handle) => handle,
         Err(e) => return abandon(&stream, &writer, &group, e),
@@ -349,7 +354,7 @@ fn serve_child(stream: Stream, writer: Writer, child: Child, req: &ExecRequest) 
     };
     let (w, g) = (writer.clone(), group.clone());
     if let Err(e) = thread("exec-in", move || {
-        exec_io::pump_input(reader, input, exited_r2, &w, &g)
+        streams::pump_input(reader, input, exited_r2, &w, &g)
     }) {
         return abandon(&stream, &writer, &group, e);
     }
@@ -365,7 +370,7 @@ fn serve_child(stream: Stream, writer: Writer, child: Child, req: &ExecRequest) 
 }
 
 /// An exec with neither stdin nor a terminal: everything in this thread
-/// (see [`exec_quiet`]).
+/// (see [`quiet`]).
 fn serve_quiet(
     stream: &Stream,
     writer: &Writer,
@@ -387,7 +392,7 @@ fn serve_quiet(
         group.abort();
         return;
     }
-    let ended = exec_quiet::serve(exec_quiet::Quiet {
+    let ended = quiet::serve(quiet::Quiet {
         stream,
         writer,
         group: &group,
@@ -413,7 +418,7 @@ fn report_exit(
     group: &Group,
     raw: Option<reaper::WaitStatus>,
     timed_out: bool,
-    dropped: exec_io::Dropped,
+    dropped: streams::Dropped,
 ) {
     let (code, signal) = raw.map_or((None, None), reaper::decode);
     let exited = AgentMessage::Exited(ExitStatus {

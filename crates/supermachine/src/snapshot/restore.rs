@@ -7,20 +7,26 @@
 //! every copy would produce the same "random" bytes), a hostname (the VM
 //! id) and a machine id. That exchange doubles as the readiness check.
 
-use crate::conn;
 use crate::error::Error;
+use crate::image::assets;
 use crate::image::SnapshotImage;
-use crate::outcome::VmOutcome;
-use crate::runtime::{self, random_bytes, VmDir, VmInfo};
 use crate::snapshot::{self, SnapshotMeta};
+use crate::vm::conn;
 use crate::vm::{exec_defaults, Vm, VmConfig};
+use crate::worker::outcome::VmOutcome;
+use crate::worker::runtime::{self, random_bytes, VmDir, VmInfo};
 use crate::worker::WorkerSpec;
-use crate::{assets, standby, Image};
+use crate::worker::{control, standby};
+use crate::Image;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use supermachine_protocol::worker_control::{WorkerRequest, HOT_PAGES_FILE};
 use supermachine_protocol::{AgentMessage, Request, RestoreFixup};
+
+/// Pause between attempts to reach a restored agent that is not answering
+/// yet (no muxer socket yet, or the connection reset by the guest).
+const AGENT_RETRY: Duration = Duration::from_millis(1);
 
 /// Bytes of host randomness each restored VM mixes into its kernel's pool.
 const SEED_BYTES: usize = 64;
@@ -110,18 +116,16 @@ impl Vm {
         if !self.hot_pages_pending.swap(false, Ordering::Relaxed) {
             return None;
         }
-        let socket = snapshot::control_socket(self.dir.path());
+        let socket = control::socket(self.dir.path());
         Some(tokio::task::spawn_blocking(move || {
-            let answer = std::os::unix::net::UnixStream::connect(&socket)
-                .map_err(|e| e.to_string())
-                .and_then(|mut stream| {
-                    snapshot::ask_worker(
-                        &mut stream,
-                        &WorkerRequest::RecordHotPages,
-                        Duration::from_secs(10),
-                        "hot pages",
-                    )
-                });
+            let answer = control::connect(&socket).and_then(|mut stream| {
+                control::ask(
+                    &mut stream,
+                    &WorkerRequest::RecordHotPages,
+                    Duration::from_secs(10),
+                    "hot pages",
+                )
+            });
             tracing::debug!(?answer, "hot pages recorded");
         }))
     }
@@ -146,45 +150,46 @@ impl Vm {
         random_bytes(&mut seed).map_err(|e| Error::io("reading host randomness", e))?;
         random_bytes(&mut machine_id).map_err(|e| Error::io("reading host randomness", e))?;
         let muxer = self.dir.path().join("vsock.sock");
-        let deadline = Instant::now() + timeout;
-        let mut last_error = None;
-        loop {
-            let fixup = RestoreFixup {
-                unix_time_ns: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64),
-                seed: seed.clone(),
-                hostname: self.info.id.clone(),
-                machine_id: hex::encode(machine_id),
-            };
-            if muxer.exists() {
-                match conn::connect(&muxer, Request::Restored(fixup)).await {
-                    Ok(mut c) => match c.recv().await {
-                        Ok(AgentMessage::Done { .. }) => return Ok(()),
-                        Ok(other) => return Err(conn::unexpected(other, "restore")),
+        let ended = self.exit_watch();
+        let attempts = async {
+            let mut last_error = None;
+            loop {
+                let fixup = RestoreFixup {
+                    unix_time_ns: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+                    seed: seed.clone(),
+                    hostname: self.info.id.clone(),
+                    machine_id: hex::encode(machine_id),
+                };
+                if muxer.exists() {
+                    match conn::connect(&muxer, Request::Restored(fixup)).await {
+                        Ok(mut c) => match c.recv().await {
+                            Ok(AgentMessage::Done { .. }) => return Ok(()),
+                            Ok(other) => return Err(conn::unexpected(other, "restore")),
+                            Err(e) => last_error = Some(e),
+                        },
                         Err(e) => last_error = Some(e),
-                    },
-                    Err(e) => last_error = Some(e),
+                    }
                 }
+                tracing::trace!(?last_error, "restore: the agent is not answering yet");
+                // Not a wait for the worker (its end wakes the select
+                // below): the muxer socket appears, and the guest's one
+                // reset of every vsock connection after a restore passes,
+                // within milliseconds.
+                tokio::time::sleep(AGENT_RETRY).await;
             }
-            if let Some(outcome) = self.try_outcome() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        tokio::select! {
+            answered = attempts => answered,
+            () = ended.ended() => Err(self.boot_failed()),
+            () = tokio::time::sleep(timeout) => {
                 self.keep_log.store(true, Ordering::Relaxed);
-                return Err(Error::BootFailed {
-                    outcome,
-                    stderr: self.worker().stderr_text(),
-                    serial_log: Some(self.info.serial_log.clone()),
-                });
-            }
-            if Instant::now() >= deadline {
-                self.keep_log.store(true, Ordering::Relaxed);
-                tracing::debug!(?last_error, "restore: the agent never answered");
-                return Err(Error::BootTimeout {
+                Err(Error::BootTimeout {
                     secs: timeout.as_secs(),
                     serial_log: Some(self.info.serial_log.clone()),
-                });
+                })
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -232,7 +237,7 @@ impl Vm {
         let path = path.to_path_buf();
         let info = self.info.clone();
         let defaults = self.defaults.clone();
-        let control_socket = snapshot::control_socket(self.dir.path());
+        let control_socket = control::socket(self.dir.path());
         // The request blocks for as long as the memory copy takes.
         tokio::task::spawn_blocking(move || {
             snapshot::take(
@@ -247,6 +252,9 @@ impl Vm {
             )
         })
         .await
-        .map_err(|e| Error::Setup(format!("snapshot task: {e}")))?
+        .map_err(|source| Error::Task {
+            task: "snapshot",
+            source,
+        })?
     }
 }

@@ -14,9 +14,10 @@
 //! first request that is most of what a restore costs on a small host.
 
 use crate::error::Error;
-use crate::runtime::VmDir;
-use crate::worker::{Worker, WorkerSpec};
-use crate::{assets, snapshot};
+use crate::image::assets;
+use crate::worker::control::{self, ControlError};
+use crate::worker::runtime::VmDir;
+use crate::worker::{ExitWatch, Worker, WorkerSpec};
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use supermachine_protocol::disk_spec;
 use supermachine_protocol::worker_control::{WorkerReply, WorkerRequest};
-use tokio::io::AsyncWriteExt;
 
 /// Longest a standby worker may take to start listening.
 const STANDBY_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,16 +85,13 @@ impl Standby {
     /// that may block: run it after the standby is in the reserve.
     fn connect_later(&self) -> impl FnOnce() {
         let control = self.control.clone();
-        let socket = self
-            .dir
-            .as_ref()
-            .map(|d| snapshot::control_socket(d.path()));
-        let pid = self.worker.as_ref().map(Worker::pid);
+        let socket = self.dir.as_ref().map(|d| control::socket(d.path()));
+        let watch = self.worker.as_ref().map(Worker::exit_watch);
         move || {
-            let (Some(socket), Some(pid)) = (socket, pid) else {
+            let (Some(socket), Some(watch)) = (socket, watch) else {
                 return;
             };
-            match connect_when_listening(&socket, pid, STANDBY_START_TIMEOUT) {
+            match connect_when_listening(&socket, &watch, STANDBY_START_TIMEOUT) {
                 Ok(stream) => {
                     let mut control = control.lock().unwrap_or_else(|e| e.into_inner());
                     if matches!(*control, Control::Pending) {
@@ -130,9 +127,9 @@ impl Standby {
         timeout: Duration,
     ) -> Result<(VmDir, Worker), Error> {
         let (Some(dir), Some(worker)) = (self.dir.take(), self.worker.take()) else {
-            return Err(Error::Setup("a standby worker was used twice".into()));
+            return Err(Error::Internal("a standby worker was used twice"));
         };
-        let socket = snapshot::control_socket(dir.path());
+        let socket = control::socket(dir.path());
         let request = WorkerRequest::Restore {
             snapshot_dir: snapshot_dir.to_path_buf(),
             disks: disks
@@ -140,26 +137,30 @@ impl Standby {
                 .map(|(path, read_only)| disk_spec::format(path, *read_only))
                 .collect(),
         };
-        let pid = worker.pid();
+        let watch = worker.exit_watch();
         let control = std::mem::replace(
             &mut *self.control.lock().unwrap_or_else(|e| e.into_inner()),
             Control::Used,
         );
         let reply = match control {
-            Control::Connected(stream) => ask_async(stream, &request, timeout).await,
+            Control::Connected(stream) => {
+                control::ask_async(stream, &request, timeout, "restore").await
+            }
             Control::Pending | Control::Used => tokio::task::spawn_blocking(move || {
-                let mut stream = connect_when_listening(&socket, pid, timeout)?;
-                restore_reply(snapshot::ask_worker(
-                    &mut stream,
-                    &request,
-                    timeout,
-                    "restore",
-                ))
+                let mut stream = connect_when_listening(&socket, &watch, timeout)?;
+                control::ask(&mut stream, &request, timeout, "restore")
             })
             .await
-            .map_err(|e| Error::Setup(format!("restore task: {e}")))?,
+            .map_err(|source| Error::Task {
+                task: "restore",
+                source,
+            })?,
         };
-        match reply {
+        let restored = reply.and_then(|reply| match reply {
+            WorkerReply::Restored => Ok(()),
+            other => Err(control::unexpected("restore", &other)),
+        });
+        match restored {
             Ok(()) => Ok((dir, worker)),
             Err(reason) => {
                 let mut worker = worker;
@@ -168,7 +169,7 @@ impl Standby {
                 let _ = std::fs::remove_file(&self.serial_log);
                 Err(Error::Snapshot {
                     path: snapshot_dir.to_path_buf(),
-                    reason,
+                    reason: reason.into(),
                 })
             }
         }
@@ -185,67 +186,35 @@ impl Drop for Standby {
 }
 
 /// Connects to a starting worker's control socket, waiting for it to
-/// appear.
+/// appear. The socket's appearance is looked for every millisecond (a
+/// standby binds it within milliseconds of starting); the worker's end
+/// cuts the wait short at once (its pidfd).
 fn connect_when_listening(
     socket: &Path,
-    pid: u32,
+    worker: &ExitWatch,
     timeout: Duration,
-) -> Result<UnixStream, String> {
+) -> Result<UnixStream, ControlError> {
     let deadline = Instant::now() + timeout;
     loop {
         match UnixStream::connect(socket) {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!("the standby worker never listened: {e}"))
+            Ok(s) => return control::trusted(s, socket),
+            Err(source) if Instant::now() >= deadline => {
+                return Err(ControlError::Connect {
+                    socket: socket.to_path_buf(),
+                    source,
+                })
             }
-            Err(_) if !crate::worker::process_alive(pid) => {
-                return Err("the standby worker ended before it was used".into())
+            Err(_) => {
+                if worker.wait_blocking(SOCKET_LOOK) {
+                    return Err(ControlError::WorkerEnded);
+                }
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }
 
-/// Sends the restore request on a connected control socket and waits for
-/// the answer, without a blocking thread in between.
-async fn ask_async(
-    stream: UnixStream,
-    request: &WorkerRequest,
-    timeout: Duration,
-) -> Result<(), String> {
-    let exchange = async {
-        stream.set_nonblocking(true)?;
-        let mut stream = tokio::net::UnixStream::from_std(stream)?;
-        let bytes = supermachine_protocol::encode(request).map_err(std::io::Error::other)?;
-        stream.write_all(&bytes).await?;
-        Ok::<_, std::io::Error>(stream)
-    };
-    let mut stream = exchange
-        .await
-        .map_err(|e| format!("sending the restore request: {e}"))?;
-    let reply = tokio::time::timeout(
-        timeout,
-        crate::conn::read_frame::<WorkerReply, _>(&mut stream),
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "the worker did not answer the restore request within {} s",
-            timeout.as_secs()
-        )
-    })?
-    .map_err(|e| format!("the worker did not answer the restore request: {e}"));
-    restore_reply(reply)
-}
-
-/// What a worker's answer to a restore request means.
-fn restore_reply(reply: Result<WorkerReply, String>) -> Result<(), String> {
-    match reply? {
-        WorkerReply::Restored => Ok(()),
-        WorkerReply::Failed(reason) => Err(reason),
-        other => Err(format!("unexpected answer to a restore request: {other:?}")),
-    }
-}
+/// How often a starting standby's control socket is looked for.
+const SOCKET_LOOK: Duration = Duration::from_millis(1);
 
 /// The process-wide reserve.
 struct Reserve {

@@ -48,6 +48,8 @@ pub(crate) async fn connect(muxer: &Path, request: Request) -> Result<Conn, Erro
         let mut stream = UnixStream::connect(muxer)
             .await
             .map_err(|e| Error::io(format!("connecting to {}", muxer.display()), e))?;
+        // The muxer must be our VM's worker, not someone else's process.
+        crate::worker::runtime::check_peer(&stream, muxer)?;
         stream
             .write_all(&opening)
             .await

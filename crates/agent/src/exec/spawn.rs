@@ -6,9 +6,10 @@
 //! reaper's lock (see [`reaper::fork_registered`]) also closes the race
 //! between a fast-exiting child and its registration.
 
+use super::pty;
 use crate::reaper::{self, Forked, WaitStatus};
 use crate::user::{self, User, UserError};
-use crate::{env, pty, sys};
+use crate::{env, sys};
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read};

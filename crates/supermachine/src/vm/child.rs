@@ -8,9 +8,9 @@
 //! process blocks in `write`. The two streams share the connection, so read
 //! both (or drop the one you do not want: its data is then discarded).
 
-use crate::conn::{ConnReader, ConnWriter};
 use crate::error::Error;
-use crate::exec::{ExitStatus, Output};
+use crate::vm::conn::{ConnReader, ConnWriter};
+use crate::vm::exec::{ExitStatus, Output};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use supermachine_protocol::{AgentMessage, HostMessage, WindowSize, MAX_CHUNK};
@@ -392,7 +392,7 @@ pub(crate) fn exec_frame(msg: AgentMessage) -> Result<ExecFrame, Error> {
         AgentMessage::Stdout(data) => Ok(ExecFrame::Output(0, data)),
         AgentMessage::Stderr(data) => Ok(ExecFrame::Output(1, data)),
         AgentMessage::Exited(status) => Ok(ExecFrame::Exited(status)),
-        other => Err(crate::conn::unexpected(other, "exec")),
+        other => Err(crate::vm::conn::unexpected(other, "exec")),
     }
 }
 

@@ -6,9 +6,10 @@
 //! wait in `poll` on the same pipe, because a daemon the child started may
 //! hold any of these fds open, unread, forever.
 
+use super::pty;
 use crate::exec::{send, Group, Writer};
+use crate::sys;
 use crate::transport::Stream;
-use crate::{pty, sys};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;

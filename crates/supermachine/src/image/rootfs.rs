@@ -9,8 +9,8 @@
 //! it, so two processes wanting the same image build it once.
 
 use crate::error::Error;
+use crate::image::pull::{ImageEvent, PullOptions};
 use crate::paths;
-use crate::pull::{ImageEvent, PullOptions};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,7 @@ pub(crate) fn ensure(
         options.emit(ImageEvent::RootfsCached { path: path.clone() });
         return Ok(path);
     }
-    std::fs::create_dir_all(&dir)
+    paths::create_dir_all_mode(&dir, paths::SHARED_DIR)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     options.emit(ImageEvent::BuildStarted {
         manifest_digest: image.manifest_digest.clone(),

@@ -16,8 +16,8 @@
 //! timeout kills the session's process groups, and the host leaving (or
 //! breaking the protocol) before `Exited` aborts the exec.
 
+use crate::exec::streams::{control, Control, Dropped, Output, EXIT_GRACE};
 use crate::exec::{Group, Writer};
-use crate::exec_io::{control, Control, Dropped, Output, EXIT_GRACE};
 use crate::reaper::WaitStatus;
 use crate::sys;
 use crate::transport::Stream;
@@ -114,7 +114,7 @@ pub fn serve(mut q: Quiet<'_>) -> Option<Ended> {
     Some(Ended {
         status,
         timed_out,
-        dropped: crate::exec_io::counts(&q.outputs),
+        dropped: crate::exec::streams::counts(&q.outputs),
     })
 }
 

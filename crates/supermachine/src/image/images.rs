@@ -19,7 +19,7 @@
 //! ```
 
 use crate::error::Error;
-use crate::rootfs;
+use crate::image::rootfs;
 use serde::Serialize;
 use supermachine_oci::{Digest, ImageRecord, PulledImage, Source, Store};
 

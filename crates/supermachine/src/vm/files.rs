@@ -2,15 +2,33 @@
 //!
 //! Contents travel in chunks of at most 64 KiB with vsock flow control, so
 //! neither side ever holds a whole file (unless the caller asks for a
-//! `Vec`, with [`Vm::read_file`]).
+//! `Vec`, with [`Vm::read_file`]). What the host does hold is capped,
+//! since the guest decides how much there is: [`Vm::read_file`] at
+//! [`READ_FILE_LIMIT`] bytes and [`Vm::list_dir`] at [`LIST_DIR_LIMIT`]
+//! entries, each with a `_limited` variant to raise or lower the cap; the
+//! streamed [`Vm::read_file_to`] has no cap.
 
-use crate::conn::{unexpected, Conn};
 use crate::error::Error;
+use crate::vm::conn::{unexpected, Conn};
 use crate::vm::Vm;
 use supermachine_protocol::{
     AgentMessage, DirEntry, FileStat, HostMessage, Request, WriteFileRequest, MAX_CHUNK,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Most bytes [`Vm::read_file`] keeps in memory.
+///
+/// ```
+/// assert_eq!(supermachine::READ_FILE_LIMIT, 64 * 1024 * 1024);
+/// ```
+pub const READ_FILE_LIMIT: u64 = 64 << 20;
+
+/// Most entries [`Vm::list_dir`] keeps in memory.
+///
+/// ```
+/// assert_eq!(supermachine::LIST_DIR_LIMIT, 100_000);
+/// ```
+pub const LIST_DIR_LIMIT: usize = 100_000;
 
 impl Vm {
     /// Creates or replaces `path` (mode 0644) with `contents`. The file
@@ -74,7 +92,9 @@ impl Vm {
         }
     }
 
-    /// Reads a whole file into memory.
+    /// Reads a whole file into memory, at most [`READ_FILE_LIMIT`] bytes
+    /// (a larger file is [`Error::ReadLimit`]; see
+    /// [`Vm::read_file_limited`] and [`Vm::read_file_to`]).
     ///
     /// ```no_run
     /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
@@ -83,8 +103,19 @@ impl Vm {
     /// # Ok(()) }
     /// ```
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
+        self.read_file_limited(path, READ_FILE_LIMIT).await
+    }
+
+    /// [`Vm::read_file`] with another cap on the bytes kept.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let image = vm.read_file_limited("/srv/disk.img", 1 << 30).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_file_limited(&self, path: &str, limit: u64) -> Result<Vec<u8>, Error> {
         let mut data = Vec::new();
-        self.read_file_to(path, &mut data).await?;
+        self.read_into(path, &mut data, Some(limit)).await?;
         Ok(data)
     }
 
@@ -99,8 +130,23 @@ impl Vm {
     pub async fn read_file_to(
         &self,
         path: &str,
-        mut sink: impl AsyncWrite + Unpin,
+        sink: impl AsyncWrite + Unpin,
     ) -> Result<u64, Error> {
+        self.read_into(path, sink, None).await
+    }
+
+    /// Streams a file into `sink`, failing with [`Error::ReadLimit`] before
+    /// more than `limit` bytes would be written.
+    async fn read_into(
+        &self,
+        path: &str,
+        mut sink: impl AsyncWrite + Unpin,
+        limit: Option<u64>,
+    ) -> Result<u64, Error> {
+        let over = |limit: u64| Error::ReadLimit {
+            path: path.to_string(),
+            limit,
+        };
         let mut conn = self
             .connect(Request::ReadFile {
                 path: path.to_string(),
@@ -109,8 +155,15 @@ impl Vm {
         let mut copied = 0u64;
         loop {
             match self.reply(&mut conn).await? {
-                AgentMessage::Stat(_) => {}
+                AgentMessage::Stat(stat) => {
+                    if let Some(limit) = limit.filter(|&l| stat.size > l) {
+                        return Err(over(limit));
+                    }
+                }
                 AgentMessage::Data(chunk) => {
+                    if let Some(limit) = limit.filter(|&l| copied + chunk.len() as u64 > l) {
+                        return Err(over(limit));
+                    }
                     sink.write_all(&chunk)
                         .await
                         .map_err(|e| Error::io(format!("writing the contents of {path}"), e))?;
@@ -187,7 +240,9 @@ impl Vm {
         }
     }
 
-    /// The entries of a directory, sorted by name.
+    /// The entries of a directory, sorted by name; at most
+    /// [`LIST_DIR_LIMIT`] (more is [`Error::ListLimit`]; see
+    /// [`Vm::list_dir_limited`]).
     ///
     /// ```no_run
     /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
@@ -197,6 +252,17 @@ impl Vm {
     /// # Ok(()) }
     /// ```
     pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        self.list_dir_limited(path, LIST_DIR_LIMIT).await
+    }
+
+    /// [`Vm::list_dir`] with another cap on the entries kept.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let entries = vm.list_dir_limited("/var/cache/huge", 1_000_000).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_dir_limited(&self, path: &str, limit: usize) -> Result<Vec<DirEntry>, Error> {
         let mut conn = self
             .connect(Request::List {
                 path: path.to_string(),
@@ -205,7 +271,15 @@ impl Vm {
         let mut entries = Vec::new();
         loop {
             match self.reply(&mut conn).await? {
-                AgentMessage::Entries(batch) => entries.extend(batch),
+                AgentMessage::Entries(batch) => {
+                    if entries.len() + batch.len() > limit {
+                        return Err(Error::ListLimit {
+                            path: path.to_string(),
+                            limit,
+                        });
+                    }
+                    entries.extend(batch)
+                }
                 AgentMessage::Done { .. } => return Ok(entries),
                 other => return Err(unexpected(other, "list_dir")),
             }
@@ -225,5 +299,85 @@ impl Vm {
             Ok(msg) => Ok(msg),
             Err(e) => Err(self.explain_lost(e).await),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::fake::vm_answering;
+    use supermachine_protocol::FileKind;
+
+    fn stat(size: u64) -> FileStat {
+        FileStat {
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            link_target: None,
+        }
+    }
+
+    /// Failed before the fix: read_file kept whatever the guest sent.
+    #[tokio::test]
+    async fn read_file_keeps_at_most_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        // A guest that claims a small file and sends more than the cap.
+        let vm = vm_answering(dir.path(), |_| {
+            let mut frames = vec![AgentMessage::Stat(stat(10))];
+            frames.extend((0..3).map(|_| AgentMessage::Data(vec![7; 40])));
+            frames.push(AgentMessage::Done { count: 120 });
+            frames
+        });
+        let e = vm.read_file_limited("/big", 100).await.unwrap_err();
+        assert!(matches!(&e, Error::ReadLimit { limit: 100, .. }), "{e}");
+        assert_eq!(vm.read_file_limited("/big", 120).await.unwrap().len(), 120);
+        // The streamed read has no cap.
+        let mut sink = Vec::new();
+        assert_eq!(vm.read_file_to("/big", &mut sink).await.unwrap(), 120);
+    }
+
+    #[tokio::test]
+    async fn a_file_announced_larger_than_the_cap_is_refused_before_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = vm_answering(dir.path(), |_| vec![AgentMessage::Stat(stat(1 << 40))]);
+        let e = vm.read_file("/huge").await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::ReadLimit {
+                    limit: READ_FILE_LIMIT,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("read_file_to"), "{e}");
+    }
+
+    /// Failed before the fix: list_dir kept every entry the guest listed.
+    #[tokio::test]
+    async fn list_dir_keeps_at_most_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = vm_answering(dir.path(), |_| {
+            let batch = |from: usize| {
+                (from..from + 50)
+                    .map(|i| DirEntry {
+                        name: format!("f{i}"),
+                        stat: stat(0),
+                    })
+                    .collect()
+            };
+            vec![
+                AgentMessage::Entries(batch(0)),
+                AgentMessage::Entries(batch(50)),
+                AgentMessage::Done { count: 100 },
+            ]
+        });
+        let e = vm.list_dir_limited("/d", 60).await.unwrap_err();
+        assert!(matches!(&e, Error::ListLimit { limit: 60, .. }), "{e}");
+        assert_eq!(vm.list_dir_limited("/d", 100).await.unwrap().len(), 100);
     }
 }

@@ -2,8 +2,8 @@
 //! find) its root filesystem.
 
 use crate::error::Error;
+use crate::image::rootfs;
 use crate::image::Image;
-use crate::rootfs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use supermachine_oci::{Digest, PullEvent, PullPolicy, RegistryConfig, Source, Store};
@@ -245,7 +245,10 @@ impl Image {
             Ok::<_, Error>(Image::from_pulled(pulled, path))
         })
         .await
-        .map_err(|e| Error::Setup(format!("root filesystem builder: {e}")))??;
+        .map_err(|source| Error::Task {
+            task: "root filesystem builder",
+            source,
+        })??;
         Ok(rootfs)
     }
 

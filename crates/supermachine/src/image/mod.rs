@@ -1,8 +1,14 @@
 //! What a VM boots from.
 
-use crate::assets;
-use crate::defaults::{docker_command, ExecDefaults};
+pub mod assets;
+pub(crate) mod defaults;
+pub mod images;
+pub mod kernel;
+pub(crate) mod pull;
+pub(crate) mod rootfs;
+
 use crate::error::Error;
+use crate::image::defaults::{docker_command, ExecDefaults};
 use crate::snapshot::{self, SnapshotMeta};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,8 +101,11 @@ impl Image {
         let dir = std::fs::canonicalize(&dir).map_err(|e| Error::Snapshot {
             path: dir.clone(),
             reason: match e.kind() {
-                std::io::ErrorKind::NotFound => "no such snapshot".into(),
-                _ => e.to_string(),
+                std::io::ErrorKind::NotFound => snapshot::SnapshotProblem::NotFound,
+                _ => snapshot::SnapshotProblem::Io {
+                    what: "resolving the snapshot directory".into(),
+                    source: e,
+                },
             },
         })?;
         let meta = snapshot::read_meta(&dir)?;
@@ -264,11 +273,10 @@ impl Image {
             Kind::Builtin => assets::default_rootfs()?,
             Kind::Rootfs(p) => p.clone(),
             Kind::Oci(o) if !o.rootfs.is_file() => {
-                return Err(Error::Setup(format!(
-                    "the root filesystem of {} ({}) was removed (by `supermachine gc`?): pull the image again",
-                    o.pulled.reference,
-                    o.rootfs.display()
-                )))
+                return Err(Error::RootfsRemoved {
+                    image: o.pulled.reference.clone(),
+                    path: o.rootfs.clone(),
+                })
             }
             Kind::Oci(o) => o.rootfs.clone(),
             Kind::Snapshot(s) => {

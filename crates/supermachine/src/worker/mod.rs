@@ -1,15 +1,29 @@
 //! The `supermachine-worker` process behind a VM: starting it, watching
 //! it, and stopping it.
+//!
+//! A worker's end is an event, never polled for: the library holds a pidfd
+//! of it (readable once the process has ended) and waits on that, in async
+//! code through tokio's reactor ([`ExitWatch::ended`]), in blocking code
+//! with poll(2). The worker's last words on stderr are complete when the
+//! reader thread reaches the pipe's end, which is a second event
+//! ([`ExitWatch::ended`] waits for both).
+
+pub(crate) mod control;
+pub(crate) mod outcome;
+pub(crate) mod runtime;
+pub(crate) mod standby;
 
 use crate::error::Error;
-use crate::outcome::{outcome_of, VmOutcome};
+use crate::worker::outcome::{outcome_of, VmOutcome};
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use supermachine_protocol::disk_spec;
+use tokio::sync::watch;
 
 /// Everything the worker's command line is made of.
 pub(crate) struct WorkerSpec {
@@ -19,7 +33,7 @@ pub(crate) struct WorkerSpec {
     /// Snapshot directory to restore instead of booting.
     pub restore: Option<PathBuf>,
     /// Neither boot nor restore yet: prepare an empty VM and wait for a
-    /// restore request on the control socket (see [`crate::standby`]).
+    /// restore request on the control socket (see [`crate::worker::standby`]).
     pub standby: bool,
     pub cmdline: String,
     pub memory_mib: u64,
@@ -37,6 +51,14 @@ pub(crate) struct WorkerSpec {
 /// Most worker stderr kept for error messages.
 const STDERR_KEEP: usize = 64 * 1024;
 
+/// Longest a caller waits, after the worker ended, for its stderr pipe to
+/// reach its end: a process the worker left behind could hold the pipe
+/// open, and the outcome must not wait on it.
+const STDERR_DRAIN: Duration = Duration::from_secs(2);
+
+/// Longest a stopped worker gets to tear its VM down after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 pub(crate) struct Worker {
     /// `None` for a VM attached to by id: someone else started it.
     child: Option<Child>,
@@ -45,6 +67,105 @@ pub(crate) struct Worker {
     /// A detached worker's stderr goes to this file instead of a pipe.
     stderr_file: Option<PathBuf>,
     outcome: Option<VmOutcome>,
+    watch: ExitWatch,
+}
+
+/// What it takes to wait for a worker's end without holding the
+/// [`Worker`] (which sits behind a lock): a pidfd and the stderr reader's
+/// end. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct ExitWatch {
+    /// `None` when the kernel has no pidfd_open (before Linux 5.3), or the
+    /// process was already gone when asked.
+    pidfd: Option<Arc<OwnedFd>>,
+    pid: u32,
+    /// Becomes `true` when the stderr reader has read the pipe to its end
+    /// (at once when there is no pipe).
+    stderr_done: watch::Receiver<bool>,
+}
+
+impl ExitWatch {
+    fn new(pid: u32, stderr_done: watch::Receiver<bool>) -> ExitWatch {
+        ExitWatch {
+            pidfd: open_pidfd(pid),
+            pid,
+            stderr_done,
+        }
+    }
+
+    /// Resolves once the worker has ended and its stderr has been read to
+    /// the end (or [`STDERR_DRAIN`] has passed since it ended).
+    pub async fn ended(&self) {
+        self.process_ended().await;
+        let mut done = self.stderr_done.clone();
+        let _ = tokio::time::timeout(STDERR_DRAIN, done.wait_for(|d| *d)).await;
+    }
+
+    async fn process_ended(&self) {
+        let Some(pidfd) = &self.pidfd else {
+            // No pidfd: either the process was gone when we looked, or the
+            // kernel predates pidfds (then, and only then, look every 50 ms).
+            while process_alive(self.pid) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return;
+        };
+        // A duplicate per wait: epoll keys registrations by fd number, so
+        // two waits on one fd would collide.
+        let registered = pidfd.try_clone().and_then(|fd| {
+            // SAFETY: the AsyncFd owns this OwnedFd, which stays open and
+            // the same description until the AsyncFd is dropped.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            }
+            .map_err(std::io::Error::from)
+        });
+        match registered {
+            Ok(fd) => {
+                // Readable means ended; an error from the reactor means
+                // the runtime is shutting down: nothing to wait for then.
+                let _ = fd.readable().await;
+            }
+            Err(e) => {
+                tracing::debug!("cannot watch worker {} through its pidfd: {e}", self.pid);
+                while process_alive(self.pid) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Blocks up to `timeout` for the process to end; whether it has.
+    pub fn wait_blocking(&self, timeout: Duration) -> bool {
+        let Some(pidfd) = &self.pidfd else {
+            return !process_alive(self.pid);
+        };
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
+            tv_sec: 3,
+            tv_nsec: 0,
+        });
+        loop {
+            let mut fds = [PollFd::new(pidfd.as_ref(), PollFlags::IN)];
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(n) => return n > 0,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return !process_alive(self.pid),
+            }
+        }
+    }
+}
+
+/// A pidfd for `pid`, if the kernel has them and the process exists.
+fn open_pidfd(pid: u32) -> Option<Arc<OwnedFd>> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Some(Arc::new(fd)),
+        Err(e) => {
+            tracing::debug!("pidfd_open({}): {e}", pid.as_raw_nonzero());
+            None
+        }
+    }
 }
 
 impl Worker {
@@ -82,7 +203,7 @@ impl Worker {
         }
         match &spec.detached_stderr {
             Some(path) => {
-                let file = std::fs::File::create(path)
+                let file = crate::paths::create_private_file(path)
                     .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
                 cmd.stderr(file);
                 // SAFETY: only async-signal-safe calls between fork and exec.
@@ -112,6 +233,7 @@ impl Worker {
         let mut child = spawn_from_lasting_thread(cmd)
             .map_err(|e| Error::io(format!("starting {}", spec.binary.display()), e))?;
         let stderr = Arc::new(Mutex::new(String::new()));
+        let (stderr_done, stderr_done_rx) = watch::channel(child.stderr.is_none());
         if let Some(mut pipe) = child.stderr.take() {
             let sink = stderr.clone();
             std::thread::spawn(move || {
@@ -126,14 +248,17 @@ impl Worker {
                         }
                     }
                 }
+                let _ = stderr_done.send(true);
             });
         }
+        let pid = child.id();
         Ok(Worker {
-            pid: child.id(),
+            pid,
             child: Some(child),
             stderr,
             stderr_file: spec.detached_stderr.clone(),
             outcome: None,
+            watch: ExitWatch::new(pid, stderr_done_rx),
         })
     }
 
@@ -145,7 +270,13 @@ impl Worker {
             stderr: Arc::default(),
             stderr_file: None,
             outcome: None,
+            watch: ExitWatch::new(pid, watch::channel(true).1),
         }
+    }
+
+    /// A handle to wait for this worker's end with.
+    pub fn exit_watch(&self) -> ExitWatch {
+        self.watch.clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -183,15 +314,13 @@ impl Worker {
     }
 
     /// Stops the worker: SIGTERM (it tears the VM down and removes its
-    /// directory), then SIGKILL if it has not ended within 3 s.
+    /// directory), then SIGKILL if it has not ended within [`STOP_GRACE`].
+    /// Blocks (on the worker's pidfd) while it ends.
     pub fn stop(&mut self) -> VmOutcome {
         if self.try_outcome().is_none() {
             // SAFETY: signalling a process by pid; ESRCH is harmless.
             unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && self.try_outcome().is_none() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            self.watch.wait_blocking(STOP_GRACE);
             if self.try_outcome().is_none() {
                 // SAFETY: as above.
                 unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
@@ -244,5 +373,60 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     unsafe {
         libc::kill(pid as i32, 0) == 0
             || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in worker: a shell script that ignores the worker's
+    /// arguments and does `body`.
+    fn fake_worker(dir: &std::path::Path, body: &str) -> WorkerSpec {
+        let binary = dir.join("fake-worker");
+        std::fs::write(&binary, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        WorkerSpec {
+            binary,
+            boot: None,
+            restore: None,
+            standby: false,
+            cmdline: String::new(),
+            memory_mib: 1,
+            vcpus: 1,
+            disks: Vec::new(),
+            vm_dir: dir.to_path_buf(),
+            serial_log: dir.join("serial.log"),
+            console: false,
+            detached_stderr: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_worker_is_an_event_with_its_last_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = fake_worker(dir.path(), "echo 'cannot open /dev/kvm' >&2; exit 1");
+        let mut worker = Worker::spawn(&spec).unwrap();
+        worker.exit_watch().ended().await;
+        // Once `ended` resolves, the stderr is complete and the outcome known.
+        assert_eq!(
+            worker.try_outcome(),
+            Some(VmOutcome::Error("cannot open /dev/kvm".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_ends_a_running_worker_and_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = fake_worker(dir.path(), "exec sleep 1000");
+        let mut worker = Worker::spawn(&spec).unwrap();
+        assert_eq!(worker.try_outcome(), None);
+        assert!(!worker.exit_watch().wait_blocking(Duration::from_millis(1)));
+        assert_eq!(worker.stop(), VmOutcome::Killed(libc::SIGTERM));
+        assert!(worker.exit_watch().wait_blocking(Duration::from_millis(1)));
+        // Waiting on an ended worker returns at once, as often as asked.
+        worker.exit_watch().ended().await;
+        worker.exit_watch().ended().await;
     }
 }

@@ -1,19 +1,55 @@
 //! A running VM as the host library sees it: a supervised worker process
 //! and the sockets to talk to the agent inside.
 
-use crate::conn::{self, Conn};
-use crate::defaults::ExecDefaults;
+pub(crate) mod child;
+pub(crate) mod conn;
+pub(crate) mod copy;
+pub(crate) mod exec;
+pub(crate) mod files;
+
+use self::conn::Conn;
 use crate::error::Error;
+use crate::image::defaults::ExecDefaults;
 use crate::image::Image;
-use crate::outcome::VmOutcome;
-use crate::runtime::{self, VmDir, VmInfo};
-use crate::worker::{Worker, WorkerSpec};
-use crate::{assets, kernel};
+use crate::image::{assets, kernel};
+use crate::worker::outcome::VmOutcome;
+use crate::worker::runtime::{self, VmDir, VmInfo};
+use crate::worker::{ExitWatch, Worker, WorkerSpec};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use supermachine_protocol::{self as proto, AgentMessage, Request, PROTOCOL_VERSION, READY_PORT};
+
+/// How long a lost agent connection waits for the worker to end, to say
+/// how the VM went away (a rebooting or panicking guest takes a moment).
+const LOST_GRACE: Duration = Duration::from_secs(5);
+
+/// Reads the agent's `Ready` frame from the ready socket's connection.
+async fn read_ready(stream: tokio::net::UnixStream) -> Result<(), Error> {
+    let mut stream = stream
+        .into_std()
+        .map_err(|e| Error::io("ready socket", e))?;
+    let read = tokio::task::spawn_blocking(move || {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok::<_, std::io::Error>(proto::read_frame::<AgentMessage, _>(&mut stream))
+    })
+    .await
+    .map_err(|source| Error::Task {
+        task: "ready reader",
+        source,
+    })?
+    .map_err(|e| Error::io("ready socket", e))?;
+    match read? {
+        AgentMessage::Ready { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(()),
+        AgentMessage::Ready { protocol, .. } => Err(Error::VersionMismatch {
+            agent: protocol,
+            host: PROTOCOL_VERSION,
+        }),
+        other => Err(Error::Protocol(format!("expected Ready, got {other:?}"))),
+    }
+}
 
 /// How to start a VM.
 ///
@@ -112,7 +148,7 @@ pub struct Vm {
     pub(crate) hot_pages_pending: AtomicBool,
     /// Restored into a standby worker: holds the standby refill back
     /// until the first exec is answered (see `standby.rs`).
-    pub(crate) refill_hold: Mutex<Option<crate::standby::RefillHold>>,
+    pub(crate) refill_hold: Mutex<Option<crate::worker::standby::RefillHold>>,
 }
 
 impl Vm {
@@ -376,51 +412,45 @@ impl Vm {
         listener: &tokio::net::UnixListener,
         timeout: Duration,
     ) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Wake as soon as the agent connects; look at the worker every 50 ms.
-            if let Ok(accepted) =
-                tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
-            {
+        let ended = self.exit_watch();
+        tokio::select! {
+            accepted = listener.accept() => {
                 let (stream, _) = accepted.map_err(|e| Error::io("waiting for the agent", e))?;
-                let mut stream = stream
-                    .into_std()
-                    .map_err(|e| Error::io("ready socket", e))?;
-                let read = tokio::task::spawn_blocking(move || {
-                    stream.set_nonblocking(false)?;
-                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    Ok::<_, std::io::Error>(proto::read_frame::<AgentMessage, _>(&mut stream))
-                })
-                .await
-                .map_err(|e| Error::Setup(format!("ready reader: {e}")))?
-                .map_err(|e| Error::io("ready socket", e))?;
-                return match read? {
-                    AgentMessage::Ready { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(()),
-                    AgentMessage::Ready { protocol, .. } => Err(Error::VersionMismatch {
-                        agent: protocol,
-                        host: PROTOCOL_VERSION,
-                    }),
-                    other => Err(Error::Protocol(format!("expected Ready, got {other:?}"))),
-                };
+                runtime::check_peer(&stream, Path::new("the VM's ready socket"))?;
+                read_ready(stream).await
             }
-            if let Some(outcome) = self.try_outcome() {
-                // Give the stderr reader a moment to collect the worker's last words.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            () = ended.ended() => Err(self.boot_failed()),
+            () = tokio::time::sleep(timeout) => {
                 self.keep_log.store(true, Ordering::Relaxed);
-                return Err(Error::BootFailed {
-                    outcome,
-                    stderr: self.worker().stderr_text(),
-                    serial_log: Some(self.info.serial_log.clone()),
-                });
-            }
-            if Instant::now() >= deadline {
-                self.keep_log.store(true, Ordering::Relaxed);
-                return Err(Error::BootTimeout {
+                Err(Error::BootTimeout {
                     secs: timeout.as_secs(),
                     serial_log: Some(self.info.serial_log.clone()),
-                });
+                })
             }
         }
+    }
+
+    /// The error for a worker that ended before its VM was ready (call it
+    /// once the worker has ended: its stderr is then complete).
+    pub(crate) fn boot_failed(&self) -> Error {
+        self.keep_log.store(true, Ordering::Relaxed);
+        let mut worker = self.worker();
+        Error::BootFailed {
+            outcome: worker.try_outcome().unwrap_or(VmOutcome::Stopped),
+            stderr: worker.stderr_text(),
+            serial_log: Some(self.info.serial_log.clone()),
+        }
+    }
+
+    /// A handle to wait for this VM's worker to end with.
+    pub(crate) fn exit_watch(&self) -> ExitWatch {
+        self.worker().exit_watch()
+    }
+
+    /// Waits for the worker to end; how it ended.
+    pub(crate) async fn ended(&self) -> VmOutcome {
+        self.exit_watch().ended().await;
+        self.try_outcome().unwrap_or(VmOutcome::Stopped)
     }
 
     pub(crate) async fn connect(&self, request: Request) -> Result<Conn, Error> {
@@ -493,21 +523,17 @@ impl Vm {
             return e;
         }
         // A rebooting or panicking guest takes a moment to stop its worker.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(outcome) = self.try_outcome() {
-                if outcome != VmOutcome::PowerOff {
-                    self.keep_log.store(true, Ordering::Relaxed);
-                }
-                let keep = self.keep_log.load(Ordering::Relaxed);
-                return Error::VmEnded {
-                    outcome,
-                    serial_log: keep.then(|| self.info.serial_log.clone()),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let Ok(outcome) = tokio::time::timeout(LOST_GRACE, self.ended()).await else {
+            return e;
+        };
+        if outcome != VmOutcome::PowerOff {
+            self.keep_log.store(true, Ordering::Relaxed);
         }
-        e
+        let keep = self.keep_log.load(Ordering::Relaxed);
+        Error::VmEnded {
+            outcome,
+            serial_log: keep.then(|| self.info.serial_log.clone()),
+        }
     }
 
     /// Asks the guest to power off and waits for the worker to end.
@@ -552,14 +578,10 @@ impl Vm {
 
     /// Waits up to `grace` for the worker to end, then stops it.
     async fn wait_exit(&self, grace: Duration) -> VmOutcome {
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Some(o) = self.try_outcome() {
-                return o;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        match tokio::time::timeout(grace, self.ended()).await {
+            Ok(outcome) => outcome,
+            Err(_) => self.worker().stop(),
         }
-        self.worker().stop()
     }
 }
 
@@ -584,6 +606,66 @@ impl Drop for Vm {
         let keep = self.keep_log.load(Ordering::Relaxed);
         if !keep && matches!(outcome, VmOutcome::PowerOff | VmOutcome::Stopped) {
             let _ = std::fs::remove_file(&self.info.serial_log);
+        }
+    }
+}
+
+/// A [`Vm`] whose "agent" is a fake muxer in a test: each connection gets
+/// the frames `answer` returns for its request.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use std::io::{BufRead, Write};
+    use supermachine_protocol::{Hello, HostMessage};
+
+    pub(crate) fn vm_answering(
+        dir: &Path,
+        answer: impl Fn(&Request) -> Vec<AgentMessage> + Send + 'static,
+    ) -> Vm {
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("vsock.sock")).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let hello: Hello = proto::read_frame(&mut reader).unwrap();
+                let mut w = &stream;
+                w.write_all(b"OK 1\n").unwrap();
+                for msg in answer(&hello.request) {
+                    if proto::write_frame(&mut w, &msg).is_err() {
+                        break;
+                    }
+                }
+                // Whatever the host sends next ends with the connection.
+                let _ = proto::read_frame::<HostMessage, _>(&mut reader);
+            }
+        });
+        let info = VmInfo {
+            id: "0".into(),
+            pid: std::process::id(),
+            started: 0,
+            memory_mib: 1,
+            vcpus: 1,
+            image: "fake".into(),
+            image_digest: None,
+            exposed_ports: Vec::new(),
+            defaults: ExecDefaults::default(),
+            command: Vec::new(),
+            serial_log: dir.join("serial.log"),
+            detached: false,
+            disks: Vec::new(),
+            snapshot: None,
+        };
+        Vm {
+            dir: VmDir::for_test(dir),
+            worker: Mutex::new(Worker::attached(std::process::id())),
+            owns_worker: false,
+            keep_log: AtomicBool::new(false),
+            hot_pages_pending: AtomicBool::new(false),
+            refill_hold: Mutex::new(None),
+            defaults: ExecDefaults::default(),
+            info,
         }
     }
 }

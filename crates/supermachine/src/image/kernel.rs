@@ -23,13 +23,13 @@ use std::process::Command;
 /// let fragment = supermachine::kernel::FRAGMENT;
 /// assert!(fragment.lines().any(|l| l == "CONFIG_VIRTIO_VSOCKETS=y"));
 /// ```
-pub const FRAGMENT: &str = include_str!("../../../kernel/microvm.config");
+pub const FRAGMENT: &str = include_str!("../../../../kernel/microvm.config");
 /// The kernel build script (`kernel/build.sh`).
 ///
 /// ```
 /// assert!(supermachine::kernel::BUILD_SCRIPT.starts_with("#!/usr/bin/env bash"));
 /// ```
-pub const BUILD_SCRIPT: &str = include_str!("../../../kernel/build.sh");
+pub const BUILD_SCRIPT: &str = include_str!("../../../../kernel/build.sh");
 const SOURCE_PACKAGE: &str = "linux-source-6.1";
 const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 /// Debian packages the build needs besides the source.
@@ -122,10 +122,11 @@ fn install_build_deps() -> Result<(), Error> {
     }
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        return Err(Error::Setup(format!(
-            "the kernel build needs these Debian packages: sudo apt-get install -y {}",
-            missing.join(" ")
-        )));
+        return Err(Error::MissingPackages {
+            what: "the kernel build",
+            packages: missing.iter().map(|p| p.to_string()).collect(),
+            as_root: false,
+        });
     }
     eprintln!("kernel: installing {}", missing.join(" "));
     let install = |update: bool| -> bool {
@@ -147,10 +148,11 @@ fn install_build_deps() -> Result<(), Error> {
     if install(false) || install(true) {
         Ok(())
     } else {
-        Err(Error::Setup(format!(
-            "apt-get install {} failed",
-            missing.join(" ")
-        )))
+        Err(Error::MissingPackages {
+            what: "the kernel build (apt-get install failed)",
+            packages: missing.iter().map(|p| p.to_string()).collect(),
+            as_root: true,
+        })
     }
 }
 
@@ -168,15 +170,20 @@ pub fn build() -> Result<PathBuf, Error> {
         return Ok(p);
     }
     install_build_deps()?;
-    let key =
-        key().ok_or_else(|| Error::Setup(format!("{SOURCE_PACKAGE} is still not installed")))?;
+    let key = key().ok_or_else(|| Error::MissingPackages {
+        what: "the kernel build",
+        packages: vec![SOURCE_PACKAGE.to_string()],
+        as_root: true,
+    })?;
     let out_dir = paths::cache_dir().join("kernel").join(&key);
-    std::fs::create_dir_all(&out_dir)
+    paths::create_dir_all_mode(&out_dir, paths::SHARED_DIR)
         .map_err(|e| Error::io(format!("creating {}", out_dir.display()), e))?;
     let fragment = out_dir.join("microvm.config");
     let script = out_dir.join("build.sh");
-    std::fs::write(&fragment, FRAGMENT).map_err(|e| Error::io("writing the config fragment", e))?;
-    std::fs::write(&script, BUILD_SCRIPT).map_err(|e| Error::io("writing the build script", e))?;
+    paths::write_with_mode(&fragment, FRAGMENT.as_bytes(), paths::SHARED_FILE)
+        .map_err(|e| Error::io("writing the config fragment", e))?;
+    paths::write_with_mode(&script, BUILD_SCRIPT.as_bytes(), paths::SHARED_FILE)
+        .map_err(|e| Error::io("writing the build script", e))?;
     eprintln!("kernel: building {key} (a few minutes; cached afterwards)");
     let status = Command::new("bash")
         .arg(&script)
@@ -185,15 +192,15 @@ pub fn build() -> Result<PathBuf, Error> {
         .status()
         .map_err(|e| Error::io("running the kernel build", e))?;
     if !status.success() {
-        return Err(Error::Setup(format!(
-            "the kernel build failed ({status}); see the output above"
-        )));
+        return Err(Error::ToolFailed {
+            tool: "the kernel build",
+            status: status.to_string(),
+            hint: Some("see the output above"),
+        });
     }
     let vmlinux = out_dir.join("vmlinux");
     if !Path::new(&vmlinux).is_file() {
-        return Err(Error::Setup(
-            "the kernel build finished without producing vmlinux".into(),
-        ));
+        return Err(Error::KernelMissingAfterBuild { path: vmlinux });
     }
     Ok(vmlinux)
 }

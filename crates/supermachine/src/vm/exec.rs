@@ -1,8 +1,8 @@
 //! Running commands in a VM: the builder, its result, and how a process
 //! ended.
 
-use crate::child::{exec_frame, Child, ExecFrame};
 use crate::error::Error;
+use crate::vm::child::{exec_frame, Child, ExecFrame};
 use crate::vm::Vm;
 use std::time::{Duration, Instant};
 pub use supermachine_protocol::ExitStatus;
@@ -498,7 +498,7 @@ impl<'vm> ExecBuilder<'vm> {
                         String::from_utf8_lossy(&stderr).trim()
                     )))
                 }
-                Ok(other) => return Err(crate::conn::unexpected(other, "exec")),
+                Ok(other) => return Err(crate::vm::conn::unexpected(other, "exec")),
                 Err(e) => return Err(self.vm.explain_lost(e).await),
             }
         }
@@ -579,7 +579,7 @@ async fn collect(vm: &Vm, request: ExecRequest) -> Result<Output, Error> {
 
 async fn spawn(vm: &Vm, request: ExecRequest) -> Result<Child, Error> {
     let wants_stdin = request.stdin;
-    let crate::conn::Conn { mut reader, writer } = vm.connect(Request::Exec(request)).await?;
+    let crate::vm::conn::Conn { mut reader, writer } = vm.connect(Request::Exec(request)).await?;
     let first = match reader.recv().await {
         Ok(msg) => msg,
         Err(e) => return Err(vm.explain_lost(e).await),
@@ -589,7 +589,7 @@ async fn spawn(vm: &Vm, request: ExecRequest) -> Result<Child, Error> {
         msg @ (AgentMessage::Stderr(_) | AgentMessage::Exited(_)) => {
             Child::serve(reader, writer, None, Some(msg))
         }
-        other => return Err(crate::conn::unexpected(other, "exec")),
+        other => return Err(crate::vm::conn::unexpected(other, "exec")),
     };
     if !wants_stdin {
         child.stdin = None;

@@ -1,9 +1,18 @@
 //! Per-VM runtime directories and the host checks done before booting.
+//!
+//! The runtime directory holds every VM's sockets; whoever can write into
+//! it can stand in for a VM's worker. So it is created 0700, and one that
+//! exists is used only if it is a real directory (not a symlink) owned by
+//! this user that nobody else may write to. On top, a client checks who
+//! is at the other end of a worker's sockets ([`check_peer`]): the peer
+//! must run as this user or as root.
 
 use crate::error::Error;
 use crate::paths;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use supermachine_lab::KvmHost;
+use supermachine_kvmhost::KvmHost;
 
 /// Fails with an actionable error when this host cannot run VMs.
 ///
@@ -47,7 +56,7 @@ fn kvm_host() -> KvmHost {
     if let Some(host) = PRESENT.get() {
         return *host;
     }
-    let host = supermachine_lab::detect();
+    let host = supermachine_kvmhost::detect();
     if host != KvmHost::Missing {
         let _ = PRESENT.set(host);
     }
@@ -67,6 +76,8 @@ pub struct VmDir {
 
 const PID_FILE: &str = "worker.pid";
 const INFO_FILE: &str = "vm.json";
+/// Largest `vm.json` read.
+const MAX_INFO_BYTES: u64 = 1 << 20;
 
 /// What `supermachine ps` shows about a VM, kept in its runtime directory.
 ///
@@ -96,7 +107,7 @@ pub struct VmInfo {
     pub exposed_ports: Vec<String>,
     /// Env, working directory and user every exec in the VM starts with.
     #[serde(default)]
-    pub defaults: crate::defaults::ExecDefaults,
+    pub defaults: crate::image::defaults::ExecDefaults,
     /// The detached command, if one was started with the VM.
     pub command: Vec<String>,
     pub serial_log: PathBuf,
@@ -111,15 +122,26 @@ pub struct VmInfo {
 }
 
 impl VmDir {
+    /// A directory a test serves fake sockets in (not removed on drop).
+    #[cfg(test)]
+    pub(crate) fn for_test(path: &Path) -> VmDir {
+        VmDir {
+            id: "0".into(),
+            path: path.to_path_buf(),
+            owned: false,
+        }
+    }
+
     pub fn create() -> Result<VmDir, Error> {
-        let root = paths::runtime_dir();
-        std::fs::create_dir_all(&root)
-            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let root = runtime_root()?;
         sweep_stale(&root);
         for _ in 0..16 {
             let id = random_id();
             let path = root.join(&id);
-            match std::fs::create_dir(&path) {
+            match std::fs::DirBuilder::new()
+                .mode(paths::PRIVATE_DIR)
+                .create(&path)
+            {
                 Ok(()) => {
                     return Ok(VmDir {
                         id,
@@ -131,7 +153,7 @@ impl VmDir {
                 Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
             }
         }
-        Err(Error::Setup("could not pick a free VM id".into()))
+        Err(Error::NoFreeVmId)
     }
 
     pub fn id(&self) -> &str {
@@ -147,7 +169,7 @@ impl VmDir {
     /// directory is created.
     pub fn log_paths(&self) -> Result<(PathBuf, PathBuf), Error> {
         let logs = paths::state_dir().join("logs");
-        std::fs::create_dir_all(&logs)
+        paths::create_private_dir_all(&logs)
             .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
         Ok((
             logs.join(format!("{}.log", self.id)),
@@ -156,13 +178,22 @@ impl VmDir {
     }
 
     pub fn record_pid(&self, pid: u32) {
-        let _ = std::fs::write(self.path.join(PID_FILE), pid.to_string());
+        let _ = paths::write_with_mode(
+            &self.path.join(PID_FILE),
+            pid.to_string().as_bytes(),
+            paths::PRIVATE_FILE,
+        );
     }
 
     pub fn record_info(&self, info: &VmInfo) -> Result<(), Error> {
         let path = self.path.join(INFO_FILE);
-        let json = serde_json::to_vec_pretty(info).map_err(|e| Error::Setup(e.to_string()))?;
-        std::fs::write(&path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        let json = serde_json::to_vec_pretty(info).map_err(|source| Error::Json {
+            what: "describing the VM",
+            source,
+        })?;
+        // Private: it holds the VM's environment, which may hold secrets.
+        paths::write_with_mode(&path, &json, paths::PRIVATE_FILE)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// Leaves the directory in place when dropped.
@@ -173,7 +204,7 @@ impl VmDir {
     /// The directory of a running VM, by id.
     pub fn open(id: &str) -> Result<(VmDir, VmInfo), Error> {
         let valid = !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit());
-        let path = paths::runtime_dir().join(id);
+        let path = runtime_root()?.join(id);
         let info = valid.then(|| read_info(&path)).flatten();
         match info {
             Some(info) if crate::worker::process_alive(info.pid) => Ok((
@@ -198,13 +229,23 @@ impl Drop for VmDir {
 }
 
 fn read_info(dir: &Path) -> Option<VmInfo> {
+    // Small; a larger one is not ours.
+    if std::fs::symlink_metadata(dir.join(INFO_FILE)).ok()?.len() > MAX_INFO_BYTES {
+        return None;
+    }
     let bytes = std::fs::read(dir.join(INFO_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
 /// Every running VM of this user, oldest first.
 pub fn list() -> Vec<VmInfo> {
-    let root = paths::runtime_dir();
+    let root = match runtime_root() {
+        Ok(root) => root,
+        Err(e) => {
+            tracing::warn!("{e}");
+            return Vec::new();
+        }
+    };
     sweep_stale(&root);
     let Ok(entries) = std::fs::read_dir(&root) else {
         return Vec::new();
@@ -216,6 +257,86 @@ pub fn list() -> Vec<VmInfo> {
         .collect();
     vms.sort_by(|a, b| (a.started, &a.id).cmp(&(b.started, &b.id)));
     vms
+}
+
+/// The runtime directory, created private (0700) if missing, and checked
+/// to be safe to keep sockets in if it exists.
+pub(crate) fn runtime_root() -> Result<PathBuf, Error> {
+    let root = paths::runtime_dir();
+    ensure_private_dir(&root)?;
+    Ok(root)
+}
+
+/// Why a runtime directory is not safe to use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeDirProblem {
+    #[error("it is a symlink")]
+    Symlink,
+    #[error("it is not a directory")]
+    NotADirectory,
+    #[error("it belongs to uid {owner}, not to you (uid {you})")]
+    Owner { owner: u32, you: u32 },
+    #[error("others may write to it (mode {mode:o})")]
+    Writable { mode: u32 },
+}
+
+/// Creates `dir` 0700 (with its missing parents) or, if it exists, makes
+/// sure it is a real directory of this user that nobody else may write to.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(paths::PRIVATE_DIR)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    // SAFETY: geteuid has no preconditions.
+    let you = unsafe { libc::geteuid() };
+    let problem = if meta.file_type().is_symlink() {
+        Some(RuntimeDirProblem::Symlink)
+    } else if !meta.is_dir() {
+        Some(RuntimeDirProblem::NotADirectory)
+    } else if meta.uid() != you {
+        Some(RuntimeDirProblem::Owner {
+            owner: meta.uid(),
+            you,
+        })
+    } else if meta.mode() & 0o022 != 0 {
+        Some(RuntimeDirProblem::Writable {
+            mode: meta.mode() & 0o7777,
+        })
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(Error::UnsafeRuntimeDir {
+            path: dir.to_path_buf(),
+            problem,
+        }),
+    }
+}
+
+/// Fails unless the process at the other end of a worker's socket runs as
+/// this user or as root: a socket in a directory someone else could write
+/// to might be theirs.
+pub(crate) fn check_peer(socket: impl AsFd, path: &Path) -> Result<(), Error> {
+    let cred = rustix::net::sockopt::socket_peercred(socket)
+        .map_err(|e| Error::io(format!("asking who serves {}", path.display()), e.into()))?;
+    // SAFETY: geteuid has no preconditions.
+    let you = unsafe { libc::geteuid() };
+    let uid = cred.uid.as_raw();
+    if uid == you || uid == 0 {
+        Ok(())
+    } else {
+        Err(Error::UntrustedPeer {
+            socket: path.to_path_buf(),
+            uid,
+        })
+    }
 }
 
 fn random_id() -> String {
@@ -271,5 +392,92 @@ fn sweep_stale(root: &Path) {
         if stale {
             let _ = std::fs::remove_dir_all(&path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_missing_runtime_dir_is_created_private() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("a/supermachine-1000");
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    /// Failed before the fix: any existing directory was used as it was.
+    #[test]
+    fn an_unsafe_runtime_dir_is_refused_with_what_is_wrong() {
+        let base = tempfile::tempdir().unwrap();
+        let writable = base.path().join("writable");
+        std::fs::create_dir(&writable).unwrap();
+        std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = ensure_private_dir(&writable).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::UnsafeRuntimeDir {
+                    problem: RuntimeDirProblem::Writable { mode: 0o1777 },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("SUPERMACHINE_RUNTIME_DIR"), "{e}");
+
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&writable, &link).unwrap();
+        let e = ensure_private_dir(&link).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::UnsafeRuntimeDir {
+                    problem: RuntimeDirProblem::Symlink,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let file = base.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(ensure_private_dir(&file).is_err());
+    }
+
+    #[test]
+    fn a_runtime_dir_of_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // only root can make a directory someone else owns
+        }
+        let base = tempfile::tempdir().unwrap();
+        let theirs = base.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let e = ensure_private_dir(&theirs).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::UnsafeRuntimeDir {
+                    problem: RuntimeDirProblem::Owner { owner: 65534, .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_socket_served_by_this_user_passes_the_peer_check() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        check_peer(&a, Path::new("pair")).unwrap();
     }
 }

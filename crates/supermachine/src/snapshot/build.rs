@@ -5,8 +5,8 @@
 use crate::error::Error;
 use crate::hash::{file_digest, Hasher};
 use crate::image::Image;
+use crate::image::{assets, kernel};
 use crate::vm::{Vm, VmConfig};
-use crate::{assets, kernel};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -330,7 +330,8 @@ pub async fn build(options: BuildOptions) -> Result<Built, Error> {
         None => key.clone(),
     };
     let dir = root.join(&name);
-    std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
+    crate::paths::create_private_dir_all(&root)
+        .map_err(io_err(format!("creating {}", root.display())))?;
     if let Some(hit) = cached(&dir, &key) {
         return Ok(Built {
             image: hit,
@@ -345,7 +346,10 @@ pub async fn build(options: BuildOptions) -> Result<Built, Error> {
     let lock =
         tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path, LockMode::Exclusive))
             .await
-            .map_err(|e| Error::Setup(format!("build lock: {e}")))??;
+            .map_err(|source| Error::Task {
+                task: "build lock",
+                source,
+            })??;
     if let Some(hit) = cached(&dir, &key) {
         return Ok(Built {
             image: hit,
@@ -417,11 +421,8 @@ async fn bake(options: BuildOptions, key: &str, dir: &Path) -> Result<Image, Err
     if let Some(warmup) = options.warmup {
         tokio::time::timeout(options.timeout, warmup(&vm))
             .await
-            .map_err(|_| {
-                Error::Setup(format!(
-                    "the warmup did not finish within {} s",
-                    options.timeout.as_secs()
-                ))
+            .map_err(|_| Error::WarmupTimeout {
+                secs: options.timeout.as_secs(),
             })??;
     }
     let mut vm = vm;
@@ -494,31 +495,35 @@ async fn record_hot_pages(snapshot: &Path, timeout: Duration) {
     }
 }
 
-/// Polls the guest's TCP tables until something listens on `port`.
+/// Polls the guest's TCP tables until something listens on `port` (the
+/// guest has no event for that to wait on); the worker's end is an event.
 async fn wait_for_listener(vm: &Vm, port: u16, timeout: Duration) -> Result<(), Error> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = vm.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).await?;
-        if listens_on(&out.stdout_lossy(), port) {
-            return Ok(());
+    let ended = vm.exit_watch();
+    let polled = async {
+        loop {
+            let out = vm.exec(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).await?;
+            if listens_on(&out.stdout_lossy(), port) {
+                return Ok(());
+            }
+            tokio::time::sleep(LISTENER_POLL).await;
         }
-        if let Some(outcome) = vm.try_outcome() {
-            return Err(Error::VmEnded {
-                outcome,
-                serial_log: Some(vm.serial_log().to_path_buf()),
-            });
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Setup(format!(
-                "nothing listened on guest TCP port {port} within {} s (is the workload \
-                 starting? its output is in {})",
-                timeout.as_secs(),
-                vm.serial_log().display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::select! {
+        listening = polled => listening,
+        () = ended.ended() => Err(Error::VmEnded {
+            outcome: vm.try_outcome().unwrap_or(crate::VmOutcome::Stopped),
+            serial_log: Some(vm.serial_log().to_path_buf()),
+        }),
+        () = tokio::time::sleep(timeout) => Err(Error::NoListener {
+            port,
+            secs: timeout.as_secs(),
+            serial_log: vm.serial_log().to_path_buf(),
+        }),
     }
 }
+
+/// How often the guest's TCP tables are read while waiting for a listener.
+const LISTENER_POLL: Duration = Duration::from_millis(50);
 
 /// Whether a `/proc/net/tcp{,6}` table has a socket in LISTEN state (0A)
 /// on local `port`.
