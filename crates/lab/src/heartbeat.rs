@@ -108,7 +108,7 @@ impl Pulse {
             None => (self.started, FIRST_BEAT_WITHIN.max(self.freeze_after)),
         };
         let silent = now.saturating_duration_since(since);
-        (silent >= allowed).then(|| Stopped {
+        (silent >= allowed).then_some(Stopped {
             silent_secs: silent.as_secs(),
             beats: self.beats,
         })
