@@ -4,6 +4,7 @@
 //! panic rather than a reboot.
 
 use crate::bus::BusDevice;
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,23 +84,77 @@ impl Write for ConsoleSink {
     }
 }
 
+/// The 8250 UART's registers and unread input, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<&SerialState> for vm_superio::serial::SerialState {
+    fn from(s: &SerialState) -> Self {
+        vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+impl From<vm_superio::serial::SerialState> for SerialState {
+    fn from(s: vm_superio::serial::SerialState) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+/// A saved UART state vm-superio refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("serial port: {0:?}")]
+pub struct SerialRestoreError(vm_superio::serial::Error<io::Error>);
+
 pub struct SerialDevice(pub Serial<IrqTrigger, NoEvents, ConsoleSink>);
 
 impl SerialDevice {
     /// UART registers and pending input, for a snapshot.
-    pub fn save(&self) -> crate::devices::state::SerialState {
+    pub fn save(&self) -> SerialState {
         self.0.state().into()
     }
 
     /// The UART as it was saved, writing to a new sink.
     pub fn restore(
-        state: &crate::devices::state::SerialState,
+        state: &SerialState,
         irq: IrqTrigger,
         sink: ConsoleSink,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SerialRestoreError> {
         Serial::from_state(&state.into(), irq, NoEvents, sink)
             .map(SerialDevice)
-            .map_err(|e| format!("serial port: {e:?}"))
+            .map_err(SerialRestoreError)
     }
 }
 

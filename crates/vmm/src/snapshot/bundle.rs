@@ -11,7 +11,8 @@
 use super::format::{decode, encode, FormatError};
 use super::memory::RegionLayout;
 use super::MachineState;
-use crate::devices::state::{SerialState, TransportState};
+use crate::devices::serial::SerialState;
+use crate::devices::virtio::TransportState;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};

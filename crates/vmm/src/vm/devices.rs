@@ -6,8 +6,8 @@ use super::{io, kvm_call, DiskConfig, VmError, VsockConfig};
 use crate::arch::x86_64::layout::*;
 use crate::bus::{lock, Bus};
 use crate::devices::legacy::{self, ResetReporter};
+use crate::devices::serial::SerialState;
 use crate::devices::serial::{ConsoleSink, IrqTrigger, SerialDevice};
-use crate::devices::state::SerialState;
 use crate::devices::virtio::{self, mmio::REG_QUEUE_NOTIFY, MmioTransport, VirtioDevice};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
@@ -132,9 +132,8 @@ pub(super) fn add_legacy_devices(
     kvm_call("KVM_IRQFD (serial)", vm.register_irqfd(&irq, SERIAL_IRQ))?;
     let sink = ConsoleSink::new(console.serial_log, console.echo, reset.panicked.clone());
     let serial = match saved_serial {
-        Some(state) => {
-            SerialDevice::restore(state, IrqTrigger(irq), sink).map_err(VmError::Snapshot)?
-        }
+        Some(state) => SerialDevice::restore(state, IrqTrigger(irq), sink)
+            .map_err(|e| VmError::Snapshot(e.to_string()))?,
         None => SerialDevice(Serial::new(IrqTrigger(irq), sink)),
     };
     let serial = Arc::new(Mutex::new(serial));

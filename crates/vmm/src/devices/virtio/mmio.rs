@@ -1,8 +1,8 @@
 //! The virtio-mmio register window (virtio 1.2 §4.2.2), version 2 only.
 
+use super::persist::{QueueState, TransportRestoreError, TransportState};
 use super::{Activation, Interrupt, Poller, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::{lock, BusDevice};
-use crate::devices::state::{QueueState, TransportState};
 use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -144,22 +144,27 @@ impl MmioTransport {
     /// Puts a freshly built transport into the saved state. The device
     /// comes back to life only in [`Self::resume_after_restore`], once the
     /// interrupt controllers and vCPUs are restored too.
-    pub fn restore(&mut self, state: &TransportState) -> Result<(), String> {
-        lock(&self.device).check_restore(&state.device)?;
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), TransportRestoreError> {
+        lock(&self.device).restore(&state.device)?;
         if state.queues.len() != self.queues.len() {
-            return Err(format!(
-                "virtio-{}: the snapshot has {} queues, the device {}",
-                self.name,
-                state.queues.len(),
-                self.queues.len()
-            ));
+            return Err(TransportRestoreError::QueueCount {
+                device: self.name,
+                saved: state.queues.len(),
+                actual: self.queues.len(),
+            });
         }
         self.queues = state
             .queues
             .iter()
-            .map(QueueState::to_queue)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("virtio-{}: {e}", self.name))?;
+            .enumerate()
+            .map(|(index, q)| {
+                q.to_queue().map_err(|source| TransportRestoreError::Queue {
+                    device: self.name,
+                    index,
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
         self.device_features_sel = state.device_features_sel;
         self.driver_features_sel = state.driver_features_sel;
         self.acked_features = state.acked_features & self.offered_features;
@@ -402,7 +407,8 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::state::DeviceState;
+    use crate::devices::virtio::persist::DeviceState;
+    use crate::devices::virtio::rng::RngState;
     use vm_memory::GuestAddress;
 
     fn write(t: &mut MmioTransport, reg: u64, v: u32) {
@@ -454,7 +460,7 @@ mod tests {
         assert_eq!(s.acked_features, VIRTIO_F_VERSION_1);
         assert_eq!(s.status, 1 | 2 | STATUS_FEATURES_OK);
         assert!(!s.activated);
-        assert_eq!(s.device, DeviceState::Rng);
+        assert_eq!(s.device, DeviceState::Rng(RngState));
         let q = &s.queues[0];
         assert_eq!(
             (q.size, q.ready, q.desc_table, q.avail_ring, q.used_ring),

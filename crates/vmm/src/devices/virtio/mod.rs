@@ -8,13 +8,13 @@
 
 pub mod block;
 pub mod mmio;
-mod queue_util;
+pub mod persist;
+mod queue;
 pub mod rng;
 pub mod vsock;
 
 pub use mmio::MmioTransport;
-
-use crate::devices::state::{DeviceState, QueueState};
+pub use persist::{DeviceRestoreError, DeviceState, Persist, QueueState, TransportState};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -124,14 +124,15 @@ pub trait VirtioDevice: Send + 'static {
     fn handle_queue(&mut self, index: usize);
     /// A host fd the device registered through its [`Poller`] is ready.
     fn handle_fd(&mut self, _token: u64, _events: EventSet) {}
-    /// The device's own state, for a snapshot.
+    /// The device's own state, for a snapshot ([`Persist::save`], tagged).
     fn save(&self) -> DeviceState;
     /// The queues the device runs on once active (their progress lives here,
     /// not in the transport's copies).
     fn active_queues(&self) -> Vec<QueueState>;
-    /// Whether this device can stand in for the one that saved `state`
-    /// (same kind, same disk size, …); the reason if not.
-    fn check_restore(&self, state: &DeviceState) -> Result<(), String>;
+    /// Puts this freshly built device into a saved state, if it can stand
+    /// in for the one that saved it (same kind, same disk size, …)
+    /// ([`Persist::restore`], after checking the kind).
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceRestoreError>;
     /// Runs once a restored device is active again, before the vCPUs do.
     /// The default handles every queue as if kicked: a kick that reached
     /// the device just before the pause may not have been served.

@@ -2,14 +2,22 @@
 //! kernel may not have it, and snapshots need the device state here).
 //! Queue 0 carries packets to the guest, queue 1 packets from it, queue 2
 //! transport events.
+//!
+//! - [`muxer`]: guest streams ↔ host Unix sockets, and the handshake;
+//! - [`connection`]: one stream's buffers and credit;
+//! - [`packet`]: the packet header;
+//! - [`state`]: what a snapshot keeps ([`VsockState`]).
 
 mod connection;
 mod muxer;
 mod packet;
+mod state;
 
-use super::queue_util::drain;
+pub use state::{VsockRestoreError, VsockState};
+
+use super::persist::{DeviceRestoreError, DeviceState, Persist, QueueState};
+use super::queue::drain;
 use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_VSOCK};
-use crate::devices::state::{DeviceState, QueueState};
 use muxer::Muxer;
 use packet::{Header, HEADER_LEN};
 use std::io::{self, Read, Write};
@@ -202,19 +210,13 @@ impl VirtioDevice for Vsock {
         self.process_rx();
     }
     fn save(&self) -> DeviceState {
-        DeviceState::Vsock {
-            guest_cid: self.guest_cid,
-        }
+        DeviceState::Vsock(Persist::save(self))
     }
-    fn check_restore(&self, state: &DeviceState) -> Result<(), String> {
-        match state {
-            DeviceState::Vsock { guest_cid } if *guest_cid == self.guest_cid => Ok(()),
-            DeviceState::Vsock { guest_cid } => Err(format!(
-                "vsock: CID {} now, {guest_cid} when snapshotted",
-                self.guest_cid
-            )),
-            other => Err(format!("a vsock device cannot restore {other:?}")),
-        }
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceRestoreError> {
+        let DeviceState::Vsock(state) = state else {
+            return Err(DeviceRestoreError::wrong_kind(self.name(), state));
+        };
+        Ok(Persist::restore(self, state)?)
     }
     fn after_restore(&mut self) {
         if self.post_transport_reset() {

@@ -1,7 +1,7 @@
 //! The drain-then-notify loop every device's queue handler shares.
 
+use super::persist::QueueState;
 use super::{Activation, Interrupt};
-use crate::devices::state::QueueState;
 use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;

@@ -1,20 +1,14 @@
-//! virtio-blk over a host file: read-only or read-write, flush, and files
-//! that may be sparse (reads of holes are zeros; nothing is preallocated).
+//! One virtio-blk request: the header the driver wrote, the data buffers,
+//! and the status byte the device writes back (virtio 1.2 §5.2.6), served
+//! against the host file behind the disk.
 
-use super::queue_util::SingleQueue;
-use super::{read_config_bytes, Activation, VirtioDevice, TYPE_BLOCK};
-use crate::devices::state::{DeviceState, QueueState};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
-const SECTOR_SIZE: u64 = 512;
-const F_SEG_MAX: u64 = 1 << 2;
-const F_RO: u64 = 1 << 5;
-const F_FLUSH: u64 = 1 << 9;
+pub const SECTOR_SIZE: u64 = 512;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
@@ -22,10 +16,9 @@ const T_GET_ID: u32 = 8;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
-const ID_LEN: usize = 20;
-const QUEUE_SIZE: u16 = 256;
-/// Segments per request we accept (config `seg_max`).
-const SEG_MAX: u32 = 126;
+pub const ID_LEN: usize = 20;
+/// Data moves through a buffer of this size, so a request of any length
+/// costs the host no more memory than this.
 const BOUNCE: usize = 128 * 1024;
 
 #[repr(C)]
@@ -38,42 +31,54 @@ struct RequestHeader {
 // SAFETY: plain integers, no padding, every bit pattern valid.
 unsafe impl ByteValued for RequestHeader {}
 
-pub struct Block {
+/// The host file behind a virtio-blk device and what the guest knows of it.
+pub struct Disk {
     file: File,
     read_only: bool,
     capacity_bytes: u64,
     id: [u8; ID_LEN],
-    config: Vec<u8>,
     bounce: Vec<u8>,
-    active: Option<SingleQueue>,
 }
 
-impl Block {
-    /// Opens `path` as a disk. Its size must be a whole number of sectors.
-    pub fn open(path: &Path, read_only: bool, id: &str) -> io::Result<Block> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+impl Disk {
+    /// `file` must be open for writing unless `read_only`; its size must
+    /// be a whole number of sectors.
+    pub fn new(file: File, read_only: bool, id: &str) -> io::Result<Disk> {
         let capacity_bytes = file.metadata()?.len();
         if capacity_bytes % SECTOR_SIZE != 0 {
             return Err(io::Error::other(format!(
-                "{}: size {capacity_bytes} is not a multiple of {SECTOR_SIZE} bytes",
-                path.display()
+                "size {capacity_bytes} is not a multiple of {SECTOR_SIZE} bytes"
             )));
         }
-        let mut config = (capacity_bytes / SECTOR_SIZE).to_le_bytes().to_vec();
-        config.extend_from_slice(&0u32.to_le_bytes()); // size_max (unused)
-        config.extend_from_slice(&SEG_MAX.to_le_bytes());
         let mut id_bytes = [0u8; ID_LEN];
         let n = id.len().min(ID_LEN);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
-        Ok(Block {
+        Ok(Disk {
             file,
             read_only,
             capacity_bytes,
             id: id_bytes,
-            config,
             bounce: vec![0u8; BOUNCE],
-            active: None,
         })
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// The id as text, for messages.
+    pub fn id_text(&self) -> String {
+        String::from_utf8_lossy(&self.id)
+            .trim_end_matches('\0')
+            .to_string()
     }
 
     fn range_ok(&self, sector: u64, len: u64) -> bool {
@@ -84,7 +89,11 @@ impl Block {
     }
 
     /// Serves one request; returns the bytes written into the chain.
-    fn serve(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    pub fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> u32 {
         let (Ok(mut reader), Ok(mut writer)) = (
             Reader::<()>::new(mem, chain.clone()),
             Writer::<()>::new(mem, chain),
@@ -161,74 +170,5 @@ impl Block {
             len -= n as u64;
         }
         Ok(())
-    }
-}
-
-impl VirtioDevice for Block {
-    fn name(&self) -> &'static str {
-        "blk"
-    }
-    fn device_type(&self) -> u32 {
-        TYPE_BLOCK
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-    fn features(&self) -> u64 {
-        F_SEG_MAX | F_FLUSH | if self.read_only { F_RO } else { 0 }
-    }
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data)
-    }
-    fn activate(&mut self, a: Activation) -> io::Result<()> {
-        self.active = Some(SingleQueue::activate(a, "blk")?);
-        Ok(())
-    }
-    fn save(&self) -> DeviceState {
-        DeviceState::Block {
-            read_only: self.read_only,
-            capacity_bytes: self.capacity_bytes,
-            id: self.id.to_vec(),
-        }
-    }
-    fn active_queues(&self) -> Vec<QueueState> {
-        SingleQueue::state(&self.active)
-    }
-    fn check_restore(&self, state: &DeviceState) -> Result<(), String> {
-        match state {
-            DeviceState::Block {
-                read_only,
-                capacity_bytes,
-                ..
-            } => {
-                // The guest's page cache and filesystem hold what the disk
-                // said at snapshot time; a disk of another size is surely
-                // another disk.
-                if *capacity_bytes != self.capacity_bytes {
-                    return Err(format!(
-                        "disk {}: {} bytes now, {capacity_bytes} when snapshotted",
-                        String::from_utf8_lossy(&self.id).trim_end_matches('\0'),
-                        self.capacity_bytes
-                    ));
-                }
-                if *read_only != self.read_only {
-                    return Err(format!(
-                        "disk {}: read-only {} now, {read_only} when snapshotted",
-                        String::from_utf8_lossy(&self.id).trim_end_matches('\0'),
-                        self.read_only
-                    ));
-                }
-                Ok(())
-            }
-            other => Err(format!("a block device cannot restore {other:?}")),
-        }
-    }
-    fn handle_queue(&mut self, _index: usize) {
-        // Taken out for the drain so `serve` can borrow the rest of `self`.
-        let Some(mut active) = self.active.take() else {
-            return;
-        };
-        active.drain(|mem, chain| self.serve(mem, chain));
-        self.active = Some(active);
     }
 }

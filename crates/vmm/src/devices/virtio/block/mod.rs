@@ -1,0 +1,94 @@
+//! virtio-blk over a host file: read-only or read-write, flush, and files
+//! that may be sparse (reads of holes are zeros; nothing is preallocated).
+//!
+//! - [`request`]: one request against the host file ([`Disk`]);
+//! - [`state`]: what a snapshot keeps ([`BlockState`]) and restore checks.
+
+mod request;
+mod state;
+
+pub use request::Disk;
+pub use state::{BlockRestoreError, BlockState};
+
+use super::persist::{DeviceRestoreError, DeviceState, Persist, QueueState};
+use super::queue::SingleQueue;
+use super::{read_config_bytes, Activation, VirtioDevice, TYPE_BLOCK};
+use request::SECTOR_SIZE;
+use std::fs::OpenOptions;
+use std::io;
+use std::path::Path;
+
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
+const QUEUE_SIZE: u16 = 256;
+/// Segments per request we accept (config `seg_max`).
+const SEG_MAX: u32 = 126;
+
+pub struct Block {
+    disk: Disk,
+    config: Vec<u8>,
+    active: Option<SingleQueue>,
+}
+
+impl Block {
+    /// Opens `path` as a disk. Its size must be a whole number of sectors.
+    pub fn open(path: &Path, read_only: bool, id: &str) -> io::Result<Block> {
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let disk = Disk::new(file, read_only, id)
+            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        Ok(Block::new(disk))
+    }
+
+    pub fn new(disk: Disk) -> Block {
+        let mut config = (disk.capacity_bytes() / SECTOR_SIZE).to_le_bytes().to_vec();
+        config.extend_from_slice(&0u32.to_le_bytes()); // size_max (unused)
+        config.extend_from_slice(&SEG_MAX.to_le_bytes());
+        Block {
+            disk,
+            config,
+            active: None,
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn name(&self) -> &'static str {
+        "blk"
+    }
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        F_SEG_MAX | F_FLUSH | if self.disk.read_only() { F_RO } else { 0 }
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data)
+    }
+    fn activate(&mut self, a: Activation) -> io::Result<()> {
+        self.active = Some(SingleQueue::activate(a, "blk")?);
+        Ok(())
+    }
+    fn save(&self) -> DeviceState {
+        DeviceState::Block(Persist::save(self))
+    }
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceRestoreError> {
+        let DeviceState::Block(state) = state else {
+            return Err(DeviceRestoreError::wrong_kind(self.name(), state));
+        };
+        Ok(Persist::restore(self, state)?)
+    }
+    fn active_queues(&self) -> Vec<QueueState> {
+        SingleQueue::state(&self.active)
+    }
+    fn handle_queue(&mut self, _index: usize) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let disk = &mut self.disk;
+        active.drain(|mem, chain| disk.serve(mem, chain));
+    }
+}
