@@ -19,20 +19,21 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// A feature bit number (as virtio-bindings gives them) as a mask of the
+/// 64-bit feature word.
+pub const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
 
-pub const TYPE_NET: u32 = 1;
-pub const TYPE_BLOCK: u32 = 2;
-pub const TYPE_RNG: u32 = 4;
-pub const TYPE_VSOCK: u32 = 19;
-
-/// Interrupt status bits (virtio-mmio `InterruptStatus`).
-const INT_USED_RING: u32 = 1;
+/// Virtio 1.x, the only dialect we speak: offered by every device.
+pub const FEATURE_VERSION_1: u64 = feature(VIRTIO_F_VERSION_1);
 
 /// The device's interrupt line: a status word the driver reads and acks
 /// through the transport, and the irqfd that raises the IOAPIC pin.
@@ -51,7 +52,8 @@ impl Interrupt {
 
     /// Tells the driver that used buffers are waiting.
     pub fn signal_used_queue(&self) {
-        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        self.status
+            .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
             tracing::warn!("virtio irqfd write failed: {e}");
         }
@@ -114,9 +116,10 @@ pub struct Activation {
 pub trait VirtioDevice: Send + 'static {
     /// Short name for thread names and logs.
     fn name(&self) -> &'static str;
+    /// The virtio device id (`virtio_bindings::virtio_ids`).
     fn device_type(&self) -> u32;
     fn queue_max_sizes(&self) -> &[u16];
-    /// Feature bits offered to the driver; [`VIRTIO_F_VERSION_1`] is added by the transport.
+    /// Feature bits offered to the driver; [`FEATURE_VERSION_1`] is added by the transport.
     fn features(&self) -> u64;
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn activate(&mut self, activation: Activation) -> io::Result<()>;

@@ -12,15 +12,17 @@ pub use state::{BlockRestoreError, BlockState};
 
 use super::persist::{DeviceRestoreError, DeviceState, Persist, QueueState};
 use super::queue::SingleQueue;
-use super::{read_config_bytes, Activation, VirtioDevice, TYPE_BLOCK};
+use super::{feature, read_config_bytes, Activation, VirtioDevice};
 use request::SECTOR_SIZE;
 use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
-const F_SEG_MAX: u64 = 1 << 2;
-const F_RO: u64 = 1 << 5;
-const F_FLUSH: u64 = 1 << 9;
+const F_SEG_MAX: u64 = feature(VIRTIO_BLK_F_SEG_MAX);
+const F_RO: u64 = feature(VIRTIO_BLK_F_RO);
+const F_FLUSH: u64 = feature(VIRTIO_BLK_F_FLUSH);
 const QUEUE_SIZE: u16 = 256;
 /// Segments per request we accept (config `seg_max`).
 const SEG_MAX: u32 = 126;
@@ -57,7 +59,7 @@ impl VirtioDevice for Block {
         "blk"
     }
     fn device_type(&self) -> u32 {
-        TYPE_BLOCK
+        VIRTIO_ID_BLOCK
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]

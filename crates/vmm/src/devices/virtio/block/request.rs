@@ -5,22 +5,26 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
+use virtio_bindings::virtio_blk::{
+    virtio_blk_outhdr, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+};
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
+/// virtio-blk counts in 512-byte sectors whatever the disk's block size.
 pub const SECTOR_SIZE: u64 = 512;
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
-pub const ID_LEN: usize = 20;
+const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
+const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Data moves through a buffer of this size, so a request of any length
 /// costs the host no more memory than this.
 const BOUNCE: usize = 128 * 1024;
 
+/// `struct virtio_blk_outhdr`, as a type guest memory can be read into
+/// (the binding's own type is not `ByteValued`).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct RequestHeader {
@@ -30,6 +34,8 @@ struct RequestHeader {
 }
 // SAFETY: plain integers, no padding, every bit pattern valid.
 unsafe impl ByteValued for RequestHeader {}
+const _: () =
+    assert!(std::mem::size_of::<RequestHeader>() == std::mem::size_of::<virtio_blk_outhdr>());
 
 /// The host file behind a virtio-blk device and what the guest knows of it.
 pub struct Disk {
@@ -116,23 +122,25 @@ impl Disk {
 
     fn execute(&mut self, h: RequestHeader, reader: &mut Reader, writer: &mut Writer) -> u8 {
         let result = match h.request_type {
-            T_IN => {
+            VIRTIO_BLK_T_IN => {
                 let len = writer.available_bytes() as u64;
                 if !self.range_ok(h.sector, len) {
                     return S_IOERR;
                 }
                 self.read_into(h.sector * SECTOR_SIZE, len, writer)
             }
-            T_OUT => {
+            VIRTIO_BLK_T_OUT => {
                 let len = reader.available_bytes() as u64;
                 if self.read_only || !self.range_ok(h.sector, len) {
                     return S_IOERR;
                 }
                 self.write_from(h.sector * SECTOR_SIZE, len, reader)
             }
-            T_FLUSH if !self.read_only => self.file.sync_data(),
-            T_FLUSH => Ok(()),
-            T_GET_ID => writer.write_all(&self.id[..writer.available_bytes().min(ID_LEN)]),
+            VIRTIO_BLK_T_FLUSH if !self.read_only => self.file.sync_data(),
+            VIRTIO_BLK_T_FLUSH => Ok(()),
+            VIRTIO_BLK_T_GET_ID => {
+                writer.write_all(&self.id[..writer.available_bytes().min(ID_LEN)])
+            }
             _ => return S_UNSUPP,
         };
         match result {

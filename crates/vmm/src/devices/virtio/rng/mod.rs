@@ -7,8 +7,9 @@ pub use state::RngState;
 
 use super::persist::{DeviceRestoreError, DeviceState, Persist, QueueState};
 use super::queue::SingleQueue;
-use super::{read_config_bytes, Activation, VirtioDevice, TYPE_RNG};
+use super::{read_config_bytes, Activation, VirtioDevice};
 use std::io::Write;
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Writer;
 
 /// Largest amount handed out per request; the guest asks again for more.
@@ -25,7 +26,7 @@ impl VirtioDevice for Rng {
         "rng"
     }
     fn device_type(&self) -> u32 {
-        TYPE_RNG
+        VIRTIO_ID_RNG
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]

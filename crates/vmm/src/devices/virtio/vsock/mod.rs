@@ -17,12 +17,13 @@ pub use state::{VsockRestoreError, VsockState};
 
 use super::persist::{DeviceRestoreError, DeviceState, Persist, QueueState};
 use super::queue::drain;
-use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_VSOCK};
+use super::{read_config_bytes, Activation, Interrupt, VirtioDevice};
 use muxer::Muxer;
 use packet::{Header, HEADER_LEN};
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -173,7 +174,7 @@ impl VirtioDevice for Vsock {
         "vsock"
     }
     fn device_type(&self) -> u32 {
-        TYPE_VSOCK
+        VIRTIO_ID_VSOCK
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
