@@ -3,13 +3,16 @@
 //! serial console and virtio-mmio block, vsock and rng devices; or restored
 //! from a snapshot of one ([`snapshot`], [`Vm::restore`]).
 //!
-//! The layout follows the machine: `arch/` knows x86_64 boot, `devices/` the
-//! hardware the guest sees, [`vm`] assembles them, [`vcpu`] runs them.
+//! The layout follows the machine: `arch/` knows x86_64 boot (and each
+//! vCPU's boot state), [`memory`] guest RAM, `devices/` the hardware the
+//! guest sees, [`vm`] assembles them, [`vcpu`] runs them, [`snapshot`]
+//! saves and restores them.
 
 pub mod arch;
 pub mod bus;
 pub mod control;
 pub mod devices;
+pub mod memory;
 pub mod outcome;
 pub mod pause;
 pub mod snapshot;

@@ -1,6 +1,6 @@
 //! The parts a cold boot and a restore assemble alike: the KVM VM object,
-//! guest memory registered with it, the legacy ports, and the virtio-mmio
-//! devices.
+//! the legacy ports, and the virtio-mmio devices. (Guest memory is
+//! `crate::memory`.)
 
 use super::{io, kvm_call, DiskConfig, VmError, VsockConfig};
 use crate::arch::x86_64::layout::*;
@@ -9,12 +9,12 @@ use crate::devices::legacy::{self, ResetReporter};
 use crate::devices::serial::SerialState;
 use crate::devices::serial::{ConsoleSink, IrqTrigger, SerialDevice};
 use crate::devices::virtio::{self, mmio::REG_QUEUE_NOTIFY, MmioTransport, VirtioDevice};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::GuestMemoryMmap;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -47,60 +47,6 @@ pub(super) fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     };
     kvm_call("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
     Ok(vm)
-}
-
-/// Fresh, zeroed guest memory of `mib` MiB, registered with the VM.
-pub(super) fn create_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, VmError> {
-    let bytes = mib << 20;
-    let ranges: Vec<(GuestAddress, usize)> = ram_regions(bytes)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
-        mib,
-        reason: e.to_string(),
-    })?;
-    register_memory(vm, &mem, true)?;
-    Ok(mem)
-}
-
-/// Hands every region of `mem` to KVM as a memory slot.
-pub(super) fn register_memory(
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    huge_pages: bool,
-) -> Result<(), VmError> {
-    let mib = mem.iter().map(|r| r.len()).sum::<u64>() >> 20;
-    for (slot, region) in mem.iter().enumerate() {
-        let host_addr = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| VmError::Memory {
-                mib,
-                reason: e.to_string(),
-            })?;
-        if huge_pages {
-            // Transparent huge pages where the host allows them: one 2 MiB
-            // fault instead of 512 small ones, each a VM exit to the host's
-            // page-fault path (QEMU does the same). Advice only; failure is
-            // fine. (Not for a restored snapshot: its pages come from the
-            // page cache, shared copy-on-write.)
-            // SAFETY: advising a mapping we own, over exactly its length.
-            unsafe { libc::madvise(host_addr.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-        }
-        let region_desc = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: host_addr as u64,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which the Vm
-        // keeps until the process ends.
-        kvm_call("KVM_SET_USER_MEMORY_REGION", unsafe {
-            vm.set_user_memory_region(region_desc)
-        })?;
-    }
-    Ok(())
 }
 
 /// Where the console goes.

@@ -96,7 +96,7 @@ impl Vm {
             .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
         let mem = map_memory(&memory_file, &state.memory)
             .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
-        devices::register_memory(&vm, &mem, false)?;
+        crate::memory::register(&vm, &mem, false)?;
         let hot = hot_pages::load(dir);
         // Made before anything touches guest memory, so that everything
         // the restore and the guest touch is in the recording.
