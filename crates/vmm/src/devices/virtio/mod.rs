@@ -11,6 +11,8 @@ pub mod mmio;
 pub mod persist;
 mod queue;
 pub mod rng;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod vsock;
 
 pub use mmio::MmioTransport;
@@ -59,7 +61,8 @@ impl Interrupt {
         }
     }
 
-    fn status(&self) -> u32 {
+    /// The `InterruptStatus` register.
+    pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
     }
 
@@ -90,6 +93,11 @@ pub const FIRST_DEVICE_TOKEN: u64 = 64;
 pub struct Poller(Arc<Epoll>);
 
 impl Poller {
+    /// A poller of its own; a device gets the one its transport's event
+    /// thread waits on (see [`Activation`]).
+    pub fn new() -> io::Result<Poller> {
+        Ok(Poller(Arc::new(Epoll::new()?)))
+    }
     pub fn add(&self, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
         self.0
             .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
@@ -101,6 +109,17 @@ impl Poller {
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
         self.0
             .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+    /// The registered fds that are ready now (token, events), without
+    /// waiting: tests stand in for the event thread with it.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn ready_now(&self) -> Vec<(u64, EventSet)> {
+        let mut events = vec![EpollEvent::default(); 64];
+        let n = self.0.wait(0, &mut events).unwrap_or(0);
+        events[..n]
+            .iter()
+            .map(|e| (e.data(), e.event_set()))
+            .collect()
     }
 }
 

@@ -6,6 +6,8 @@
 
 mod request;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use request::Disk;
 pub use state::{BlockRestoreError, BlockState};

@@ -2,6 +2,8 @@
 //! guest kernel's entropy pool is seeded from the first moments of boot.
 
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use state::RngState;
 

@@ -12,6 +12,8 @@ mod connection;
 mod muxer;
 mod packet;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use state::{VsockRestoreError, VsockState};
 
