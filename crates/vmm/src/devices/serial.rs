@@ -85,7 +85,7 @@ impl Write for ConsoleSink {
 }
 
 /// The 8250 UART's registers and unread input, for a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialState {
     pub baud_divisor_low: u8,
     pub baud_divisor_high: u8,
