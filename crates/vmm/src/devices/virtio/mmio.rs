@@ -118,7 +118,7 @@ impl MmioTransport {
             driver_features_sel: self.driver_features_sel,
             acked_features: self.acked_features,
             queue_sel: self.queue_sel,
-            status: self.status,
+            status: self.status(),
             activated: self.activated,
             interrupt_status: self.interrupt.status(),
             queues,
@@ -155,6 +155,9 @@ impl MmioTransport {
         self.acked_features = state.acked_features & self.offered_features;
         self.queue_sel = state.queue_sel;
         self.status = state.status;
+        // A device that stopped serving a broken driver stays stopped.
+        self.interrupt
+            .set_broken(state.activated && state.status & STATUS_NEEDS_RESET != 0);
         self.restored_active = state.activated;
         self.restored_interrupt = state.interrupt_status;
         Ok(())
@@ -174,6 +177,16 @@ impl MmioTransport {
             lock(&self.device).after_restore();
         }
         Ok(())
+    }
+
+    /// The `Status` register: what the driver wrote, plus NEEDS_RESET
+    /// once the device is broken.
+    fn status(&self) -> u32 {
+        if self.interrupt.is_broken() {
+            self.status | STATUS_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -208,6 +221,7 @@ impl MmioTransport {
             return;
         }
         self.status = 0;
+        self.interrupt.set_broken(false);
         self.acked_features = 0;
         self.queue_sel = 0;
         for q in &mut self.queues {
@@ -313,7 +327,7 @@ impl BusDevice for MmioTransport {
             VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
             VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
-            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_STATUS => self.status(),
             // No shared memory regions: length reads as "absent" (all ones).
             VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
             VIRTIO_MMIO_CONFIG_GENERATION => 0,
@@ -465,5 +479,36 @@ mod tests {
         let mut t = transport();
         write(&mut t, VIRTIO_MMIO_STATUS, 1 | 2 | STATUS_FEATURES_OK);
         assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn a_broken_device_shows_needs_reset_until_the_driver_resets_it() {
+        let mut t = transport();
+        write(&mut t, VIRTIO_MMIO_STATUS, 1 | 2);
+        assert!(t.interrupt.mark_broken());
+        assert!(!t.interrupt.mark_broken(), "broken once");
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 1 | 2 | STATUS_NEEDS_RESET);
+        assert_ne!(
+            read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG,
+            0
+        );
+        assert_ne!(t.save().status & STATUS_NEEDS_RESET, 0);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert!(!t.interrupt.is_broken());
+    }
+
+    #[test]
+    fn a_device_saved_broken_is_restored_broken() {
+        let mut saved = transport().save();
+        saved.activated = true;
+        saved.status = 1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_NEEDS_RESET;
+        let mut t = transport();
+        t.restore(&saved).unwrap();
+        assert!(t.interrupt.is_broken());
+        saved.status &= !STATUS_NEEDS_RESET;
+        let mut t = transport();
+        t.restore(&saved).unwrap();
+        assert!(!t.interrupt.is_broken());
     }
 }

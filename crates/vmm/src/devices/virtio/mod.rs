@@ -19,10 +19,10 @@ pub use mmio::MmioTransport;
 pub use persist::{DeviceRestoreError, DeviceState, Persist, QueueState, TransportState};
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -39,9 +39,14 @@ pub const FEATURE_VERSION_1: u64 = feature(VIRTIO_F_VERSION_1);
 
 /// The device's interrupt line: a status word the driver reads and acks
 /// through the transport, and the irqfd that raises the IOAPIC pin.
+///
+/// It also carries the device's one piece of health: whether the driver
+/// broke it (see `queue`), which the transport shows the driver as
+/// DEVICE_NEEDS_RESET.
 pub struct Interrupt {
     status: Arc<AtomicU32>,
     irqfd: EventFd,
+    broken: AtomicBool,
 }
 
 impl Interrupt {
@@ -49,7 +54,34 @@ impl Interrupt {
         Interrupt {
             status: Arc::new(AtomicU32::new(0)),
             irqfd,
+            broken: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the device broken and tells the driver (a configuration-change
+    /// interrupt; it then reads DEVICE_NEEDS_RESET in the status). Returns
+    /// whether this call broke it (false if it already was).
+    pub fn mark_broken(&self) -> bool {
+        let first = !self.broken.swap(true, Ordering::SeqCst);
+        if first {
+            self.status
+                .fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
+            if let Err(e) = self.irqfd.write(1) {
+                crate::limited!(warn, "virtio irqfd write failed: {e}");
+            }
+        }
+        first
+    }
+
+    /// Whether the driver broke the device: it serves no queue then.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Puts back "broken" as a snapshot saved it (no interrupt: the saved
+    /// status has it already) or clears it on a driver reset.
+    fn set_broken(&self, broken: bool) {
+        self.broken.store(broken, Ordering::SeqCst);
     }
 
     /// Tells the driver that used buffers are waiting.

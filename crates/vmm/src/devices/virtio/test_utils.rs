@@ -6,12 +6,18 @@
 //! The caller owns the guest memory ([`memory`]) and lends it to the
 //! driver: a `MockSplitQueue` borrows it, and zeroes its rings when made,
 //! so each queue is made once and kept.
+//!
+//! The used ring is placed here, not where `MockSplitQueue` (virtio-queue
+//! 0.17) puts it: it ends the avail ring after as many bytes as the ring
+//! has entries, not after its size in bytes, so its used ring overlaps the
+//! upper half of the avail ring's entries (a 256-entry queue breaks once
+//! more than 128 chains were made available).
 
 use super::{Activation, Interrupt, Poller};
 use std::sync::Arc;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,6 +28,9 @@ pub const MEM_SIZE: u64 = 16 << 20;
 /// Queue `i` sits at `i * QUEUE_SPACING` (a 256-entry split queue takes
 /// under 8 KiB).
 const QUEUE_SPACING: u64 = 0x10000;
+/// Where in its space a queue's used ring sits (past a 256-entry
+/// descriptor table and avail ring).
+const USED_RING_OFFSET: u64 = 0x8000;
 /// Buffers are handed out from here up.
 const DATA_START: u64 = 0x10_0000;
 
@@ -94,7 +103,12 @@ impl<'m> MockDriver<'m> {
     /// interrupt line it signals on, and the poller its host fds go to.
     pub fn activation(&self) -> (Activation, Arc<Interrupt>, Poller) {
         let queues = (0..self.sizes.len())
-            .map(|q| self.mock(q).create_queue::<Queue>().expect("mock queue"))
+            .map(|q| {
+                let mut queue = self.mock(q).create_queue::<Queue>().expect("mock queue");
+                let used = self.used_ring(q);
+                queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+                queue
+            })
             .collect();
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let interrupt = Arc::new(Interrupt::new(irq));
@@ -202,24 +216,34 @@ impl<'m> MockDriver<'m> {
         head
     }
 
-    /// How many chains the device has put in the used ring of `queue`.
-    pub fn used_idx(&self, queue: usize) -> u16 {
-        self.mock(queue).used().idx().load()
+    fn used_ring(&self, queue: usize) -> u64 {
+        queue as u64 * QUEUE_SPACING + USED_RING_OFFSET
     }
 
-    /// The used ring of `queue` so far: (head, bytes written) per chain.
+    fn read_u32(&self, addr: u64) -> u32 {
+        u32::from_le(self.mem.read_obj(GuestAddress(addr)).expect("used ring"))
+    }
+
+    /// How many chains the device has put in the used ring of `queue`.
+    pub fn used_idx(&self, queue: usize) -> u16 {
+        let idx: u16 = self
+            .mem
+            .read_obj(GuestAddress(self.used_ring(queue) + 2))
+            .expect("used ring");
+        u16::from_le(idx)
+    }
+
+    /// The used ring of `queue` so far: (head, bytes written) per chain
+    /// (`struct virtq_used_elem`: id and len, 32 bits each).
     pub fn used(&self, queue: usize) -> Vec<(u16, u32)> {
-        let mock = self.mock(queue);
-        let used = mock.used();
-        (0..used.idx().load())
+        let ring = self.used_ring(queue) + 4;
+        (0..self.used_idx(queue))
             .map(|i| {
-                let elem = used
-                    .ring()
-                    .ref_at((i % self.sizes[queue]) as usize)
-                    .expect("used slot")
-                    .load();
-                (elem.id() as u16, elem.len())
+                let elem = ring + u64::from(i % self.sizes[queue]) * 8;
+                (self.read_u32(elem) as u16, self.read_u32(elem + 4))
             })
             .collect()
     }
 }
+
+pub use crate::test_support::within_a_minute;

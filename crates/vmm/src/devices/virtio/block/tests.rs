@@ -4,12 +4,13 @@
 
 use super::*;
 use crate::devices::virtio::test_utils::{
-    memory, Buf, MockDriver, MEM_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    memory, within_a_minute, Buf, MockDriver, MEM_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 use std::os::unix::fs::FileExt;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 use vm_memory::GuestMemoryMmap;
 
 const DISK_BYTES: u64 = 64 * 1024;
@@ -23,6 +24,7 @@ struct Fixture<'m> {
     file: std::fs::File,
     block: Block,
     driver: MockDriver<'m>,
+    interrupt: std::sync::Arc<crate::devices::virtio::Interrupt>,
 }
 
 fn pattern(offset: u64, len: usize) -> Vec<u8> {
@@ -37,8 +39,10 @@ fn fixture(mem: &GuestMemoryMmap, read_only: bool) -> Fixture<'_> {
     std::fs::write(&path, pattern(0, DISK_BYTES as usize)).unwrap();
     let mut block = Block::open(&path, read_only, "disk0").unwrap();
     let driver = MockDriver::new(mem, &[QUEUE_SIZE]);
-    block.activate(driver.activation().0).unwrap();
+    let (activation, interrupt, _) = driver.activation();
+    block.activate(activation).unwrap();
     Fixture {
+        interrupt,
         file: std::fs::File::open(&path).unwrap(),
         _dir: dir,
         block,
@@ -237,4 +241,30 @@ fn restore_refuses_another_disk() {
             ..
         })
     ));
+}
+
+#[test]
+fn an_avail_index_too_far_ahead_breaks_the_device_instead_of_spinning() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem, false);
+        let data = f.driver.writable(512);
+        assert_eq!(f.request(VIRTIO_BLK_T_IN, 0, data).0, OK);
+        // More entries "available" than the queue has: no honest driver
+        // does this, and virtio-queue refuses to walk such a ring.
+        let ahead = f.driver.avail_idx(0).wrapping_add(QUEUE_SIZE + 1);
+        f.driver.set_avail_idx(0, ahead);
+        f.block.handle_queue(0);
+        assert!(f.interrupt.is_broken(), "the device is marked broken");
+        assert_ne!(
+            f.interrupt.status() & VIRTIO_MMIO_INT_CONFIG,
+            0,
+            "the driver is told (configuration change interrupt)"
+        );
+        // And serves nothing more, however often it is kicked.
+        let used = f.driver.used_idx(0);
+        f.driver.set_avail_idx(0, used.wrapping_add(1));
+        f.block.handle_queue(0);
+        assert_eq!(f.driver.used_idx(0), used);
+    });
 }

@@ -43,7 +43,8 @@ struct Handshake {
 
 pub struct Muxer {
     path: PathBuf,
-    listener: UnixListener,
+    /// `None` once shut down.
+    listener: Option<UnixListener>,
     guest_cid: u64,
     poller: Option<Poller>,
     conns: HashMap<Key, Connection>,
@@ -73,7 +74,7 @@ impl Muxer {
         listener.set_nonblocking(true)?;
         Ok(Muxer {
             path: path.to_owned(),
-            listener,
+            listener: Some(listener),
             guest_cid,
             poller: None,
             conns: HashMap::new(),
@@ -87,9 +88,36 @@ impl Muxer {
     }
 
     pub fn activate(&mut self, poller: Poller) -> io::Result<()> {
-        poller.add(self.listener.as_raw_fd(), EventSet::IN, LISTENER_TOKEN)?;
+        if let Some(listener) = &self.listener {
+            poller.add(listener.as_raw_fd(), EventSet::IN, LISTENER_TOKEN)?;
+        }
         self.poller = Some(poller);
         Ok(())
+    }
+
+    /// Closes every host socket and stops listening, for a device that
+    /// will never talk to its guest again (the driver broke it): hosts
+    /// see their streams end and new connections refused, and no fd is
+    /// left to wake the device's thread.
+    pub fn shut_down(&mut self) {
+        if let Some(p) = &self.poller {
+            let fds = self
+                .listener
+                .iter()
+                .map(|l| l.as_raw_fd())
+                .chain(self.conns.values().map(|c| c.stream.as_raw_fd()))
+                .chain(self.handshakes.values().map(|h| h.stream.as_raw_fd()))
+                .chain(self.hold.iter().map(|h| h.timer.as_raw_fd()));
+            for fd in fds {
+                let _ = p.remove(fd);
+            }
+        }
+        self.listener = None;
+        self.conns.clear();
+        self.by_token.clear();
+        self.handshakes.clear();
+        self.control.clear();
+        self.hold = None;
     }
 
     /// Keeps new host connections from the guest until [`Self::release_held`]
@@ -322,7 +350,11 @@ impl Muxer {
 
     fn accept(&mut self) {
         loop {
-            match self.listener.accept() {
+            let accepted = match &self.listener {
+                Some(listener) => listener.accept(),
+                None => return,
+            };
+            match accepted {
                 Ok((stream, _)) => {
                     if stream.set_nonblocking(true).is_err() {
                         continue;

@@ -4,7 +4,7 @@
 
 use super::packet::*;
 use super::*;
-use crate::devices::virtio::test_utils::{memory, Buf, MockDriver};
+use crate::devices::virtio::test_utils::{memory, within_a_minute, Buf, MockDriver};
 use crate::devices::virtio::Poller;
 use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -218,4 +218,57 @@ fn restore_wants_the_same_cid() {
         ),
         "{err}"
     );
+}
+
+/// Makes `queue` claim more available entries than it has.
+fn overrun(f: &Fixture, queue: usize) {
+    let ahead = f.driver.avail_idx(queue).wrapping_add(QUEUE_SIZE + 1);
+    f.driver.set_avail_idx(queue, ahead);
+}
+
+#[test]
+fn a_tx_avail_index_too_far_ahead_breaks_the_device_instead_of_spinning() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        overrun(&f, TX);
+        f.vsock.handle_queue(TX);
+        assert!(f.interrupt.is_broken());
+    });
+}
+
+#[test]
+fn an_rx_avail_index_too_far_ahead_breaks_the_device_and_lets_go_of_host_sockets() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        let mut host = UnixStream::connect(f.path("vsock.sock")).unwrap();
+        host.write_all(b"CONNECT 52\n").unwrap();
+        f.pump();
+        // A connection request waits for an RX buffer; the ring is bad.
+        overrun(&f, RX);
+        f.vsock.handle_queue(RX);
+        assert!(f.interrupt.is_broken());
+        // The host end is closed, not left waiting on a dead device.
+        let mut buf = [0u8; 8];
+        assert_eq!(host.read(&mut buf).unwrap(), 0);
+        // New host connections are refused at once.
+        let refused = UnixStream::connect(f.path("vsock.sock")).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(
+            f.poller.ready_now().is_empty(),
+            "no fd left to wake the device"
+        );
+    });
+}
+
+#[test]
+fn a_bad_event_ring_at_restore_breaks_the_device() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        overrun(&f, EVENT);
+        f.vsock.after_restore();
+        assert!(f.interrupt.is_broken());
+    });
 }
