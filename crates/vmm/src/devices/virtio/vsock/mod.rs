@@ -50,6 +50,9 @@ pub struct Vsock {
     muxer: Muxer,
     active: Option<Active>,
     payload: Vec<u8>,
+    /// The TX queue was left unread because the muxer's replies were
+    /// full; read on once the guest has taken some.
+    tx_stalled: bool,
 }
 
 impl Vsock {
@@ -60,6 +63,7 @@ impl Vsock {
             muxer: Muxer::bind(uds_path, guest_cid)?,
             active: None,
             payload: Vec::new(),
+            tx_stalled: false,
         })
     }
 
@@ -80,6 +84,8 @@ impl Vsock {
         }
     }
 
+    /// Reads the guest's packets while the muxer has room for the replies
+    /// they may need (see `muxer::MAX_PENDING_CONTROL`).
     fn process_tx(&mut self) -> Result<(), (usize, QueueError)> {
         let Some(a) = &mut self.active else {
             return Ok(());
@@ -87,11 +93,12 @@ impl Vsock {
         let muxer = &mut self.muxer;
         let payload = &mut self.payload;
         let mem = &a.mem;
+        let room = std::cell::Cell::new(muxer.accepts_guest_packets());
         let taken = drain(
             &mut a.queues[TX],
             mem,
             &a.interrupt,
-            || true,
+            || room.get(),
             |chain| {
                 let mut reader = match Reader::<()>::new(mem, chain) {
                     Ok(r) => r,
@@ -112,10 +119,23 @@ impl Vsock {
                     Ok(()) => muxer.handle_guest_packet(h, payload),
                     Err(e) => tracing::debug!("vsock tx: payload read: {e}"),
                 }
+                room.set(muxer.accepts_guest_packets());
                 0
             },
         );
+        self.tx_stalled = !room.get();
         taken.map_err(|e| (TX, e))
+    }
+
+    /// Fills RX buffers, and reads on from a stalled TX queue as far as
+    /// that made room.
+    fn exchange(&mut self) -> Result<(), (usize, QueueError)> {
+        self.process_rx()?;
+        if self.tx_stalled && self.muxer.accepts_guest_packets() {
+            self.process_tx()?;
+            self.process_rx()?;
+        }
+        Ok(())
     }
 
     /// Tells the guest driver that every connection it had is gone (the
@@ -243,7 +263,7 @@ impl VirtioDevice for Vsock {
                 vsock.muxer.release_held();
             }
             // Every kick may free RX buffers or create replies for the guest.
-            vsock.process_rx()
+            vsock.exchange()
         });
     }
     fn save(&self) -> DeviceState {
@@ -261,7 +281,7 @@ impl VirtioDevice for Vsock {
                 vsock.muxer.hold_new_connections();
             }
             vsock.process_tx()?;
-            vsock.process_rx()
+            vsock.exchange()
         });
     }
     fn active_queues(&self) -> Vec<QueueState> {
@@ -273,7 +293,7 @@ impl VirtioDevice for Vsock {
     fn handle_fd(&mut self, token: u64, events: EventSet) {
         self.serve(|vsock| {
             vsock.muxer.handle_fd(token, events);
-            vsock.process_rx()
+            vsock.exchange()
         });
     }
 }

@@ -272,3 +272,180 @@ fn a_bad_event_ring_at_restore_breaks_the_device() {
         assert!(f.interrupt.is_broken());
     });
 }
+
+impl Fixture<'_> {
+    /// Whether the guest could put another chain on `queue` without
+    /// overrunning the device.
+    fn has_room(&self, queue: usize) -> bool {
+        self.driver
+            .avail_idx(queue)
+            .wrapping_sub(self.driver.used_idx(queue))
+            < QUEUE_SIZE
+    }
+}
+
+/// Host sockets the muxer has closed (reads end at once) among `streams`.
+fn closed(streams: &mut [UnixStream]) -> usize {
+    let mut closed = 0;
+    for s in streams {
+        s.set_nonblocking(true).unwrap();
+        match s.read(&mut [0u8; 64]) {
+            // Closed with what we sent unread: a reset, not an end.
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            _ => {}
+        }
+    }
+    closed
+}
+
+#[test]
+fn a_guest_that_collects_no_replies_stops_being_read_instead_of_growing_the_queue() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        // Each connection request to a port nobody listens on earns a
+        // reset, and the guest posts no RX buffer to take them.
+        let mut sent = 0u32;
+        for _ in 0..64 {
+            while f.has_room(TX) {
+                f.queue_packet(from_guest(10_000 + sent, 999, OP_REQUEST), &[]);
+                sent += 1;
+            }
+            f.vsock.handle_queue(TX);
+        }
+        assert!(
+            f.vsock.muxer.pending_control() <= muxer::MAX_PENDING_CONTROL,
+            "{} replies queued",
+            f.vsock.muxer.pending_control()
+        );
+        let taken_before = f.driver.used_idx(TX);
+        assert!(!f.has_room(TX), "the device stopped reading the guest");
+        // Collecting replies lets the device read on.
+        f.post_rx(200);
+        assert_eq!(f.received().len(), 200);
+        assert!(f.has_room(TX) || f.driver.used_idx(TX) != taken_before);
+        assert!(!f.interrupt.is_broken());
+    });
+}
+
+#[test]
+fn guest_connections_beyond_the_cap_are_reset() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        let _listener = UnixListener::bind(f.path("vsock.sock_1234")).unwrap();
+        let tries = muxer::MAX_GUEST_CONNECTIONS + 20;
+        f.post_rx(tries);
+        for i in 0..tries {
+            f.send(from_guest(20_000 + i as u32, 1234, OP_REQUEST), &[]);
+        }
+        let got = f.received();
+        let accepted = got.iter().filter(|(h, _)| h.op == OP_RESPONSE).count();
+        let reset = got.iter().filter(|(h, _)| h.op == OP_RST).count();
+        assert_eq!((accepted, reset), (muxer::MAX_GUEST_CONNECTIONS, 20));
+    });
+}
+
+#[test]
+fn host_sockets_that_never_send_their_connect_line_are_capped() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        let tries = muxer::MAX_HANDSHAKES + 10;
+        let mut hosts: Vec<_> = (0..tries)
+            .map(|_| UnixStream::connect(f.path("vsock.sock")).unwrap())
+            .collect();
+        f.pump();
+        assert_eq!(closed(&mut hosts), 10);
+    });
+}
+
+#[test]
+fn host_connections_the_guest_never_answers_are_capped() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        let tries = muxer::MAX_CONNECTING + 10;
+        let mut hosts: Vec<_> = (0..tries)
+            .map(|_| {
+                let mut s = UnixStream::connect(f.path("vsock.sock")).unwrap();
+                s.write_all(b"CONNECT 52\n").unwrap();
+                s
+            })
+            .collect();
+        f.pump();
+        assert_eq!(closed(&mut hosts), 10);
+    });
+}
+
+#[test]
+fn a_guest_connect_to_a_host_listener_with_a_full_backlog_does_not_block() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        let path = f.path("vsock.sock_77");
+        let listener =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        listener
+            .bind(&socket2::SockAddr::unix(&path).unwrap())
+            .unwrap();
+        listener.listen(0).unwrap();
+        // Fill the backlog: nobody accepts.
+        let mut waiting = Vec::new();
+        loop {
+            let s =
+                socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            match s.connect(&socket2::SockAddr::unix(&path).unwrap()) {
+                Ok(()) => waiting.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(waiting.len() < 1000, "the backlog never filled");
+        }
+        f.post_rx(2);
+        f.send(from_guest(5000, 77, OP_REQUEST), &[]);
+        assert_eq!(ops(&f.received()), vec![OP_RST]);
+    });
+}
+
+#[test]
+fn the_muxer_socket_is_private_to_the_worker_user() {
+    use std::os::unix::fs::MetadataExt;
+    let mem = memory();
+    let f = fixture(&mem);
+    let mode = std::fs::symlink_metadata(f.path("vsock.sock"))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_connection_from_another_user_is_closed_unanswered() {
+    use crate::test_support::{can_switch_user, open_to_all, OtherUser, NOBODY};
+    if !can_switch_user() {
+        eprintln!("SKIP: only root can connect as another user");
+        return;
+    }
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem);
+        let socket = f.path("vsock.sock");
+        open_to_all(&socket);
+        let other = OtherUser::connect(NOBODY, &socket, b"CONNECT 52\n");
+        let closed = loop {
+            f.pump();
+            if let Some(closed) = other.closed() {
+                break closed;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert!(closed, "closed without an answer");
+        assert_eq!(
+            f.vsock.muxer.pending_control(),
+            0,
+            "the guest heard nothing"
+        );
+    });
+}
