@@ -167,7 +167,7 @@ impl BusDevice for SerialDevice {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(b) = data.first() {
             if let Err(e) = self.0.write(offset as u8, *b) {
-                tracing::debug!("serial write: {e:?}");
+                crate::limited!(debug, "serial write: {e:?}");
             }
         }
     }

@@ -9,7 +9,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -205,7 +205,8 @@ impl MmioTransport {
         }
         if value & STATUS_DRIVER_OK != 0 && !self.activated {
             if let Err(e) = self.activate() {
-                tracing::error!("virtio-{}: activation failed: {e}", self.name);
+                // The driver may reset and try again, as often as it likes.
+                crate::limited!(error, "virtio-{}: activation failed: {e}", self.name);
                 self.status |= STATUS_NEEDS_RESET;
             }
         }
@@ -216,7 +217,11 @@ impl MmioTransport {
             // The event thread owns the device's queues now; a live reset
             // would need it to hand them back. Linux only resets a live
             // device on driver unbind, which our guests do not do.
-            tracing::warn!("virtio-{}: reset of an active device ignored", self.name);
+            crate::limited!(
+                warn,
+                "virtio-{}: reset of an active device ignored",
+                self.name
+            );
             self.status |= STATUS_NEEDS_RESET;
             return;
         }
@@ -363,8 +368,11 @@ impl BusDevice for MmioTransport {
             }
             VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
             VIRTIO_MMIO_QUEUE_NUM if configurable => {
+                let name = self.name;
                 if let Some(q) = self.selected_queue() {
-                    q.set_size(v as u16);
+                    if q.try_set_size(v as u16).is_err() {
+                        crate::limited!(debug, "virtio-{name}: queue size {v} refused");
+                    }
                 }
             }
             VIRTIO_MMIO_QUEUE_READY if configurable => {
@@ -380,17 +388,27 @@ impl BusDevice for MmioTransport {
             | VIRTIO_MMIO_QUEUE_USED_HIGH
                 if configurable =>
             {
+                let name = self.name;
                 if let Some(q) = self.selected_queue() {
                     // Each address is a LOW register and the HIGH one 4 bytes on.
-                    let (low, high) = if reg & 4 == 0 {
-                        (Some(v), None)
-                    } else {
-                        (None, Some(v))
+                    let with_half = |addr: u64| {
+                        GuestAddress(if reg & 4 == 0 {
+                            (addr & !0xffff_ffff) | u64::from(v)
+                        } else {
+                            (addr & 0xffff_ffff) | (u64::from(v) << 32)
+                        })
                     };
-                    match reg & !4 {
-                        VIRTIO_MMIO_QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
-                        VIRTIO_MMIO_QUEUE_AVAIL_LOW => q.set_avail_ring_address(low, high),
-                        _ => q.set_used_ring_address(low, high),
+                    let set = match reg & !4 {
+                        VIRTIO_MMIO_QUEUE_DESC_LOW => {
+                            q.try_set_desc_table_address(with_half(q.desc_table()))
+                        }
+                        VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                            q.try_set_avail_ring_address(with_half(q.avail_ring()))
+                        }
+                        _ => q.try_set_used_ring_address(with_half(q.used_ring())),
+                    };
+                    if set.is_err() {
+                        crate::limited!(debug, "virtio-{name}: misaligned queue address refused");
                     }
                 }
             }
@@ -510,5 +528,66 @@ mod tests {
         let mut t = transport();
         t.restore(&saved).unwrap();
         assert!(!t.interrupt.is_broken());
+    }
+
+    #[test]
+    fn queue_addresses_take_both_halves_and_refuse_misalignment() {
+        let mut t = transport();
+        write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2000);
+        // The avail ring must be 2-byte aligned: refused, the old one kept.
+        write(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x3001);
+        let q = &t.save().queues[0];
+        assert_eq!((q.desc_table, q.avail_ring), (0x1_0000_1000, 0x2000));
+    }
+
+    /// Counts the lines written to it.
+    #[derive(Clone, Default)]
+    struct LineCounter(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl std::io::Write for LineCounter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            self.0.fetch_add(lines, std::sync::atomic::Ordering::SeqCst);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_driver_failing_activation_over_and_over_logs_a_few_lines_not_one_each() {
+        let lines = LineCounter::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut t = transport();
+            for _ in 0..1000 {
+                // A ready queue whose rings lie outside guest memory.
+                write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+                write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 16);
+                write(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x10);
+                write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+                write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+                write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+                write(
+                    &mut t,
+                    VIRTIO_MMIO_STATUS,
+                    1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+                );
+                assert_ne!(read(&mut t, VIRTIO_MMIO_STATUS) & STATUS_NEEDS_RESET, 0);
+                write(&mut t, VIRTIO_MMIO_STATUS, 0);
+            }
+        });
+        let written = lines.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=crate::log_limit::BURST as usize).contains(&written),
+            "{written} lines"
+        );
     }
 }

@@ -89,7 +89,7 @@ impl Interrupt {
         self.status
             .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
-            tracing::warn!("virtio irqfd write failed: {e}");
+            crate::limited!(warn, "virtio irqfd write failed: {e}");
         }
     }
 
@@ -110,7 +110,7 @@ impl Interrupt {
         self.status.fetch_or(status, Ordering::SeqCst);
         if status != 0 {
             if let Err(e) = self.irqfd.write(1) {
-                tracing::warn!("virtio irqfd write failed: {e}");
+                crate::limited!(warn, "virtio irqfd write failed: {e}");
             }
         }
     }

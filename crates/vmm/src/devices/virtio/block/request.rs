@@ -146,7 +146,9 @@ impl Disk {
         match result {
             Ok(()) => S_OK,
             Err(e) => {
-                tracing::warn!(
+                // A failing host disk fails every request the guest makes.
+                crate::limited!(
+                    warn,
                     "virtio-blk: request type {} at sector {}: {e}",
                     h.request_type,
                     h.sector
