@@ -1,11 +1,12 @@
 //! The 8250 UART on COM1: the guest's console. Everything the guest prints
-//! goes to the serial log file (and optionally to our stderr); the stream is
-//! watched for the kernel's panic banner so a later reset is reported as a
-//! panic rather than a reboot.
+//! goes to the serial log file, under its cap (see `capped_log`), and
+//! optionally to the worker's log; the stream is watched for the kernel's
+//! panic banner so a later reset is reported as a panic rather than a
+//! reboot.
 
 use crate::bus::BusDevice;
+use crate::capped_log::{CappedLog, StderrLog};
 use serde::{Deserialize, Serialize};
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,14 +28,14 @@ impl Trigger for IrqTrigger {
 
 /// Where console bytes go.
 pub struct ConsoleSink {
-    log: Option<BufWriter<File>>,
+    log: Option<BufWriter<CappedLog>>,
     echo: bool,
     matched: usize,
     panicked: Arc<AtomicBool>,
 }
 
 impl ConsoleSink {
-    pub fn new(log: Option<File>, echo: bool, panicked: Arc<AtomicBool>) -> Self {
+    pub fn new(log: Option<CappedLog>, echo: bool, panicked: Arc<AtomicBool>) -> Self {
         ConsoleSink {
             log: log.map(BufWriter::new),
             echo,
@@ -72,7 +73,7 @@ impl Write for ConsoleSink {
             }
         }
         if self.echo {
-            let _ = io::stderr().write_all(buf);
+            let _ = StderrLog.write_all(buf);
         }
         Ok(buf.len())
     }
@@ -195,5 +196,32 @@ mod tests {
         sink.write_all(b"Kernel panic test skipped - not syncing anything")
             .unwrap();
         assert!(!flag.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_flooding_guest_cannot_grow_the_serial_log_past_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let cap = 64 << 10;
+        let log = CappedLog::new(crate::files::open_log(&path).unwrap(), cap).unwrap();
+        let mut sink = ConsoleSink::new(Some(log), false, Arc::new(AtomicBool::new(false)));
+        sink.write_all(b"Linux version 6.1\n").unwrap();
+        for i in 0..20_000 {
+            sink.write_all(format!("spam {i:05} spam spam spam spam\n").as_bytes())
+                .unwrap();
+        }
+        sink.flush().unwrap();
+        let kept = std::fs::read(&path).unwrap();
+        assert!(
+            kept.len() as u64 <= cap + crate::capped_log::MARKER_LEN,
+            "{} bytes kept",
+            kept.len()
+        );
+        assert!(kept.starts_with(b"Linux version 6.1\n"), "the head is kept");
+        assert!(
+            kept.ends_with(b"spam 19999 spam spam spam spam\n"),
+            "so is the latest"
+        );
+        assert!(String::from_utf8_lossy(&kept).contains("bytes dropped here"));
     }
 }

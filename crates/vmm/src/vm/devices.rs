@@ -5,6 +5,7 @@
 use super::{io, kvm_call, DiskConfig, VmError, VsockConfig};
 use crate::arch::x86_64::layout::*;
 use crate::bus::{lock, Bus};
+use crate::capped_log::CappedLog;
 use crate::devices::legacy::{self, ResetReporter};
 use crate::devices::serial::SerialState;
 use crate::devices::serial::{ConsoleSink, IrqTrigger, SerialDevice};
@@ -53,6 +54,8 @@ pub(super) fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
 pub(super) struct ConsoleConfig {
     /// From [`open_serial_log`].
     pub serial_log: Option<File>,
+    /// What the serial log may grow to (see `capped_log`).
+    pub serial_log_cap: u64,
     pub echo: bool,
 }
 
@@ -61,7 +64,7 @@ pub(super) struct ConsoleConfig {
 pub(super) fn open_serial_log(path: &Path) -> Result<File, VmError> {
     io(
         format!("opening serial log {}", path.display()),
-        File::options().create(true).append(true).open(path),
+        crate::files::open_log(path),
     )
 }
 
@@ -76,7 +79,12 @@ pub(super) fn add_legacy_devices(
 ) -> Result<Arc<Mutex<SerialDevice>>, VmError> {
     let irq = io("serial irqfd", EventFd::new(libc::EFD_NONBLOCK))?;
     kvm_call("KVM_IRQFD (serial)", vm.register_irqfd(&irq, SERIAL_IRQ))?;
-    let sink = ConsoleSink::new(console.serial_log, console.echo, reset.panicked.clone());
+    let log = console
+        .serial_log
+        .map(|file| CappedLog::new(file, console.serial_log_cap))
+        .transpose();
+    let log = io("serial log", log)?;
+    let sink = ConsoleSink::new(log, console.echo, reset.panicked.clone());
     let serial = match saved_serial {
         Some(state) => SerialDevice::restore(state, IrqTrigger(irq), sink)
             .map_err(|e| VmError::Snapshot(e.to_string()))?,

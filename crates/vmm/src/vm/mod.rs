@@ -65,6 +65,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     pub rng: bool,
     pub serial_log: Option<PathBuf>,
+    /// The most the serial log keeps (`capped_log::DEFAULT_SERIAL_LOG_CAP`
+    /// unless the host says otherwise).
+    pub serial_log_cap: u64,
     /// Also copy the console to our stderr.
     pub console_echo: bool,
 }
@@ -216,6 +219,7 @@ impl Vm {
                 .as_deref()
                 .map(devices::open_serial_log)
                 .transpose()?,
+            serial_log_cap: config.serial_log_cap,
             echo: config.console_echo,
         };
         let serial = devices::add_legacy_devices(&vm, &mut w.pio, console, &w.reset, None)?;

@@ -34,6 +34,8 @@ pub struct RestoreConfig {
     pub vsock: Option<VsockConfig>,
     pub rng: bool,
     pub serial_log: Option<PathBuf>,
+    /// The most the serial log keeps (see `VmConfig::serial_log_cap`).
+    pub serial_log_cap: u64,
     pub console_echo: bool,
 }
 
@@ -144,6 +146,7 @@ impl Vm {
             }
             let console = ConsoleConfig {
                 serial_log,
+                serial_log_cap: config.serial_log_cap,
                 echo: config.console_echo,
             };
             restore_devices(&vm, &mem, &mut w, console, config, &state)
