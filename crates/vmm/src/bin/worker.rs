@@ -12,20 +12,24 @@
 //! socket for a `Restore` request, so a restore into it skips process start
 //! and VM creation.
 //!
-//! Its logs are capped: the serial log at `--serial-log-cap`, its own
-//! (stderr, when that is a file) at `--log-cap`.
+//! What it makes on the host is private to its user: the VM directory
+//! becomes 0700, its sockets and files 0600, and a connection to either
+//! socket from another user (root aside) is closed unanswered. Its logs
+//! are capped: the serial log at `--serial-log-cap`, its own (stderr, when
+//! that is a file) at `--log-cap`.
 
 use clap::Parser;
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use supermachine_protocol::worker_control::{self, WorkerReply, WorkerRequest};
 use supermachine_protocol::{disk_spec, read_frame, worker_exit, write_frame};
-use std::io::Write;
 use supermachine_vmm::capped_log::{self, StderrLog};
 use supermachine_vmm::outcome::ExitSender;
 use supermachine_vmm::snapshot::hot_pages;
+use supermachine_vmm::{files, limited, sockets};
 use supermachine_vmm::{
     ControlHandle, DiskConfig, EmptyVm, Outcome, RestoreConfig, Vm, VmConfig, VsockConfig,
 };
@@ -321,7 +325,9 @@ fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
         empty = empty.with_serial_log(log).map_err(|e| e.to_string())?;
     }
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        let Some(mut stream) = trusted(stream) else {
+            continue;
+        };
         match read_frame::<WorkerRequest, _>(&mut stream) {
             Ok(WorkerRequest::Restore {
                 snapshot_dir,
@@ -350,6 +356,23 @@ fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
     Err("the control socket closed".into())
 }
 
+/// An accepted control connection, if it is from this worker's user (or
+/// root); any other is closed unanswered.
+fn trusted(
+    stream: std::io::Result<std::os::unix::net::UnixStream>,
+) -> Option<std::os::unix::net::UnixStream> {
+    let stream = stream.ok()?;
+    if sockets::peer_is_trusted(&stream) {
+        Some(stream)
+    } else {
+        limited!(
+            warn,
+            "control socket: closed a connection from another user's process"
+        );
+        None
+    }
+}
+
 /// Serves the control socket: one request and one reply per connection.
 fn serve_control(
     listener: UnixListener,
@@ -358,7 +381,9 @@ fn serve_control(
     recorder: Option<hot_pages::Recorder>,
 ) {
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        let Some(mut stream) = trusted(stream) else {
+            continue;
+        };
         let request = match read_frame::<WorkerRequest, _>(&mut stream) {
             Ok(r) => r,
             Err(e) => {
@@ -407,10 +432,10 @@ fn serve_control(
     }
 }
 
+/// Makes the VM directory private and listens on its control socket.
 fn bind_control(dir: &Path) -> std::io::Result<UnixListener> {
-    let path = dir.join(worker_control::SOCKET);
-    let _ = std::fs::remove_file(&path);
-    UnixListener::bind(&path)
+    files::make_private_dir(dir)?;
+    sockets::bind_private(&dir.join(worker_control::SOCKET))
 }
 
 fn start_control(listener: UnixListener, vm: &Vm) -> std::io::Result<()> {

@@ -53,7 +53,7 @@ pub fn write_state(dir: &Path, state: &SnapshotState) -> Result<u64, BundleError
         path: path.clone(),
         source,
     };
-    let mut f = std::fs::File::create_new(&path).map_err(io)?;
+    let mut f = crate::files::create_new(&path).map_err(io)?;
     f.write_all(&bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     Ok(bytes.len() as u64)
@@ -67,4 +67,28 @@ pub fn read_state(dir: &Path) -> Result<SnapshotState, BundleError> {
         source,
     })?;
     decode(&bytes).map_err(|source| BundleError::Format { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_written_are_private_and_new() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(STATE_FILE)).unwrap();
+        let state = crate::test_support::snapshot_state(0, 64);
+        assert!(write_state(dir.path(), &state).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        std::fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
+        write_state(dir.path(), &state).unwrap();
+        let mode = std::fs::metadata(dir.path().join(STATE_FILE))
+            .unwrap()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(read_state(dir.path()).unwrap().memory_mib, 64);
+    }
 }
