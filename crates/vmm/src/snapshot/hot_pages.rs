@@ -142,9 +142,22 @@ pub fn save(dir: &Path, hot: &HotPages) -> io::Result<()> {
     })
 }
 
-/// The list stored in `dir`, if there is a usable one.
+/// The largest list file read: [`MAX_TOUCHED`] pages as single-page runs
+/// take well under this.
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// The list stored in `dir`, if there is a usable one (a regular file,
+/// not behind a symlink, of a plausible size).
 pub fn load(dir: &Path) -> Option<HotPages> {
-    let bytes = match std::fs::read(dir.join(HOT_PAGES_FILE)) {
+    let read = crate::files::open_regular(&dir.join(HOT_PAGES_FILE)).and_then(|file| {
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(io::Error::other("larger than any list"));
+        }
+        Ok(bytes)
+    });
+    let bytes = match read {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => {
@@ -555,5 +568,19 @@ mod tests {
             .unwrap()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_list_behind_a_symlink_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let hot = HotPages::default();
+        save(elsewhere.path(), &hot).unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.path().join(HOT_PAGES_FILE),
+            dir.path().join(HOT_PAGES_FILE),
+        )
+        .unwrap();
+        assert_eq!(load(dir.path()), None);
     }
 }

@@ -18,6 +18,7 @@ use super::{feature, read_config_bytes, Activation, VirtioDevice};
 use request::SECTOR_SIZE;
 use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -36,11 +37,19 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens `path` as a disk. Its size must be a whole number of sectors.
+    /// Opens `path` as a disk: a regular file (a FIFO would block, a
+    /// device has no size we read) whose size is a whole number of sectors.
     pub fn open(path: &Path, read_only: bool, id: &str) -> io::Result<Block> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let disk = Disk::new(file, read_only, id)
-            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        let in_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            // Opens a FIFO at once, to be refused below.
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)?;
+        crate::files::require_regular(&file).map_err(in_path)?;
+        crate::files::clear_nonblocking(&file)?;
+        let disk = Disk::new(file, read_only, id).map_err(in_path)?;
         Ok(Block::new(disk))
     }
 

@@ -268,3 +268,17 @@ fn an_avail_index_too_far_ahead_breaks_the_device_instead_of_spinning() {
         assert_eq!(f.driver.used_idx(0), used);
     });
 }
+
+#[test]
+fn a_disk_that_is_not_a_regular_file_is_refused_without_blocking() {
+    within_a_minute(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(Block::open(&fifo, true, "disk0").is_err());
+        assert!(Block::open(std::path::Path::new("/dev/zero"), true, "disk0").is_err());
+        assert!(Block::open(dir.path(), true, "disk0").is_err());
+    });
+}
