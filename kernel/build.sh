@@ -20,10 +20,16 @@ export ARCH=x86_64
 make -s tinyconfig
 scripts/kconfig/merge_config.sh -m -O . .config "$fragment" >/dev/null
 make -s olddefconfig
-# A fragment line that Kconfig silently dropped (unmet dependency) is a bug in the fragment.
+# A fragment line that Kconfig silently dropped (unmet dependency) is a bug in the fragment;
+# so is an option the fragment turns off that something else turned back on.
 missing=0
 while IFS= read -r line; do
-  case "$line" in CONFIG_*=y) grep -qx "$line" .config || { echo "kernel: fragment option not applied: $line" >&2; missing=1; } ;; esac
+  case "$line" in
+    CONFIG_*=y) grep -qx "$line" .config || { echo "kernel: fragment option not applied: $line" >&2; missing=1; } ;;
+    "# CONFIG_"*" is not set")
+      option=${line#\# }; option=${option%% *}
+      ! grep -q "^$option=" .config || { echo "kernel: fragment option not turned off: $option" >&2; missing=1; } ;;
+  esac
 done < "$fragment"
 [ "$missing" = 0 ] || { echo "error: the config fragment has options Kconfig could not apply" >&2; exit 3; }
 echo "kernel: make -j$(nproc) vmlinux" >&2

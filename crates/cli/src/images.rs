@@ -27,7 +27,12 @@ Registries: loopback registries (127.0.0.1:5000, localhost:5000) are reached ove
   Credentials come from ~/.docker/config.json ($DOCKER_CONFIG): auths, credHelpers, credsStore.
 
 Storage: blobs in ~/.local/share/supermachine/oci ($SUPERMACHINE_DATA_DIR/oci), root
-filesystems (EROFS, one per image digest) in ~/.cache/supermachine/rootfs.";
+filesystems (EROFS, one per image digest) in ~/.cache/supermachine/rootfs.
+
+Caps on building a root filesystem (an image beyond one is refused; raise them only for
+images you trust): SUPERMACHINE_IMAGE_MAX_UNPACKED=32G (uncompressed layer bytes plus
+sparse holes), SUPERMACHINE_IMAGE_MAX_SPOOL=16G (file data on scratch disk),
+SUPERMACHINE_IMAGE_MAX_INODES=4194304 (files, directories and links).";
 
 /// Pull policy names for `--pull`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

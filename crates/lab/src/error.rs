@@ -54,6 +54,19 @@ pub enum LabError {
     Timeout { secs: u64, console: String },
 
     #[error(
+        "the lab froze: no heartbeat for {silent_secs}s (after {beats} beats; 0 means it never \
+         reached its init), so it was killed{console}"
+    )]
+    Frozen {
+        silent_secs: u64,
+        beats: u64,
+        console: String,
+    },
+
+    #[error("cannot share {path} with the lab: {why}")]
+    BadShare { path: PathBuf, why: &'static str },
+
+    #[error(
         "the lab stopped without reporting the command's exit code ({status}); the lab \
          kernel probably panicked or QEMU failed{console}"
     )]

@@ -45,6 +45,30 @@ fn not_installed(pkg: &str) -> LabError {
     }
 }
 
+/// Installs those of the Debian packages `pkgs` that are not installed
+/// (as root, with apt-get), or says how to when not root. For developer
+/// tasks that need more than the lab does, such as the test suite's tools.
+pub fn ensure_packages(pkgs: &[&str]) -> Result<(), LabError> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
+/// Whether dpkg has `pkg` installed (false where there is no dpkg).
+fn package_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.stdout.ends_with(b"install ok installed"))
+}
+
 fn apt_install(pkgs: &[&str]) -> Result<(), LabError> {
     let list = pkgs.join(" ");
     if !is_root() {

@@ -28,6 +28,20 @@ done
 # to the host while the lab runs.
 opts=trans=virtio,version=9p2000.L,msize=524288
 mount -t 9p -o "$opts,cache=none" labctl /ctl || fail "cannot mount the control share"
+
+# The heartbeat: a counter rewritten every second on the uncached control
+# share. The host calls the lab frozen only when it stops (a slow lab on a
+# busy host still beats about once a second), so it tells "the emulated
+# machine stopped" from "the command is slow".
+(
+	n=0
+	while :; do
+		n=$((n + 1))
+		echo $n >/ctl/heartbeat
+		sleep 1
+	done
+) &
+heartbeat=$!
 mount -t 9p -o "$opts,cache=loose" hostroot /host || fail "cannot mount the host root"
 
 # Fresh kernel file systems inside the chroot; tmpfs where the runtime puts
@@ -49,6 +63,15 @@ done
 # clone from mktemp for one); new temporary files and sockets go to a tmpfs
 # through TMPDIR, which the command script sets.
 mkdir -p /host/run/lab-tmp && chmod 1777 /host/run/lab-tmp
+# For the lab's own test of the heartbeat, which stops it on purpose.
+echo $heartbeat >/host/run/lab-heartbeat.pid
+# Directories the caller shares uncached (LabOptions::shares), at their own
+# paths: what the command writes there reaches the host at once, so it
+# survives a freeze or a crash of the lab.
+while read -r tag dir; do
+	mkdir -p "/host$dir"
+	mount -t 9p -o "$opts,cache=none" "$tag" "/host$dir" || fail "cannot mount the shared directory $dir"
+done </ctl/shares
 ip link set lo up
 hostname supermachine-lab
 

@@ -18,12 +18,14 @@
 
 mod assets;
 mod error;
+mod heartbeat;
 mod host;
 mod kernel;
 mod qemu;
 mod vm;
 
 pub use error::LabError;
+pub use host::ensure_packages;
 pub use supermachine_kvmhost::{detect, explain, KvmHost};
 
 use std::ffi::OsString;
@@ -48,6 +50,27 @@ pub struct LabOptions {
     /// not be under /run or /dev/shm (fresh tmpfs there); /tmp is the
     /// host's, and TMPDIR points at a tmpfs inside the lab.
     pub cwd: Option<PathBuf>,
+    /// Host directories the lab sees uncached, at the same absolute path:
+    /// what the command writes there reaches the host before the write
+    /// returns, so it survives a lab that freezes or crashes (the rest of
+    /// the host's files are shared with caching). Unused on a Hardware host.
+    pub shares: Vec<PathBuf>,
+    /// A lab whose heartbeat (a counter its init rewrites every second)
+    /// stands still this long is frozen: it is killed and [`run`] returns
+    /// [`LabError::Frozen`]. A slow lab keeps beating, so this is not a
+    /// time limit on the command (that is [`Self::timeout`]). Default 60 s,
+    /// `SUPERMACHINE_LAB_FREEZE_SECS` to change it.
+    pub freeze_after: Duration,
+}
+
+/// The default of [`LabOptions::freeze_after`].
+fn freeze_after_from_env() -> Duration {
+    let secs = std::env::var("SUPERMACHINE_LAB_FREEZE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(60);
+    // Below a few seconds a busy host's scheduling alone would trip it.
+    Duration::from_secs(secs.max(10))
 }
 
 impl Default for LabOptions {
@@ -58,6 +81,8 @@ impl Default for LabOptions {
             timeout: None,
             env: Vec::new(),
             cwd: None,
+            shares: Vec::new(),
+            freeze_after: freeze_after_from_env(),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! The kernel console goes to a log file shown only when the lab fails.
 
 use crate::assets::{self, Assets};
+use crate::heartbeat::Pulse;
 use crate::host::{self, tail_lines};
 use crate::{LabError, LabOptions};
 use std::collections::BTreeMap;
@@ -33,6 +34,9 @@ use std::time::{Duration, Instant};
 
 /// How often the output files are tailed: live enough for a human, cheap.
 const POLL: Duration = Duration::from_millis(10);
+/// A heartbeat gap this long is worth a line on stderr: the lab was
+/// starved or nearly frozen.
+const NOTABLE_GAP: Duration = Duration::from_secs(10);
 /// A tmpfs inside the lab (made by init.sh), the command's TMPDIR.
 const LAB_TMPDIR: &str = "/run/lab-tmp";
 
@@ -62,6 +66,8 @@ pub(crate) fn run(
     for f in ["stdout", "stderr"] {
         write_file(&ctl.join(f), b"")?;
     }
+    let shares = checked_shares(&opts.shares)?;
+    write_file(&ctl.join("shares"), &shares_list(&shares))?;
 
     let log =
         File::create(run.path.join("qemu.log")).map_err(LabError::io("cannot create qemu.log"))?;
@@ -69,7 +75,7 @@ pub(crate) fn run(
         .try_clone()
         .map_err(LabError::io("cannot dup qemu.log"))?;
     let mut cmd = Command::new(&assets.qemu.binary);
-    cmd.args(qemu_args(&assets, &run.path, opts))
+    cmd.args(qemu_args(&assets, &run.path, opts, &shares))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
@@ -85,6 +91,7 @@ pub(crate) fn run(
     let mut ferr =
         File::open(ctl.join("stderr")).map_err(LabError::io("cannot open the lab's stderr"))?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let mut pulse = Pulse::new(ctl.join("heartbeat"), opts.freeze_after);
     let status = loop {
         // Wait first, copy second: after an exit, the copy sees everything.
         let exited = qemu
@@ -105,8 +112,22 @@ pub(crate) fn run(
                 console: run.console_tail(),
             });
         }
+        if let Some(stopped) = pulse.check() {
+            qemu.kill();
+            forward(&mut fout, out)?;
+            forward(&mut ferr, err)?;
+            return Err(stopped.into_error(run.console_tail()));
+        }
         std::thread::sleep(POLL);
     };
+    let (beats, gap) = pulse.summary();
+    if gap >= NOTABLE_GAP || std::env::var_os("SUPERMACHINE_LAB_VERBOSE").is_some() {
+        eprintln!(
+            "supermachine-lab: {beats} heartbeats, the longest gap {:.1}s (frozen after {}s)",
+            gap.as_secs_f64(),
+            opts.freeze_after.as_secs()
+        );
+    }
 
     match fs::read_to_string(ctl.join("exit"))
         .ok()
@@ -137,7 +158,50 @@ fn forward(from: &mut File, to: &mut dyn Write) -> Result<(), LabError> {
     }
 }
 
-fn qemu_args(assets: &Assets, run: &Path, opts: &LabOptions) -> Vec<OsString> {
+/// The 9p tag of the `i`th uncached share.
+fn share_tag(i: usize) -> String {
+    format!("labshare{i}")
+}
+
+/// The shares as absolute, resolved directory paths that init.sh can read
+/// back from a line each.
+fn checked_shares(shares: &[PathBuf]) -> Result<Vec<PathBuf>, LabError> {
+    shares
+        .iter()
+        .map(|p| {
+            let bad = |why| LabError::BadShare {
+                path: p.clone(),
+                why,
+            };
+            let real = fs::canonicalize(p).map_err(|_| bad("it does not exist"))?;
+            if !real.is_dir() {
+                return Err(bad("it is not a directory"));
+            }
+            if real == Path::new("/") {
+                return Err(bad("the root is already shared"));
+            }
+            let bytes = real.as_os_str().as_bytes();
+            if bytes.contains(&b'\n') || bytes.last().is_some_and(u8::is_ascii_whitespace) {
+                return Err(bad("its path has a newline or ends in white space"));
+            }
+            Ok(real)
+        })
+        .collect()
+}
+
+/// `ctl/shares`: a line per share, its tag and its path, for init.sh.
+fn shares_list(shares: &[PathBuf]) -> Vec<u8> {
+    let mut list = Vec::new();
+    for (i, path) in shares.iter().enumerate() {
+        list.extend_from_slice(share_tag(i).as_bytes());
+        list.push(b' ');
+        list.extend_from_slice(path.as_os_str().as_bytes());
+        list.push(b'\n');
+    }
+    list
+}
+
+fn qemu_args(assets: &Assets, run: &Path, opts: &LabOptions, shares: &[PathBuf]) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |parts: &[&OsStr]| a.extend(parts.iter().map(|p| p.to_os_string()));
     let s = |x: &'static str| OsStr::new(x);
@@ -189,6 +253,11 @@ fn qemu_args(assets: &Assets, run: &Path, opts: &LabOptions) -> Vec<OsString> {
         &run.join("ctl"),
     );
     push(&[s("-virtfs"), root, s("-virtfs"), &ctl]);
+    for (i, path) in shares.iter().enumerate() {
+        let prefix = format!("local,mount_tag={},security_model=none,path=", share_tag(i));
+        let share = opt_value(&prefix, path);
+        push(&[s("-virtfs"), &share]);
+    }
     a
 }
 

@@ -112,3 +112,41 @@ fn host_tmp_is_visible_and_tmpdir_is_local() {
     };
     assert_eq!(stdout, format!("from-host\n{expected_fs}\n"));
 }
+
+/// A lab whose heartbeat stops is killed as frozen within `freeze_after`
+/// (the command itself would sleep for ten minutes), and what the command
+/// wrote to an uncached share before that is on the host.
+#[test]
+fn a_stopped_heartbeat_is_a_freeze_and_shares_keep_what_was_written() {
+    if detect() == KvmHost::Hardware {
+        eprintln!("no lab on this host (it has VT-x/AMD-V): nothing to freeze");
+        return;
+    }
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let share = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lab-share-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&share);
+    std::fs::create_dir_all(&share).unwrap();
+    let script = format!(
+        "echo before-the-freeze > '{}/note' && kill -STOP $(cat /run/lab-heartbeat.pid) && sleep 600",
+        share.display()
+    );
+    let opts = LabOptions {
+        shares: vec![share.clone()],
+        freeze_after: std::time::Duration::from_secs(10),
+        ..opts()
+    };
+    let r = run_captured(&argv(&["sh", "-c", &script]), &opts);
+    let note = std::fs::read_to_string(share.join("note"));
+    std::fs::remove_dir_all(&share).unwrap();
+    match r {
+        Err(supermachine_lab::LabError::Frozen {
+            silent_secs, beats, ..
+        }) => {
+            assert!(beats > 0, "the lab beat before it was stopped");
+            assert!(silent_secs >= 10, "called frozen after only {silent_secs}s");
+        }
+        other => panic!("expected a freeze, got {other:?}"),
+    }
+    assert_eq!(note.unwrap(), "before-the-freeze\n");
+}

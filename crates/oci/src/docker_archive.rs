@@ -9,17 +9,26 @@
 //! uncompressed layers are verified against the config's `diff_ids`,
 //! compressed ones are hashed.
 //!
-//! The tar is indexed once (headers only, data skipped by seeking); blobs
-//! are then read straight from their offsets, several at once.
+//! The tar is indexed once (headers only, by the bounded reader of
+//! `supermachine-rootfs`: no record is buffered beyond a small budget, no
+//! member may claim bytes past the end of the file); blobs are then read
+//! straight from their offsets with positioned reads of the one open file,
+//! several at once. The archive must be a regular file (a fifo or device
+//! named as one is refused rather than read), symlinks and hard links
+//! inside it resolve only to other members, and names from it (RepoTags,
+//! paths) are escaped in messages.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
+use supermachine_rootfs::archive::{ArchiveIndex, MemberKind};
+use supermachine_rootfs::Escaped;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -31,9 +40,16 @@ use crate::manifest::{
 };
 use crate::pull::{Fetcher, Resolved};
 use crate::reference::Reference;
+use crate::untrusted;
 
-/// Most entries we index (a docker save has a handful per layer).
-const MAX_ENTRIES: usize = 1 << 20;
+/// Most members we index (a docker save has a handful per layer).
+const MAX_ENTRIES: usize = 1 << 16;
+/// Bytes of PAX / long-name records one member may have.
+const MAX_HEADER_BYTES: u64 = 64 << 10;
+/// Longest member name or link target kept (Linux's `PATH_MAX`).
+const MAX_NAME: usize = 4096;
+/// Total bytes of names and link targets kept in the index.
+const MAX_NAME_BYTES: usize = 16 << 20;
 /// Symlink hops followed inside the archive.
 const MAX_LINK_HOPS: usize = 8;
 
@@ -41,11 +57,13 @@ const MAX_LINK_HOPS: usize = 8;
 enum Entry {
     File { offset: u64, size: u64 },
     Link(String),
+    Sparse,
 }
 
 /// An indexed tar file.
 pub(crate) struct TarFiles {
     path: PathBuf,
+    file: File,
     entries: HashMap<String, Entry>,
 }
 
@@ -55,63 +73,98 @@ impl TarFiles {
             path: path.to_path_buf(),
             reason,
         };
-        let file = File::open(path).map_err(|e| err(e.to_string()))?;
-        let mut archive = tar::Archive::new(file);
+        let (file, _) = untrusted::open_regular(path).map_err(|e| err(e.to_string()))?;
+        let mut index = ArchiveIndex::new(&file, MAX_HEADER_BYTES)
+            .map_err(|e| err(format!("reading it: {e}")))?;
         let mut entries = HashMap::new();
-        let iter = archive
-            .entries_with_seek()
-            .map_err(|e| err(format!("not a tar archive: {e}")))?;
-        for entry in iter {
-            let entry = entry.map_err(|e| err(format!("not a valid tar archive: {e}")))?;
+        let mut name_bytes = 0usize;
+        while let Some(member) = index
+            .next_member()
+            .map_err(|e| err(format!("not a valid tar archive: {e}")))?
+        {
             if entries.len() >= MAX_ENTRIES {
                 return Err(err(format!("more than {MAX_ENTRIES} entries")));
             }
-            let name = match entry.path() {
-                Ok(p) => normalize(&p.to_string_lossy()),
-                Err(_) => continue,
+            let link = match &member.kind {
+                MemberKind::Symlink(t) | MemberKind::HardLink(t) => t.len(),
+                _ => 0,
             };
-            let kind = entry.header().entry_type();
-            if kind.is_file() {
-                entries.insert(
-                    name,
-                    Entry::File {
-                        offset: entry.raw_file_position(),
-                        size: entry.size(),
-                    },
-                );
-            } else if kind.is_symlink() || kind.is_hard_link() {
-                if let Ok(Some(target)) = entry.link_name() {
-                    let target = target.to_string_lossy().to_string();
-                    let resolved = if kind.is_symlink() {
-                        // Relative to the link's own directory.
-                        let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
-                        normalize(&format!("{dir}/{target}"))
-                    } else {
-                        normalize(&target)
-                    };
-                    entries.insert(name, Entry::Link(resolved));
-                }
+            if member.path.len() > MAX_NAME || link > MAX_NAME {
+                return Err(err(format!(
+                    "member '{}' has a name or link target longer than {MAX_NAME} bytes",
+                    Escaped::new(&member.path)
+                )));
             }
+            name_bytes += member.path.len() + link;
+            if name_bytes > MAX_NAME_BYTES {
+                return Err(err(format!(
+                    "more than {MAX_NAME_BYTES} bytes of member names"
+                )));
+            }
+            let name = normalize(&String::from_utf8_lossy(&member.path));
+            let entry = match member.kind {
+                MemberKind::File { offset, size } => Entry::File { offset, size },
+                MemberKind::Sparse => Entry::Sparse,
+                MemberKind::Symlink(target) => {
+                    // Relative to the link's own directory.
+                    let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+                    let target = String::from_utf8_lossy(&target);
+                    Entry::Link(normalize(&format!("{dir}/{target}")))
+                }
+                MemberKind::HardLink(target) => {
+                    Entry::Link(normalize(&String::from_utf8_lossy(&target)))
+                }
+                MemberKind::Other => continue,
+            };
+            entries.insert(name, entry);
         }
         Ok(TarFiles {
             path: path.to_path_buf(),
+            file,
             entries,
         })
     }
 
-    fn lookup(&self, rel: &str) -> Option<(u64, u64)> {
+    fn lookup(&self, rel: &str) -> Result<Option<(u64, u64)>> {
         let mut name = normalize(rel);
         for _ in 0..=MAX_LINK_HOPS {
-            match self.entries.get(&name)? {
-                Entry::File { offset, size } => return Some((*offset, *size)),
-                Entry::Link(target) => name = target.clone(),
+            match self.entries.get(&name) {
+                None => return Ok(None),
+                Some(Entry::File { offset, size }) => return Ok(Some((*offset, *size))),
+                Some(Entry::Sparse) => {
+                    return Err(self.error(format!(
+                        "{} is a sparse member, which cannot be read as a blob",
+                        Escaped::new(rel)
+                    )))
+                }
+                Some(Entry::Link(target)) => name = target.clone(),
             }
         }
-        None
+        Ok(None)
     }
 
     fn contains(&self, rel: &str) -> bool {
-        self.lookup(rel).is_some()
+        matches!(self.lookup(rel), Ok(Some(_)))
+    }
+}
+
+/// A member's bytes, read with positioned reads of the shared file.
+struct Range<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Range<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -132,13 +185,15 @@ fn normalize(p: &str) -> String {
 
 impl LayoutFiles for TarFiles {
     fn open(&self, rel: &str) -> Result<Option<Opened<'_>>> {
-        let Some((offset, size)) = self.lookup(rel) else {
+        let Some((offset, size)) = self.lookup(rel)? else {
             return Ok(None);
         };
-        let mut f = File::open(&self.path).map_err(|e| self.error(e.to_string()))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| self.error(format!("reading {rel}: {e}")))?;
-        Ok(Some((Box::new(f.take(size)), size)))
+        let range = Range {
+            file: &self.file,
+            pos: offset,
+            end: offset + size,
+        };
+        Ok(Some((Box::new(range), size)))
     }
     fn error(&self, reason: String) -> Error {
         Error::DockerArchive {
@@ -160,9 +215,10 @@ impl LocalBlobs for ArchiveBlobs {
             .paths
             .get(digest)
             .ok_or_else(|| self.files.error(format!("no file for blob {digest}")))?;
-        self.files
-            .open(rel)?
-            .ok_or_else(|| self.files.error(format!("{rel} is missing")))
+        self.files.open(rel)?.ok_or_else(|| {
+            self.files
+                .error(format!("{} is missing", Escaped::new(rel)))
+        })
     }
 }
 
@@ -202,23 +258,26 @@ pub(crate) fn resolve(
     }
 
     let config_bytes = layout::read_small(&files, &entry.config, MAX_CONFIG_BYTES)?
-        .ok_or_else(|| files.error(format!("config {} is missing", entry.config)))?;
+        .ok_or_else(|| files.error(format!("config {} is missing", Escaped::new(&entry.config))))?;
     let config_digest = Digest::of_bytes(&config_bytes);
-    let config = ImageConfig::parse(&config_bytes, &format!("config {} of {name}", entry.config))?;
+    let config = ImageConfig::parse(
+        &config_bytes,
+        &format!("config {} of {name}", Escaped::new(&entry.config)),
+    )?;
     let mut paths = HashMap::from([(config_digest.clone(), entry.config.clone())]);
 
     let mut layers = Vec::new();
     for (i, rel) in entry.layers.iter().enumerate() {
         let (mut reader, size) = files
             .open(rel)?
-            .ok_or_else(|| files.error(format!("layer {rel} is missing")))?;
+            .ok_or_else(|| files.error(format!("layer {} is missing", Escaped::new(rel))))?;
         let mut head = [0u8; 4];
         let n = read_up_to(&mut reader, &mut head)
-            .map_err(|e| files.error(format!("reading {rel}: {e}")))?;
+            .map_err(|e| files.error(format!("reading {}: {e}", Escaped::new(rel))))?;
         let compression = Compression::sniff(&head[..n]);
         let digest = if let Some(hex) = rel.strip_prefix("blobs/sha256/") {
             Digest::parse(&format!("sha256:{hex}"))
-                .map_err(|e| files.error(format!("layer path {rel}: {e}")))?
+                .map_err(|e| files.error(format!("layer path {}: {e}", Escaped::new(rel))))?
         } else if let (Compression::None, Some(diff_id)) = (compression, config.diff_ids.get(i)) {
             // An uncompressed layer's digest is its diff_id: copying it
             // into the store verifies it against the config.
@@ -259,11 +318,12 @@ fn select<'a>(
     reference: Option<&str>,
 ) -> std::result::Result<&'a ManifestEntry, String> {
     let tags = || {
-        entries
+        let all = entries
             .iter()
             .flat_map(|e| e.repo_tags.clone().unwrap_or_default())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        Escaped::new(&all).to_string()
     };
     match reference {
         Some(r) => {
@@ -276,7 +336,13 @@ fn select<'a>(
                         .flatten()
                         .any(|t| t == r || (wanted.is_some() && Reference::parse(t).ok() == wanted))
                 })
-                .ok_or_else(|| format!("no image {r:?} in manifest.json (it has: {})", tags()))
+                .ok_or_else(|| {
+                    format!(
+                        "no image '{}' in manifest.json (it has: {})",
+                        Escaped::new(r),
+                        tags()
+                    )
+                })
         }
         None => match entries {
             [one] => Ok(one),
@@ -304,7 +370,7 @@ fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 fn hash_entry(files: &TarFiles, rel: &str) -> Result<Digest> {
     let (mut reader, _) = files
         .open(rel)?
-        .ok_or_else(|| files.error(format!("{rel} is missing")))?;
+        .ok_or_else(|| files.error(format!("{} is missing", Escaped::new(rel))))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -312,7 +378,7 @@ fn hash_entry(files: &TarFiles, rel: &str) -> Result<Digest> {
             Ok(0) => break,
             Ok(n) => hasher.update(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(files.error(format!("reading {rel}: {e}"))),
+            Err(e) => return Err(files.error(format!("reading {}: {e}", Escaped::new(rel)))),
         }
     }
     Ok(Digest::from_hasher(hasher))

@@ -1,7 +1,14 @@
 //! The crate's error type: each variant says what happened and, where the
 //! user can do something about it, what to do.
+//!
+//! Every field that can carry text from an image or a registry (tags,
+//! platforms, media types, digests that failed to parse, parser and server
+//! messages) is shown through [`Escaped`], so an image cannot put terminal
+//! control sequences on the user's screen through an error message.
 
 use std::path::PathBuf;
+
+use supermachine_rootfs::Escaped;
 
 use crate::digest::{Digest, DigestError};
 use crate::reference::ReferenceError;
@@ -30,7 +37,7 @@ pub enum Error {
         reason: String,
     },
     /// A digest string (in a manifest, index or argument) is malformed.
-    #[error("invalid digest {input:?} in {context}: {reason}")]
+    #[error("invalid digest '{}' in {}: {reason}", Escaped::new(.input), Escaped::new(.context))]
     InvalidDigest {
         /// The offending text.
         input: String,
@@ -69,7 +76,7 @@ pub enum Error {
         tag_or_digest: String,
     },
     /// Any other failure talking to a registry (connection refused, TLS, 5xx ...).
-    #[error("registry {registry} ({url}): {message}")]
+    #[error("registry {registry} ({url}): {}", Escaped::new(.message))]
     Registry {
         /// The host we talked to.
         registry: String,
@@ -87,7 +94,7 @@ pub enum Error {
         attempts: Vec<(String, Error)>,
     },
     /// Content did not hash to the digest that names it.
-    #[error("digest mismatch for {what}: expected {expected}, got {actual} (the source is corrupt or was tampered with; nothing was stored)")]
+    #[error("digest mismatch for {}: expected {expected}, got {actual} (the source is corrupt or was tampered with; nothing was stored)", Escaped::new(.what))]
     DigestMismatch {
         /// Which blob (and from where).
         what: String,
@@ -97,7 +104,7 @@ pub enum Error {
         actual: Digest,
     },
     /// Content did not have the size its descriptor promised.
-    #[error("size mismatch for {what}: expected {expected} bytes, got {actual}{} (nothing was stored)", if *.truncated { " before the stream ended" } else { "" })]
+    #[error("size mismatch for {}: expected {expected} bytes, got {actual}{} (nothing was stored)", Escaped::new(.what), if *.truncated { " before the stream ended" } else { "" })]
     SizeMismatch {
         /// Which blob (and from where).
         what: String,
@@ -109,7 +116,7 @@ pub enum Error {
         truncated: bool,
     },
     /// A manifest, index or config is larger than we are willing to parse.
-    #[error("{what} is {size} bytes, more than the {limit}-byte limit for JSON documents")]
+    #[error("{} is {size} bytes, more than the {limit}-byte limit for JSON documents", Escaped::new(.what))]
     TooLarge {
         /// Which document.
         what: String,
@@ -119,7 +126,7 @@ pub enum Error {
         limit: u64,
     },
     /// A manifest, index or config that is not valid for a container image.
-    #[error("invalid {what}: {reason}")]
+    #[error("invalid {}: {}", Escaped::new(.what), Escaped::new(.reason))]
     InvalidManifest {
         /// Which document.
         what: String,
@@ -127,7 +134,7 @@ pub enum Error {
         reason: String,
     },
     /// A media type we cannot run (an artifact, a Windows layer, schema 1 ...).
-    #[error("{what} has media type {media_type:?}, which is not a Linux container image part we can use")]
+    #[error("{} has media type '{}', which is not a Linux container image part we can use", Escaped::new(.what), Escaped::new(.media_type))]
     UnsupportedMediaType {
         /// Which document or layer.
         what: String,
@@ -135,7 +142,7 @@ pub enum Error {
         media_type: String,
     },
     /// An index without an entry for the platform we run.
-    #[error("{reference} has no image for {wanted}; it has: {}", if .available.is_empty() { "no platform entries".to_string() } else { .available.join(", ") })]
+    #[error("{} has no image for {}; it has: {}", Escaped::new(.reference), Escaped::new(.wanted), if .available.is_empty() { "no platform entries".to_string() } else { Escaped::new(&.available.join(", ")).to_string() })]
     NoMatchingPlatform {
         /// The image.
         reference: String,
@@ -145,7 +152,7 @@ pub enum Error {
         available: Vec<String>,
     },
     /// An OCI image layout directory that cannot be used.
-    #[error("OCI layout {path}: {reason}")]
+    #[error("OCI layout {path}: {}", Escaped::new(.reason))]
     Layout {
         /// The layout directory.
         path: PathBuf,
@@ -153,7 +160,7 @@ pub enum Error {
         reason: String,
     },
     /// A `docker save` archive that cannot be used.
-    #[error("docker archive {path}: {reason}")]
+    #[error("docker archive {path}: {}", Escaped::new(.reason))]
     DockerArchive {
         /// The tar file.
         path: PathBuf,
@@ -180,7 +187,7 @@ pub enum Error {
     #[error("no image {0} in the store (see the image list)")]
     ImageNotFound(String),
     /// A store record that cannot be read (corrupt or from a newer version).
-    #[error("image record {path}: {reason} (remove it and pull again)")]
+    #[error("image record {path}: {} (remove it and pull again)", Escaped::new(.reason))]
     CorruptRecord {
         /// The record file.
         path: PathBuf,

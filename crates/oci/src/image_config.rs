@@ -94,7 +94,12 @@ impl ImageConfig {
             return Err(Error::NoMatchingPlatform {
                 reference: what.to_string(),
                 wanted: platform.to_string(),
-                available: vec![format!("{}/{}", self.os, self.architecture)],
+                available: vec![Platform {
+                    os: self.os.clone(),
+                    architecture: self.architecture.clone(),
+                    variant: None,
+                }
+                .to_string()],
             });
         }
         Ok(())

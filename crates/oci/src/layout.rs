@@ -1,9 +1,15 @@
 //! OCI image layouts (`oci:DIR[:TAG]`), and the local-blob copying shared
 //! with docker archives (a newer `docker save` tar *is* an OCI layout).
+//!
+//! A layout is untrusted: its files are opened beneath its directory with
+//! nothing followed (see `untrusted`), must be regular files, and a blob's
+//! size is compared with its descriptor before a byte of it is read. Tags
+//! and other strings from index.json are escaped in messages.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use supermachine_rootfs::Escaped;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -13,6 +19,7 @@ use crate::manifest::{
 use crate::pull::{Fetcher, PullEvent, PullOptions, Resolved};
 use crate::reference::Reference;
 use crate::store::BlobWriter;
+use crate::untrusted::{Beneath, OpenError};
 
 /// Annotation that names an image in an OCI layout's index.json.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
@@ -38,20 +45,36 @@ pub(crate) trait LocalBlobs: Send + Sync {
 }
 
 /// A layout directory on disk.
-pub(crate) struct DirFiles(pub PathBuf);
+pub(crate) struct DirFiles {
+    path: PathBuf,
+    dir: Beneath,
+}
+
+impl DirFiles {
+    /// Opens the layout directory the user named.
+    pub(crate) fn open_dir(path: &Path) -> Result<Self> {
+        let dir = Beneath::open_dir(path).map_err(|e| Error::Layout {
+            path: path.to_path_buf(),
+            reason: format!("not a readable directory: {e}"),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            dir,
+        })
+    }
+}
 
 impl LayoutFiles for DirFiles {
     fn open(&self, rel: &str) -> Result<Option<Opened<'_>>> {
-        let path = self.0.join(rel);
-        match File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f))) {
-            Ok((len, f)) => Ok(Some((Box::new(f), len))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.error(format!("reading {rel}: {e}"))),
+        match self.dir.open(rel) {
+            Ok((f, len)) => Ok(Some((Box::new(f), len))),
+            Err(OpenError::Missing) => Ok(None),
+            Err(e) => Err(self.error(format!("{rel} is refused: {e}"))),
         }
     }
     fn error(&self, reason: String) -> Error {
         Error::Layout {
-            path: self.0.clone(),
+            path: self.path.clone(),
             reason,
         }
     }
@@ -79,10 +102,7 @@ pub(crate) fn resolve_dir(
     tag: Option<&str>,
     platform: &Platform,
 ) -> Result<(Resolved, Fetcher)> {
-    let files = DirFiles(dir.to_path_buf());
-    if !dir.is_dir() {
-        return Err(files.error("not a directory".into()));
-    }
+    let files = DirFiles::open_dir(dir)?;
     let resolved = resolve_files(&files, tag, platform, &format!("oci:{}", dir.display()))?;
     Ok((
         resolved,
@@ -100,7 +120,7 @@ pub(crate) fn read_small(
         return Ok(None);
     };
     manifest::check_size(rel, len, limit)?;
-    let mut buf = Vec::with_capacity(len as usize);
+    let mut buf = Vec::new();
     reader
         .take(limit + 1)
         .read_to_end(&mut buf)
@@ -200,7 +220,7 @@ pub(crate) fn select_entry(
         if v.is_empty() {
             "no tagged images".to_string()
         } else {
-            format!("tags: {}", v.join(", "))
+            format!("tags: {}", Escaped::new(&v.join(", ")))
         }
     };
     match tag {
@@ -212,7 +232,13 @@ pub(crate) fn select_entry(
                 .iter()
                 .find(|d| names(d).iter().any(hit))
                 .cloned()
-                .ok_or_else(|| format!("no image tagged {tag:?} in index.json ({})", all_names()))
+                .ok_or_else(|| {
+                    format!(
+                        "no image tagged '{}' in index.json ({})",
+                        Escaped::new(tag),
+                        all_names()
+                    )
+                })
         }
         None if entries.len() == 1 => Ok(entries[0].clone()),
         None if entries.is_empty() => Err("index.json lists no images".into()),
@@ -237,14 +263,24 @@ pub(crate) fn select_entry(
     }
 }
 
-/// Copies a local blob into a store writer, reporting progress.
+/// Copies a local blob into a store writer, reporting progress. A blob
+/// whose size is not the descriptor's is refused before it is read.
 pub(crate) fn copy_blob(
     local: &dyn LocalBlobs,
     desc: &Desc,
     mut writer: BlobWriter,
     options: &PullOptions,
 ) -> Result<BlobWriter> {
-    let (mut reader, _len) = local.open_blob(&desc.digest)?;
+    let (reader, len) = local.open_blob(&desc.digest)?;
+    if len != desc.size {
+        return Err(Error::SizeMismatch {
+            what: format!("blob {}", desc.digest),
+            expected: desc.size,
+            actual: len,
+            truncated: false,
+        });
+    }
+    let mut reader = reader.take(desc.size);
     let mut buf = vec![0u8; 1 << 20];
     let mut last_report = 0u64;
     loop {

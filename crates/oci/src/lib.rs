@@ -35,6 +35,7 @@ pub mod registries;
 mod registry;
 mod source;
 mod store;
+mod untrusted;
 
 pub use digest::{Digest, DigestError};
 pub use error::{Error, Result};

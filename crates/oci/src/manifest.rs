@@ -9,6 +9,7 @@ use std::fmt;
 
 use oci_spec::image::{ImageIndex, ImageManifest};
 use serde::{Deserialize, Serialize};
+use supermachine_rootfs::Escaped;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -122,10 +123,16 @@ impl Default for Platform {
 }
 
 impl fmt::Display for Platform {
+    /// `os/architecture[/variant]`, escaped: the fields come from images.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
+        write!(
+            f,
+            "{}/{}",
+            Escaped::new(&self.os),
+            Escaped::new(&self.architecture)
+        )?;
         if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
+            write!(f, "/{}", Escaped::new(v))?;
         }
         Ok(())
     }

@@ -187,6 +187,23 @@ impl Store {
         }))
     }
 
+    /// Forgets the record of `source` if it still names `manifest_digest`:
+    /// for an image that was pulled but then refused (its root filesystem
+    /// could not be built from it), so that `images` does not list it and
+    /// [`Store::gc`] frees its blobs. Returns whether a record was removed.
+    pub fn forget_image(&self, source: &Source, manifest_digest: &Digest) -> Result<bool> {
+        let path = self.record_path(&source.key());
+        match self.load_record(&path) {
+            Ok(r) if r.manifest_digest == *manifest_digest => {
+                fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(_) if !path.exists() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes the record of `reference` (any [`Source`] string, normalized
     /// first) or of every reference whose manifest digest is `reference`
     /// (`sha256:…`). Blobs stay until [`Store::gc`]. Returns what was removed.

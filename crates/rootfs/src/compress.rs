@@ -3,16 +3,25 @@
 //!
 //! The stack is: caller's reader → [`Counted`] (input bytes for progress,
 //! marks caller I/O errors) → gzip / zstd / nothing → [`Tagged`] (marks
-//! decoder errors) → the tar reader. Failures surface as `io::Error`s; the
-//! flags in [`Flags`] say afterwards whether one came from the source or the
-//! decoder, so that a truncated download is not reported as a corrupt tar.
+//! decoder errors, counts and hashes the uncompressed bytes, stops at the
+//! unpacked-size budget) → the tar reader. Failures surface as
+//! `io::Error`s; the flags in [`Flags`] say afterwards whether one came
+//! from the source, the decoder or the budget, so that a truncated download
+//! is not reported as a corrupt tar.
+//!
+//! The budget is enforced here, on the decoder's output, because that is
+//! where a decompression bomb spends our CPU: every byte the tar reader
+//! consumes, skips or reads after the end-of-archive marker passes through.
 
 use std::cell::Cell;
 use std::io::{self, Cursor, Read};
 use std::rc::Rc;
 
+use sha2::{Digest, Sha256};
+
 use crate::error::{Error, Result};
 use crate::spool::read_full;
+use crate::ustar;
 
 /// How a layer stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,6 +97,27 @@ pub(crate) struct Flags {
     pub input_bytes: Cell<u64>,
     /// "gzip" / "zstd" / "" for messages.
     pub format: Cell<&'static str>,
+    /// Unpacked bytes of this layer so far: uncompressed stream bytes plus
+    /// the holes of sparse members.
+    pub unpacked: Cell<u64>,
+    /// How many unpacked bytes this layer may have (what the tree's cap
+    /// leaves after the earlier layers).
+    pub budget: Cell<u64>,
+    /// The budget ran out.
+    pub over_budget: Cell<bool>,
+}
+
+impl Flags {
+    /// Counts `n` more unpacked bytes; false (and `over_budget` set) when
+    /// that exceeds the budget.
+    pub fn charge(&self, n: u64) -> bool {
+        let total = self.unpacked.get().saturating_add(n);
+        self.unpacked.set(total);
+        if total > self.budget.get() {
+            self.over_budget.set(true);
+        }
+        !self.over_budget.get()
+    }
 }
 
 pub(crate) struct Counted<R> {
@@ -116,17 +146,36 @@ impl<R: Read> Read for Counted<R> {
 pub(crate) struct Tagged<R> {
     inner: R,
     flags: Rc<Flags>,
+    /// sha256 of the uncompressed stream: the layer's diff_id.
+    hasher: Sha256,
+}
+
+impl<R> Tagged<R> {
+    /// The sha256 of everything read so far.
+    pub fn digest(self) -> [u8; 32] {
+        self.hasher.finalize().into()
+    }
 }
 
 impl<R: Read> Read for Tagged<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
+        if self.flags.over_budget.get() {
+            return Err(io::Error::other("the unpacked size limit was reached"));
+        }
+        let n = self.inner.read(buf).inspect_err(|e| {
             if e.kind() != io::ErrorKind::Interrupted {
                 self.flags.decoder_failed.set(true);
             }
-        })
+        })?;
+        if !self.flags.charge(n as u64) {
+            return Err(io::Error::other("the unpacked size limit was reached"));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
+
+impl<R: Read> ustar::Source for Tagged<R> {}
 
 /// The decompressed tar stream of one layer.
 pub(crate) type TarStream<'a> = Tagged<Box<dyn Read + 'a>>;
@@ -190,5 +239,6 @@ pub(crate) fn open<'a, R: Read + 'a>(
     Ok(Tagged {
         inner: decoded,
         flags: flags.clone(),
+        hasher: Sha256::new(),
     })
 }

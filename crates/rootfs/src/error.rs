@@ -5,8 +5,11 @@
 //! with `tar -tvf`. Paths are shown lossily (non-UTF-8 bytes escaped) because
 //! they come from untrusted input and end up in terminals and logs.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
+
+use crate::limits::Cap;
 
 /// Why an entry was refused as unsafe: it would place something outside the
 /// image root, or reach a place through a symlink.
@@ -66,33 +69,57 @@ pub enum Error {
         reason: String,
     },
 
-    /// A configured bound on names, xattrs or entry counts was exceeded; it
-    /// protects the host from memory exhaustion by a hostile image.
-    #[error("layer {layer}: entry '{path}': {what} exceeds the limit of {limit}; raise `Limits` if the image is trusted")]
+    /// A bound on memory, disk or work was exceeded; it protects the host
+    /// from a hostile image. `cap` says which option raises it.
+    #[error("layer {layer}: {at}: {what} exceeds the limit of {limit} ({cap}); raise it only if the image is trusted")]
     LimitExceeded {
         /// Index of the layer.
         layer: usize,
-        /// The entry path as found in the tar stream (may be empty).
-        path: String,
+        /// Where in the layer.
+        at: At,
         /// Which bound.
         what: &'static str,
         /// The bound.
         limit: u64,
+        /// The option (and environment variable) that sets it.
+        cap: Cap,
     },
 
     /// The tar stream is malformed (bad checksum, bad numbers, truncated
-    /// member). `path` is the last entry read successfully or being read.
-    #[error(
-        "layer {layer}: corrupt tar stream near entry '{path}': {source}; re-download the layer"
-    )]
+    /// member).
+    #[error("layer {layer}: corrupt tar stream at {at}: {source}; re-download the layer")]
     Tar {
         /// Index of the layer.
         layer: usize,
-        /// The entry being read, or the previous one.
-        path: String,
+        /// The entry being read, or the header that could not be read.
+        at: At,
         /// The decoder's complaint.
         #[source]
         source: io::Error,
+    },
+
+    /// The image config does not give one `diff_id` per layer, so the
+    /// layers cannot be checked against it.
+    #[error(
+        "the image config lists {diff_ids} diff_ids for {layers} layers; the image is corrupt"
+    )]
+    DiffIdCount {
+        /// Layers in the manifest.
+        layers: usize,
+        /// Entries of `rootfs.diff_ids` in the config.
+        diff_ids: usize,
+    },
+
+    /// The uncompressed layer does not hash to the `diff_id` the image
+    /// config gives for it: the layer blob and the config disagree.
+    #[error("layer {layer}: its uncompressed content is {actual}, but the image config says {expected}; the image is corrupt or was tampered with")]
+    DiffIdMismatch {
+        /// Index of the layer.
+        layer: usize,
+        /// The config's diff_id (escaped for display).
+        expected: String,
+        /// `sha256:<hex>` of the uncompressed stream.
+        actual: String,
     },
 
     /// The compressed stream could not be decoded (truncated gzip, bad zstd
@@ -171,21 +198,105 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Renders raw tar path bytes for messages, escaping what is not printable
-/// UTF-8 so a hostile name cannot inject terminal control sequences.
-pub(crate) fn show(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
+impl Error {
+    /// True when the image is at fault (hostile, corrupt, or beyond a cap)
+    /// rather than the host (reading the layer file, writing the spool or
+    /// the image): retrying the same image cannot succeed.
+    pub fn is_image_fault(&self) -> bool {
+        !matches!(
+            self,
+            Self::Read { .. } | Self::Io { .. } | Self::Poisoned { .. }
+        )
+    }
+}
+
+/// Where in a layer's tar stream something went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// The member with this path (escaped for display).
+    Entry(String),
+    /// A header at this byte offset of the uncompressed stream, read before
+    /// the member's name was known. `previous` is the member before it (for
+    /// orientation only: it is not the one at fault).
+    Header {
+        /// Offset of the header's first block.
+        offset: u64,
+        /// Path of the member before it, if any (escaped).
+        previous: Option<String>,
+    },
+    /// Data after the end-of-archive marker.
+    Trailer,
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Entry(path) => write!(f, "entry '{path}'"),
+            Self::Header {
+                offset,
+                previous: Some(p),
+            } => write!(f, "the header at byte {offset} (the member after '{p}')"),
+            Self::Header {
+                offset,
+                previous: None,
+            } => write!(f, "the header at byte {offset} (the first member)"),
+            Self::Trailer => f.write_str("the data after the end-of-archive marker"),
         }
     }
-    out
+}
+
+/// Shows untrusted bytes (names from an image, strings from its config)
+/// safely on a terminal or in a log: control characters (C0, DEL, C1),
+/// bidirectional-text overrides and bytes that are not UTF-8 are escaped,
+/// so a hostile name cannot move the cursor, retitle the terminal or
+/// reorder what the user reads. Everything an image supplies goes through
+/// this before it is printed or put into an error message.
+///
+/// ```
+/// use supermachine_rootfs::Escaped;
+/// assert_eq!(Escaped::new("a\x1b[2Jb\u{202e}").to_string(), "a\\u{1b}[2Jb\\u{202e}");
+/// assert_eq!(Escaped::new(&b"\xff/x"[..]).to_string(), "\\xff/x");
+/// ```
+#[derive(Clone, Copy)]
+pub struct Escaped<'a>(&'a [u8]);
+
+impl<'a> Escaped<'a> {
+    /// Wraps a string or raw bytes.
+    pub fn new(s: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        Self(s.as_ref())
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if needs_escape(c) {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    fmt::Write::write_char(f, c)?;
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// [`Escaped`] as an owned string, for error fields.
+pub(crate) fn show(bytes: &[u8]) -> String {
+    Escaped(bytes).to_string()
 }

@@ -12,19 +12,32 @@
 //!
 //! Metadata on hard-link members is ignored: the link shares the target's
 //! inode, whose metadata came with the target.
+//!
+//! AUFS bookkeeping is dropped as Docker drops it: nothing below a
+//! `.wh..wh.*` directory (nor such a name itself) reaches the image, and a
+//! hard link to a file in `/.wh..wh.plnk` (AUFS's hard-link staging area)
+//! becomes a copy of that file, as Docker makes it.
+//!
+//! Every step is linear in the layer's size and bounded by [`Limits`]:
+//! the unpacked bytes (see `compress`), the spool, the names, the
+//! metadata. A hostile layer is refused with an error naming the cap.
+//!
+//! [`Limits`]: crate::Limits
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::rc::Rc;
 
 use crate::compress::{self, Compression, Flags, TarStream};
 use crate::erofs::{format, xattr};
-use crate::error::{show, Error, Result, UnsafeReason};
+use crate::error::{show, At, Error, Result, UnsafeReason};
+use crate::limits::Cap;
 use crate::nodes::{Ino, Kind, Meta, WalkError, Xattr, ROOT};
 use crate::path::{self, PathError, MAX_NAME_LEN};
-use crate::spool::AppendError;
+use crate::spool::{AppendError, Extent};
 use crate::tree::{Progress, Tree};
 use crate::ustar::{self, TarError};
-use crate::whiteout::{self, Whiteout};
+use crate::whiteout::{self, Whiteout, AUFS_LINK_DIR};
 
 /// Longest symlink target Linux accepts (`PATH_MAX` without the NUL).
 const MAX_SYMLINK_LEN: usize = 4095;
@@ -32,7 +45,7 @@ const MAX_SYMLINK_LEN: usize = 4095;
 const MAX_XATTR_VALUE: usize = u16::MAX as usize;
 
 /// What one `apply_layer` call did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LayerStats {
     /// Tar members processed (including whiteouts and skipped ones).
     pub entries: u64,
@@ -42,17 +55,30 @@ pub struct LayerStats {
     pub input_bytes: u64,
     /// Whiteouts and opaque markers applied.
     pub whiteouts: u64,
+    /// Bytes of holes in sparse members (not in the stream).
+    pub holes: u64,
     /// Xattrs dropped because EROFS (Linux 6.1) has no name prefix for them
     /// (anything but `user.`, `trusted.`, `security.`, POSIX ACLs).
     pub xattrs_dropped: u64,
+    /// Bytes of the uncompressed tar stream.
+    pub tar_bytes: u64,
+    /// The layer's diff_id: `sha256:<hex>` of the uncompressed tar stream.
+    pub diff_id: String,
 }
 
 /// Per-layer state threaded through the member handlers.
 struct Apply<'t> {
     tree: &'t mut Tree,
+    /// The caller's index, for messages.
     layer: usize,
+    /// The tree's own count of applied layers, which tags what this layer
+    /// touched (opaque markers keep only that): unique even if a caller
+    /// passes the same index twice.
+    seq: usize,
     stats: LayerStats,
     flags: Rc<Flags>,
+    /// Files of `/.wh..wh.plnk` by base name, for hard links to them.
+    aufs_links: HashMap<Vec<u8>, (Meta, Extent)>,
 }
 
 pub(crate) fn apply<R: Read>(
@@ -62,23 +88,37 @@ pub(crate) fn apply<R: Read>(
     declared: Compression,
 ) -> Result<LayerStats> {
     let flags = Rc::new(Flags::default());
+    flags.budget.set(
+        tree.limits()
+            .max_unpacked_bytes
+            .saturating_sub(tree.unpacked_bytes()),
+    );
     let stream = compress::open(layer, src, declared, &flags)?;
     let max_meta = tree.limits().max_header_bytes;
     let mut reader = ustar::Reader::new(stream, max_meta);
+    let seq = tree.layers();
     let mut ctx = Apply {
         tree,
         layer,
+        seq,
         stats: LayerStats::default(),
         flags: flags.clone(),
+        aufs_links: HashMap::new(),
     };
-    let mut last_path = Vec::new();
+    let mut last_path: Option<Vec<u8>> = None;
     loop {
         let member = match reader.next_member() {
             Ok(Some(m)) => m,
             Ok(None) => break,
-            Err(e) => return Err(ctx.tar_error(&last_path, e)),
+            Err(e) => {
+                let at = At::Header {
+                    offset: reader.header_offset(),
+                    previous: last_path.as_deref().map(show),
+                };
+                return Err(ctx.tar_error(at, e));
+            }
         };
-        last_path.clone_from(&member.path);
+        last_path = Some(member.path.clone());
         ctx.member(member, &mut reader)?;
         ctx.stats.entries += 1;
         ctx.stats.input_bytes = flags.input_bytes.get();
@@ -90,17 +130,26 @@ pub(crate) fn apply<R: Read>(
         });
     }
     // Read to the end so that a gzip/zstd checksum after the tar end marker
-    // is verified, as Docker does.
+    // is verified, as Docker does, and the diff_id covers the whole stream.
     let mut rest = reader.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| ctx.io_error(&last_path, e))?;
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| ctx.io_error(At::Trailer, e))?;
     ctx.stats.input_bytes = flags.input_bytes.get();
+    ctx.stats.tar_bytes = flags.unpacked.get().saturating_sub(ctx.stats.holes);
+    ctx.stats.diff_id = format!("sha256:{}", hex::encode(rest.digest()));
+    ctx.tree.add_unpacked(flags.unpacked.get());
     Ok(ctx.stats)
 }
 
 impl Apply<'_> {
-    fn io_error(&self, path: &[u8], source: io::Error) -> Error {
+    fn at(path: &[u8]) -> At {
+        At::Entry(show(path))
+    }
+
+    fn io_error(&self, at: At, source: io::Error) -> Error {
         let layer = self.layer;
-        if self.flags.source_failed.get() {
+        if self.flags.over_budget.get() {
+            self.unpacked_limit(at)
+        } else if self.flags.source_failed.get() {
             Error::Read { layer, source }
         } else if self.flags.decoder_failed.get() {
             Error::Decompress {
@@ -109,24 +158,44 @@ impl Apply<'_> {
                 source,
             }
         } else {
-            Error::Tar {
-                layer,
-                path: show(path),
-                source,
-            }
+            Error::Tar { layer, at, source }
         }
     }
 
-    fn tar_error(&self, path: &[u8], e: TarError) -> Error {
+    fn unpacked_limit(&self, at: At) -> Error {
+        Error::LimitExceeded {
+            layer: self.layer,
+            at,
+            what:
+                "the unpacked size of the image (uncompressed layer bytes plus sparse-file holes)",
+            limit: self.tree.limits().max_unpacked_bytes,
+            cap: Cap::UnpackedBytes,
+        }
+    }
+
+    fn tar_error(&self, at: At, e: TarError) -> Error {
         match e {
-            TarError::Io(e) => self.io_error(path, e),
-            TarError::Corrupt(msg) => self.io_error(path, io::Error::other(msg)),
-            TarError::TooLarge => self.limit(
-                path,
-                "the PAX / long-name records of one entry",
-                self.tree.limits().max_header_bytes,
-            ),
-            TarError::Unsupported(what) => self.invalid(path, format!("unsupported: {what}")),
+            TarError::Io(e) => self.io_error(at, e),
+            TarError::Corrupt(msg) => self.io_error(at, io::Error::other(msg)),
+            TarError::TooLarge => Error::LimitExceeded {
+                layer: self.layer,
+                at,
+                what: "the PAX / long-name records and sparse map of one member",
+                limit: self.tree.limits().max_header_bytes,
+                cap: Cap::HeaderBytes,
+            },
+            TarError::Unsupported(what) => match at {
+                At::Entry(path) => Error::InvalidEntry {
+                    layer: self.layer,
+                    path,
+                    reason: format!("unsupported: {what}"),
+                },
+                at => Error::Tar {
+                    layer: self.layer,
+                    at,
+                    source: io::Error::other(format!("unsupported: {what}")),
+                },
+            },
         }
     }
 
@@ -146,13 +215,23 @@ impl Apply<'_> {
         }
     }
 
-    fn limit(&self, path: &[u8], what: &'static str, limit: u64) -> Error {
+    fn limit(&self, path: &[u8], what: &'static str, limit: u64, cap: Cap) -> Error {
         Error::LimitExceeded {
             layer: self.layer,
-            path: show(path),
+            at: Self::at(path),
             what,
             limit,
+            cap,
         }
+    }
+
+    fn too_many(&self, path: &[u8]) -> Error {
+        self.limit(
+            path,
+            "the number of names (files, directories, links ...)",
+            self.tree.limits().max_inodes,
+            Cap::Inodes,
+        )
     }
 
     fn walk_error(&self, path: &[u8], e: WalkError, symlink: UnsafeReason) -> Error {
@@ -160,9 +239,7 @@ impl Apply<'_> {
             WalkError::Symlink => self.unsafe_entry(path, symlink),
             WalkError::NotDir => self.invalid(path, "a parent on its path is not a directory"),
             WalkError::Missing => self.invalid(path, "a parent directory does not exist"),
-            WalkError::TooMany => {
-                self.limit(path, "the number of inodes", self.tree.limits().max_inodes)
-            }
+            WalkError::TooMany => self.too_many(path),
         }
     }
 
@@ -173,13 +250,21 @@ impl Apply<'_> {
                 self.unsafe_entry(shown, UnsafeReason::LinkTargetEscapesRoot)
             }
             PathError::Escapes => self.unsafe_entry(shown, UnsafeReason::PathEscapesRoot),
-            PathError::NameTooLong => {
-                self.limit(shown, "a path component's length", MAX_NAME_LEN as u64)
+            PathError::NameTooLong => self.limit(
+                shown,
+                "a path component's length",
+                MAX_NAME_LEN as u64,
+                Cap::Format,
+            ),
+            PathError::PathTooLong => self.limit(
+                shown,
+                "the path length",
+                limits.max_path_len as u64,
+                Cap::PathLen,
+            ),
+            PathError::TooDeep => {
+                self.limit(shown, "the path depth", limits.max_depth as u64, Cap::Depth)
             }
-            PathError::PathTooLong => {
-                self.limit(shown, "the path length", limits.max_path_len as u64)
-            }
-            PathError::TooDeep => self.limit(shown, "the path depth", limits.max_depth as u64),
             PathError::Nul => self.invalid(shown, "the path contains a NUL byte"),
         })
     }
@@ -187,7 +272,12 @@ impl Apply<'_> {
     fn charge(&mut self, path: &[u8], bytes: usize) -> Result<()> {
         if !self.tree.charge_metadata(bytes as u64) {
             let limit = self.tree.limits().max_metadata_bytes;
-            return Err(self.limit(path, "the total metadata held in memory", limit));
+            return Err(self.limit(
+                path,
+                "the total metadata held in memory",
+                limit,
+                Cap::MetadataBytes,
+            ));
         }
         Ok(())
     }
@@ -213,13 +303,17 @@ impl Apply<'_> {
                 _ => Err(self.invalid(&m.path, "a non-directory cannot replace the root")),
             };
         };
+        if parents.iter().any(|c| whiteout::is_aufs_meta(c)) {
+            return self.aufs_member(&m, meta, &comps, reader);
+        }
+        let seq = self.seq;
         match whiteout::classify(name) {
             Whiteout::None => {}
             Whiteout::AufsMeta => return Ok(()),
             Whiteout::Invalid => return Err(self.invalid(&m.path, "whiteout of nothing")),
             Whiteout::Opaque => {
                 let dir = self.parent(&m.path, parents)?;
-                self.tree.nodes_mut().make_opaque(dir, self.layer);
+                self.tree.nodes_mut().make_opaque(dir, seq);
                 self.stats.whiteouts += 1;
                 return Ok(());
             }
@@ -240,29 +334,25 @@ impl Apply<'_> {
         }
         let kind = match m.typeflag {
             b'5' => Kind::Dir(Default::default()),
-            b'0' | b'7' => {
-                let extent = match self.tree.spool_mut().append(&mut reader.data(), m.size) {
-                    Ok(e) => e,
-                    Err(AppendError::Read(e)) => return Err(self.io_error(&m.path, e)),
-                    Err(AppendError::Write(source)) => {
-                        return Err(Error::Io {
-                            context: "writing the spool file",
-                            path: self.tree.spool_mut().dir().to_path_buf(),
-                            source,
-                        })
-                    }
-                };
-                self.stats.file_bytes += m.size;
-                Kind::File(extent)
-            }
+            b'0' | b'7' => Kind::File(self.contents(&m, reader)?),
             b'2' => {
                 let target = m.link;
                 if target.is_empty() {
                     return Err(self.invalid(&m.path, "symlink with an empty target"));
                 }
+                if target.contains(&0) {
+                    // Go's archive/tar (Docker) refuses it too; the kernel
+                    // would cut the target at the NUL.
+                    return Err(self.invalid(&m.path, "the symlink target contains a NUL byte"));
+                }
                 if target.len() > MAX_SYMLINK_LEN {
                     let limit = MAX_SYMLINK_LEN as u64;
-                    return Err(self.limit(&m.path, "the symlink target length", limit));
+                    return Err(self.limit(
+                        &m.path,
+                        "the symlink target length",
+                        limit,
+                        Cap::Format,
+                    ));
                 }
                 self.charge(&m.path, target.len())?;
                 Kind::Symlink(target.into())
@@ -293,20 +383,99 @@ impl Apply<'_> {
                 ));
             }
         };
-        let dir = self.parent(&m.path, parents)?;
-        let layer = self.layer;
+        self.put(&m.path, parents, name, meta, kind)
+    }
+
+    fn put(
+        &mut self,
+        path: &[u8],
+        parents: &[&[u8]],
+        name: &[u8],
+        meta: Meta,
+        kind: Kind,
+    ) -> Result<()> {
+        let dir = self.parent(path, parents)?;
+        let seq = self.seq;
         self.tree
             .nodes_mut()
-            .put(dir, name, meta, kind, layer)
-            .map_err(|e| self.walk_error(&m.path, e, UnsafeReason::ParentIsSymlink))
+            .put(dir, name, meta, kind, seq)
+            .map_err(|e| self.walk_error(path, e, UnsafeReason::ParentIsSymlink))
+    }
+
+    /// Takes a regular file's contents into the spool, within the caps.
+    fn contents(
+        &mut self,
+        m: &ustar::Member,
+        reader: &mut ustar::Reader<TarStream<'_>>,
+    ) -> Result<Extent> {
+        // The holes of a sparse member are never read, so they are charged
+        // here; its stored bytes (and every other member's) are charged as
+        // the stream goes by. Either way a claimed size beyond what is left
+        // is refused before any work.
+        let holes = m.size - m.stored;
+        let left = self
+            .flags
+            .budget
+            .get()
+            .saturating_sub(self.flags.unpacked.get());
+        if m.size > left || !self.flags.charge(holes) {
+            self.flags.over_budget.set(true);
+            return Err(self.unpacked_limit(Self::at(&m.path)));
+        }
+        self.stats.holes += holes;
+        let extent = match self.tree.spool_mut().append(&mut reader.data(), m.size) {
+            Ok(e) => e,
+            Err(AppendError::Read(e)) => return Err(self.io_error(Self::at(&m.path), e)),
+            Err(AppendError::Full) => {
+                return Err(self.limit(
+                    &m.path,
+                    "the file data written to the spool",
+                    self.tree.limits().max_spool_bytes,
+                    Cap::SpoolBytes,
+                ))
+            }
+            Err(AppendError::Write(source)) => {
+                return Err(Error::Io {
+                    context: "writing the spool file",
+                    path: self.tree.spool_mut().dir().to_path_buf(),
+                    source,
+                })
+            }
+        };
+        self.stats.file_bytes += m.size;
+        Ok(extent)
+    }
+
+    /// A member below a `.wh..wh.*` directory: AUFS bookkeeping, dropped.
+    /// Regular files of `/.wh..wh.plnk` are kept aside (not in the tree) for
+    /// the hard links that name them.
+    fn aufs_member(
+        &mut self,
+        m: &ustar::Member,
+        meta: Meta,
+        comps: &[&[u8]],
+        reader: &mut ustar::Reader<TarStream<'_>>,
+    ) -> Result<()> {
+        let [AUFS_LINK_DIR, name] = comps else {
+            return Ok(());
+        };
+        if !matches!(m.typeflag, b'0' | b'7') {
+            return Ok(());
+        }
+        if self.aufs_links.len() as u64 >= self.tree.limits().max_inodes {
+            return Err(self.too_many(&m.path));
+        }
+        let extent = self.contents(m, reader)?;
+        self.aufs_links.insert(name.to_vec(), (meta, extent));
+        Ok(())
     }
 
     /// Walks (creating) the parent directories of an entry.
     fn parent(&mut self, path: &[u8], parents: &[&[u8]]) -> Result<Ino> {
-        let layer = self.layer;
+        let seq = self.seq;
         self.tree
             .nodes_mut()
-            .walk(parents, Some(layer))
+            .walk(parents, Some(seq))
             .map_err(|e| self.walk_error(path, e, UnsafeReason::ParentIsSymlink))
     }
 
@@ -321,6 +490,13 @@ impl Apply<'_> {
         let Some((tname, tparents)) = target.split_last() else {
             return Err(self.invalid(path, "hard link to the root directory"));
         };
+        if tparents == [AUFS_LINK_DIR] {
+            // Docker makes these copies of the staged file.
+            let Some((meta, extent)) = self.aufs_links.get(*tname).cloned() else {
+                return Err(self.link_missing(path, raw_target));
+            };
+            return self.put(path, parents, name, meta, Kind::File(extent));
+        }
         let nodes = self.tree.nodes_mut();
         let tdir = nodes.walk(tparents, None).map_err(|e| match e {
             WalkError::Symlink => self.unsafe_entry(path, UnsafeReason::LinkTargetThroughSymlink),
@@ -337,9 +513,11 @@ impl Apply<'_> {
             return Ok(());
         }
         let dir = self.parent(path, parents)?;
-        let layer = self.layer;
-        self.tree.nodes_mut().link(dir, name, t.ino, layer);
-        Ok(())
+        let seq = self.seq;
+        self.tree
+            .nodes_mut()
+            .link(dir, name, t.ino, seq)
+            .map_err(|_| self.too_many(path))
     }
 
     fn link_missing(&self, path: &[u8], target: &[u8]) -> Error {
@@ -358,26 +536,41 @@ impl Apply<'_> {
         let (Ok(uid), Ok(gid)) = (u32::try_from(m.uid), u32::try_from(m.gid)) else {
             return Err(self.invalid(path, "uid or gid does not fit in 32 bits"));
         };
-        let mut xattrs: Vec<Xattr> = Vec::new();
-        for (name, value) in &m.xattrs {
+        // Later records of one name win. A stable sort by name, then keeping
+        // the last of each run, does that in O(n log n): a header may hold
+        // tens of thousands of records.
+        let mut records: Vec<&(Vec<u8>, Vec<u8>)> = Vec::with_capacity(m.xattrs.len());
+        for record in &m.xattrs {
+            let (name, value) = record;
             if xattr::split_name(name).is_none() {
                 self.stats.xattrs_dropped += 1;
                 continue;
             }
             if value.len() > MAX_XATTR_VALUE {
                 let limit = MAX_XATTR_VALUE as u64;
-                return Err(self.limit(path, "an xattr value's size", limit));
+                return Err(self.limit(path, "an xattr value's size", limit, Cap::Format));
             }
-            xattrs.retain(|(n, _)| **n != **name);
+            records.push(record);
+        }
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut xattrs: Vec<Xattr> = Vec::with_capacity(records.len());
+        for (i, (name, value)) in records.iter().map(|r| (&r.0, &r.1)).enumerate() {
+            if records.get(i + 1).is_some_and(|next| next.0 == *name) {
+                continue;
+            }
             xattrs.push((name[..].into(), value[..].into()));
         }
         let total: usize = xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
         let limit = self.tree.limits().max_xattr_bytes;
         if total > limit {
-            return Err(self.limit(path, "the xattr bytes of one file", limit as u64));
+            return Err(self.limit(
+                path,
+                "the xattr bytes of one file",
+                limit as u64,
+                Cap::XattrBytes,
+            ));
         }
         self.charge(path, total)?;
-        xattrs.sort();
         Ok(Meta {
             mode: (m.mode & 0o7777) as u16,
             uid,

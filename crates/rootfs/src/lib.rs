@@ -17,7 +17,13 @@
 //! modes, device nodes and xattrs come out exactly as the image says, and no
 //! member can escape the root. See [`Tree::apply_layer`] for the rules and
 //! [`erofs`] for the image format.
+//!
+//! Layers are untrusted: every resource a layer can make the host spend
+//! (memory, scratch disk, decompression work) is bounded by [`Limits`], and
+//! every name an error shows is escaped ([`Escaped`]). [`archive`] indexes a
+//! tar file on disk with the same bounded reader.
 
+pub mod archive;
 mod compress;
 pub mod erofs;
 mod error;
@@ -32,9 +38,9 @@ mod ustar;
 mod whiteout;
 
 pub use compress::Compression;
-pub use error::{Error, Result, UnsafeReason};
+pub use error::{At, Error, Escaped, Result, UnsafeReason};
 pub use layer::LayerStats;
-pub use limits::Limits;
+pub use limits::{Cap, Limits, LimitsEnvError, MAX_INODES_ENV, MAX_SPOOL_ENV, MAX_UNPACKED_ENV};
 pub use listing::{FileKind, ListingEntry};
 pub use path::MAX_NAME_LEN;
 pub use tree::{Progress, Tree, TreeOptions};

@@ -7,12 +7,16 @@
 //! freed when the last one goes, so overwritten and whited-out files do not
 //! accumulate. Regular-file contents are in the [`Spool`].
 //!
+//! Every name costs memory, so names are counted and capped
+//! ([`crate::Limits::max_inodes`]) whether they carry a new inode or are one
+//! more hard link to an old one.
+//!
 //! The tree never follows symlinks. Walking a path that meets a symlink in a
 //! parent position is refused by the callers ([`WalkError::Symlink`]): that is
 //! how `evil -> /etc` followed by `evil/passwd` is stopped, whether both come
 //! from one layer or two.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::limits::Limits;
 use crate::spool::{Extent, Spool};
@@ -92,7 +96,7 @@ pub(crate) enum WalkError {
     NotDir,
     /// A parent component does not exist (only when not creating).
     Missing,
-    /// Creating a missing parent would exceed the node limit.
+    /// Another name or inode would exceed [`Limits::max_inodes`].
     TooMany,
 }
 
@@ -102,6 +106,15 @@ pub(crate) struct Nodes {
     slots: Vec<Option<Inode>>,
     free: Vec<Ino>,
     live: u64,
+    /// Live dirents (names), hard links included.
+    names: u64,
+    /// Directories whose subtree holds only names of `opaque_layer`: an
+    /// opaque marker on them, or below them, has nothing left to hide.
+    /// Keeping this set is what makes repeated markers cost nothing.
+    opaque_done: HashSet<Ino>,
+    opaque_layer: Option<usize>,
+    /// Dirents examined by opaque markers, for tests of their complexity.
+    pub opaque_visits: u64,
     pub limits: Limits,
 }
 
@@ -116,6 +129,10 @@ impl Nodes {
             slots: vec![Some(root)],
             free: Vec::new(),
             live: 1,
+            names: 0,
+            opaque_done: HashSet::new(),
+            opaque_layer: None,
+            opaque_visits: 0,
             limits,
         }
     }
@@ -154,6 +171,16 @@ impl Nodes {
         self.children(dir)?.get(name).copied()
     }
 
+    /// Refuses a new name `dir/name` when the tree holds as many names
+    /// (plus the root) as the limit allows; replacing a name is free.
+    fn reserve_name(&self, dir: Ino, name: &[u8]) -> Result<(), WalkError> {
+        let exists = self.children(dir).is_some_and(|c| c.contains_key(name));
+        if !exists && self.names + 1 >= self.limits.max_inodes {
+            return Err(WalkError::TooMany);
+        }
+        Ok(())
+    }
+
     fn alloc(&mut self, inode: Inode) -> Result<Ino, WalkError> {
         if self.live >= self.limits.max_inodes {
             return Err(WalkError::TooMany);
@@ -186,6 +213,7 @@ impl Nodes {
                 ..
             }) = self.slots[ino as usize].take()
             {
+                self.names -= children.len() as u64;
                 pending.extend(children.values().map(|d| d.ino));
             }
             self.free.push(ino);
@@ -218,6 +246,7 @@ impl Nodes {
                     let Some(layer) = create else {
                         return Err(WalkError::Missing);
                     };
+                    self.reserve_name(cur, name)?;
                     let ino = self.alloc(Inode {
                         meta: Meta::implicit_dir(),
                         kind: Kind::Dir(BTreeMap::new()),
@@ -225,6 +254,7 @@ impl Nodes {
                     })?;
                     if let Some(c) = self.children_mut(cur) {
                         c.insert((*name).into(), Dirent { ino, layer });
+                        self.names += 1;
                     }
                     ino
                 }
@@ -258,6 +288,7 @@ impl Nodes {
                 return Ok(());
             }
         }
+        self.reserve_name(dir, name)?;
         let ino = self.alloc(Inode {
             meta,
             kind,
@@ -268,19 +299,28 @@ impl Nodes {
     }
 
     /// Adds `dir/name` as another name of inode `target` (a hard link).
-    pub fn link(&mut self, dir: Ino, name: &[u8], target: Ino, layer: usize) {
+    pub fn link(
+        &mut self,
+        dir: Ino,
+        name: &[u8],
+        target: Ino,
+        layer: usize,
+    ) -> Result<(), WalkError> {
+        self.reserve_name(dir, name)?;
         if let Some(node) = self.get_mut(target) {
-            node.refs += 1;
+            node.refs = node.refs.saturating_add(1);
         }
         self.replace(dir, name, Dirent { ino: target, layer });
+        Ok(())
     }
 
     fn replace(&mut self, dir: Ino, name: &[u8], dirent: Dirent) {
-        let old = self
-            .children_mut(dir)
-            .and_then(|c| c.insert(name.into(), dirent));
-        if let Some(old) = old {
-            self.unref(old.ino);
+        let Some(children) = self.children_mut(dir) else {
+            return;
+        };
+        match children.insert(name.into(), dirent) {
+            Some(old) => self.unref(old.ino),
+            None => self.names += 1,
         }
     }
 
@@ -296,6 +336,7 @@ impl Nodes {
         let old = self.children_mut(dir).and_then(|c| c.remove(name));
         match old {
             Some(old) => {
+                self.names -= 1;
                 self.unref(old.ino);
                 true
             }
@@ -305,12 +346,25 @@ impl Nodes {
 
     /// Applies an opaque whiteout: hides everything below `dir` that was not
     /// created or touched by `layer`, at any depth.
+    ///
+    /// A directory walked once in a layer holds only that layer's names
+    /// from then on (the layer can add names, never bring back older
+    /// ones), so it is not walked again: however many markers a layer has,
+    /// each directory costs one walk, and the layer stays linear.
     pub fn make_opaque(&mut self, dir: Ino, layer: usize) {
+        if self.opaque_layer != Some(layer) {
+            self.opaque_done.clear();
+            self.opaque_layer = Some(layer);
+        }
         let mut pending = vec![dir];
         while let Some(d) = pending.pop() {
+            if !self.opaque_done.insert(d) {
+                continue;
+            }
             let Some(children) = self.children(d) else {
                 continue;
             };
+            let visited = children.len() as u64;
             let mut stale = Vec::new();
             for (name, dirent) in children {
                 if dirent.layer != layer {
@@ -319,6 +373,7 @@ impl Nodes {
                     pending.push(dirent.ino);
                 }
             }
+            self.opaque_visits += visited;
             for name in stale {
                 self.remove(d, &name);
             }
@@ -337,4 +392,74 @@ impl Nodes {
 pub(crate) struct View<'a> {
     pub nodes: &'a Nodes,
     pub spool: &'a Spool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> Kind {
+        Kind::File(Extent::default())
+    }
+
+    /// A layer that alternates new files and opaque markers on the root:
+    /// every marker used to walk every file the layer had made so far.
+    #[test]
+    fn repeated_opaque_markers_cost_one_walk_per_directory() {
+        let mut nodes = Nodes::new(Limits::default());
+        let n = 2000u64;
+        for i in 0..n {
+            let dir = nodes.walk(&[b"d"], Some(1)).unwrap();
+            nodes
+                .put(
+                    dir,
+                    format!("f{i}").as_bytes(),
+                    Meta::implicit_dir(),
+                    file(),
+                    1,
+                )
+                .unwrap();
+            nodes.make_opaque(ROOT, 1);
+            nodes.make_opaque(dir, 1);
+        }
+        assert!(
+            nodes.opaque_visits <= 4 * n,
+            "{} dirents visited for {n} markers",
+            nodes.opaque_visits
+        );
+        assert_eq!(nodes.entries(ROOT).count(), 1);
+        // A new layer walks again and hides what the old one made.
+        nodes.make_opaque(ROOT, 2);
+        assert_eq!(nodes.entries(ROOT).count(), 0);
+        assert_eq!((nodes.live(), nodes.names), (1, 0));
+    }
+
+    #[test]
+    fn hard_links_count_against_the_name_limit() {
+        let limits = Limits {
+            max_inodes: 10,
+            ..Limits::default()
+        };
+        let mut nodes = Nodes::new(limits);
+        nodes
+            .put(ROOT, b"f", Meta::implicit_dir(), file(), 0)
+            .unwrap();
+        let ino = nodes.child(ROOT, b"f").unwrap().ino;
+        let mut made = 0;
+        for i in 0..100 {
+            if nodes
+                .link(ROOT, format!("l{i}").as_bytes(), ino, 0)
+                .is_err()
+            {
+                break;
+            }
+            made += 1;
+        }
+        assert_eq!(made, 8, "root + f + 8 links = 10 names");
+        // Replacing an existing name is still allowed at the limit.
+        nodes.link(ROOT, b"l0", ino, 0).unwrap();
+        assert!(nodes.remove(ROOT, b"l1"));
+        nodes.link(ROOT, b"again", ino, 0).unwrap();
+        assert_eq!(nodes.names, 9);
+    }
 }

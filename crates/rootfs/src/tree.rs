@@ -40,6 +40,9 @@ pub struct Tree {
     hook: Option<Hook>,
     poisoned: Option<usize>,
     metadata_bytes: u64,
+    /// Unpacked bytes of the layers applied so far (see
+    /// [`Limits::max_unpacked_bytes`]).
+    unpacked_bytes: u64,
     layers: usize,
 }
 
@@ -74,17 +77,19 @@ impl Tree {
     /// An empty tree with the given spool directory and limits.
     pub fn with_options(options: TreeOptions) -> Result<Self> {
         let dir = options.spool_dir.unwrap_or_else(std::env::temp_dir);
-        let spool = Spool::new_in(&dir).map_err(|source| Error::Io {
-            context: "creating the spool file",
-            path: dir.clone(),
-            source,
-        })?;
+        let spool =
+            Spool::new_in(&dir, options.limits.max_spool_bytes).map_err(|source| Error::Io {
+                context: "creating the spool file",
+                path: dir.clone(),
+                source,
+            })?;
         Ok(Self {
             nodes: Nodes::new(options.limits),
             spool,
             hook: None,
             poisoned: None,
             metadata_bytes: 0,
+            unpacked_bytes: 0,
             layers: 0,
         })
     }
@@ -99,6 +104,10 @@ impl Tree {
     /// `compression` is usually [`Compression::Auto`]; a declared format
     /// must match the stream's magic bytes. A zero-byte stream is an empty
     /// layer whatever the declared format.
+    ///
+    /// Every layer counts against the tree's [`Limits`] (unpacked bytes,
+    /// spool bytes, names, metadata): a layer that would exceed one is
+    /// refused with [`Error::LimitExceeded`] naming the cap.
     ///
     /// On error the tree is left half-applied and refuses further use.
     pub fn apply_layer<R: Read>(
@@ -120,6 +129,45 @@ impl Tree {
         }
     }
 
+    /// Like [`Tree::apply_layer`], and then checks that the uncompressed
+    /// stream hashes to `diff_id` (`sha256:<hex>`, from the image config's
+    /// `rootfs.diff_ids`), as Docker and containerd do: a layer blob that
+    /// does not match its config is refused and the tree poisoned.
+    pub fn apply_layer_verified<R: Read>(
+        &mut self,
+        index: usize,
+        src: R,
+        compression: Compression,
+        diff_id: &str,
+    ) -> Result<LayerStats> {
+        let stats = self.apply_layer(index, src, compression)?;
+        if stats.diff_id != diff_id {
+            self.poisoned = Some(index);
+            return Err(Error::DiffIdMismatch {
+                layer: index,
+                expected: crate::error::show(diff_id.as_bytes()),
+                actual: stats.diff_id,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Bytes of file data in the spool (what [`Limits::max_spool_bytes`]
+    /// bounds): all-zero blocks and sparse holes are not written.
+    pub fn spool_bytes(&self) -> u64 {
+        self.spool.written()
+    }
+
+    /// Unpacked bytes of the layers so far (what
+    /// [`Limits::max_unpacked_bytes`] bounds).
+    pub fn unpacked_bytes(&self) -> u64 {
+        self.unpacked_bytes
+    }
+
+    pub(crate) fn add_unpacked(&mut self, bytes: u64) {
+        self.unpacked_bytes = self.unpacked_bytes.saturating_add(bytes);
+    }
+
     /// Number of layers applied.
     pub fn layers(&self) -> usize {
         self.layers
@@ -133,7 +181,8 @@ impl Tree {
 
     /// Every path of the tree with its type, ownership, mode, size, link
     /// target, device number, content digest and link count, sorted by path.
-    /// Reads all file contents back from the spool to hash them.
+    /// Reads all file contents back from the spool to hash them, holes
+    /// included (as zeros): it costs up to the unpacked size.
     pub fn listing(&self) -> Result<Vec<ListingEntry>> {
         self.check()?;
         listing::build(&self.view())

@@ -17,9 +17,29 @@
 
 use std::io::{self, Read};
 
-use crate::spool::read_full;
+use crate::spool::{read_full, Contents};
 
 const BLOCK: usize = 512;
+
+/// A stream the reader takes members from. Skipping is reading and
+/// discarding unless the source can seek (an archive file on disk).
+pub(crate) trait Source: Read {
+    /// Moves `n` bytes forward; `UnexpectedEof` if the stream ends first.
+    fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        let mut buf = [0u8; 8192];
+        while n > 0 {
+            let want = n.min(buf.len() as u64) as usize;
+            let got = read_full(self, &mut buf[..want])?;
+            if got < want {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            n -= got as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Source for &[u8] {}
 
 /// Why a stream could not be read as tar.
 #[derive(Debug)]
@@ -60,6 +80,13 @@ pub(crate) struct Member {
     pub minor: u32,
     /// Logical size of the contents (the real size for sparse members).
     pub size: u64,
+    /// Bytes of contents stored in the stream: `size` minus the holes of a
+    /// sparse member, 0 for header-only types.
+    pub stored: u64,
+    /// Offset of the member's data in the stream (after its headers).
+    pub data_offset: u64,
+    /// A GNU sparse member: its stored bytes are not its contents in order.
+    pub sparse: bool,
     /// `SCHILY.xattr.*` records: full xattr name and raw value, in order.
     pub xattrs: Vec<Record>,
     /// PAX `mtime` that could not be parsed (the header's is used).
@@ -76,25 +103,35 @@ type SparseMap = Vec<(u64, u64)>;
 pub(crate) struct Reader<R> {
     src: R,
     max_meta: u64,
+    /// Bytes consumed from `src` so far.
+    pos: u64,
+    /// Where the headers of the member being read (or last read) start.
+    header_offset: u64,
     /// Stored bytes of the current member not yet read by the caller.
     remaining: u64,
     /// Padding after the current member's data.
     padding: u64,
     sparse: Option<SparseMap>,
+    /// Index of the first chunk of `sparse` that ends after `logical`: a
+    /// cursor, so reading a member with many chunks stays linear.
+    chunk: usize,
     /// Logical read position within the current member.
     logical: u64,
     logical_size: u64,
 }
 
-impl<R: Read> Reader<R> {
+impl<R: Source> Reader<R> {
     /// `max_meta` bounds the PAX and long-name bytes buffered for one member.
     pub fn new(src: R, max_meta: u64) -> Self {
         Self {
             src,
             max_meta,
+            pos: 0,
+            header_offset: 0,
             remaining: 0,
             padding: 0,
             sparse: None,
+            chunk: 0,
             logical: 0,
             logical_size: 0,
         }
@@ -105,22 +142,23 @@ impl<R: Read> Reader<R> {
         self.src
     }
 
-    fn skip(&mut self, mut n: u64) -> io::Result<()> {
-        let mut buf = [0u8; 8192];
-        while n > 0 {
-            let want = n.min(buf.len() as u64) as usize;
-            let got = read_full(&mut self.src, &mut buf[..want])?;
-            if got < want {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            n -= got as u64;
-        }
+    /// Offset in the stream of the headers of the member being read (or
+    /// of the end-of-archive marker), for error messages.
+    pub fn header_offset(&self) -> u64 {
+        self.header_offset
+    }
+
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        self.src.skip(n)?;
+        self.pos += n;
         Ok(())
     }
 
     /// Reads one 512-byte block; `false` at a clean end of stream.
     fn block(&mut self, b: &mut [u8; BLOCK]) -> Result<bool, TarError> {
-        match read_full(&mut self.src, b)? {
+        let n = read_full(&mut self.src, b)?;
+        self.pos += n as u64;
+        match n {
             0 => Ok(false),
             BLOCK => Ok(true),
             n => Err(corrupt(format!(
@@ -135,8 +173,12 @@ impl<R: Read> Reader<R> {
             return Err(TarError::TooLarge);
         }
         *budget -= size;
-        let mut v = vec![0u8; size as usize];
-        if read_full(&mut self.src, &mut v)? < v.len() {
+        // Read before allocating: a header may claim more than the stream
+        // holds, and the budget alone may be large.
+        let mut v = Vec::new();
+        let got = (&mut self.src).take(size).read_to_end(&mut v)?;
+        self.pos += got as u64;
+        if (got as u64) < size {
             return Err(TarError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
         self.skip(pad(size))?;
@@ -149,6 +191,8 @@ impl<R: Read> Reader<R> {
         self.remaining = 0;
         self.padding = 0;
         self.sparse = None;
+        self.chunk = 0;
+        self.header_offset = self.pos;
         let mut budget = self.max_meta;
         let mut pax: Vec<Record> = Vec::new();
         let mut long_name: Option<Vec<u8>> = None;
@@ -255,8 +299,11 @@ impl<R: Read> Reader<R> {
             let (map, real) = self.sparse_map(h, stored, budget)?;
             m.size = real;
             m.typeflag = b'0';
+            m.sparse = true;
             self.sparse = Some(map);
         }
+        m.stored = stored;
+        m.data_offset = self.pos;
         self.remaining = stored;
         self.padding = pad(stored);
         self.logical = 0;
@@ -325,36 +372,61 @@ pub(crate) struct Data<'a, R> {
     r: &'a mut Reader<R>,
 }
 
-impl<R: Read> Read for Data<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl<R: Source> Data<'_, R> {
+    /// Moves the sparse cursor to the first chunk that ends after the
+    /// position and returns it.
+    fn current_chunk(&mut self) -> Option<(u64, u64)> {
         let r = &mut *self.r;
-        let left = r.logical_size - r.logical;
+        let map = r.sparse.as_ref()?;
+        while let Some(&(off, len)) = map.get(r.chunk) {
+            if off + len > r.logical {
+                return Some((off, len));
+            }
+            r.chunk += 1;
+        }
+        None
+    }
+}
+
+impl<R: Source> Contents for Data<'_, R> {
+    fn hole_ahead(&mut self) -> u64 {
+        if self.r.sparse.is_none() {
+            return 0;
+        }
+        let end = match self.current_chunk() {
+            Some((off, _)) => off,
+            None => self.r.logical_size,
+        };
+        end.saturating_sub(self.r.logical)
+    }
+
+    fn skip_hole(&mut self, n: u64) {
+        let n = n.min(self.hole_ahead());
+        self.r.logical += n;
+    }
+}
+
+impl<R: Source> Read for Data<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.r.logical_size - self.r.logical;
         if left == 0 || buf.is_empty() {
             return Ok(0);
         }
         let mut want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        if let Some(map) = &r.sparse {
-            // The chunk containing or following the position.
-            let next = map.iter().find(|&&(off, len)| off + len > r.logical);
-            match next {
-                Some(&(off, _)) if off > r.logical => {
-                    let hole = usize::try_from(off - r.logical).unwrap_or(usize::MAX);
-                    want = want.min(hole);
-                    buf[..want].fill(0);
-                    r.logical += want as u64;
-                    return Ok(want);
-                }
-                Some(&(off, len)) => {
-                    let in_chunk = usize::try_from(off + len - r.logical).unwrap_or(usize::MAX);
-                    want = want.min(in_chunk);
-                }
-                None => {
-                    buf[..want].fill(0);
-                    r.logical += want as u64;
-                    return Ok(want);
-                }
+        if self.r.sparse.is_some() {
+            let hole = self.hole_ahead();
+            if hole > 0 {
+                want = want.min(usize::try_from(hole).unwrap_or(usize::MAX));
+                buf[..want].fill(0);
+                self.r.logical += want as u64;
+                return Ok(want);
+            }
+            if let Some((off, len)) = self.current_chunk() {
+                let in_chunk = usize::try_from(off + len - self.r.logical).unwrap_or(usize::MAX);
+                want = want.min(in_chunk);
             }
         }
+        let r = &mut *self.r;
         let want = want.min(usize::try_from(r.remaining).unwrap_or(usize::MAX));
         if want == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -363,6 +435,7 @@ impl<R: Read> Read for Data<'_, R> {
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        r.pos += n as u64;
         r.remaining -= n as u64;
         r.logical += n as u64;
         Ok(n)

@@ -3,14 +3,23 @@
 //! A member named `.wh.<name>` deletes `<name>` from the layers below; a
 //! member named `.wh..wh..opq` makes its directory opaque, hiding everything
 //! the lower layers put in it. Other `.wh..wh.*` names are AUFS bookkeeping
-//! (hard-link staging) that Docker skips, and so do we. Whiteouts are applied
-//! when met in the stream, as containerd does.
+//! (hard-link staging in `/.wh..wh.plnk`, ...) that Docker skips, with
+//! everything below them, and so do we. Whiteouts are applied when met in
+//! the stream, as containerd does.
 
 /// The prefix marking a whiteout.
 pub const PREFIX: &[u8] = b".wh.";
 /// The name of an opaque-directory marker.
 pub const OPAQUE: &[u8] = b".wh..wh..opq";
 const META_PREFIX: &[u8] = b".wh..wh.";
+/// AUFS's hard-link staging directory at the layer root.
+pub const AUFS_LINK_DIR: &[u8] = b".wh..wh.plnk";
+
+/// True for a directory name of AUFS metadata: nothing below it belongs in
+/// the image.
+pub(crate) fn is_aufs_meta(name: &[u8]) -> bool {
+    name.starts_with(META_PREFIX)
+}
 
 /// What a base name means.
 #[derive(Debug, PartialEq, Eq)]

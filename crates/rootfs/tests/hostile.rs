@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use supermachine_rootfs::{erofs, Compression, Error, Limits, Tree, TreeOptions, UnsafeReason};
+use supermachine_rootfs::{erofs, At, Compression, Error, Limits, Tree, TreeOptions, UnsafeReason};
 
 fn unsafe_reason(e: &Error) -> Option<(usize, &str, UnsafeReason)> {
     match e {
@@ -252,7 +252,7 @@ fn truncated_and_corrupt_streams_are_typed_errors() {
     // Uncompressed tar cut in the middle of a member's data.
     let e = apply(&[tar[..100_000].to_vec()]).unwrap_err();
     assert!(
-        matches!(e, Error::Tar { layer: 0, ref path, .. } if path == "big"),
+        matches!(e, Error::Tar { layer: 0, at: At::Entry(ref path), .. } if path == "big"),
         "{e}"
     );
 
@@ -366,4 +366,142 @@ fn mutated_layers_never_panic() {
         let _ = apply(&[m.clone()]);
         let _ = apply(&[gzip(&m)]);
     }
+}
+
+/// A NUL inside a PAX linkpath: Go's archive/tar (Docker) refuses it, and
+/// the kernel would read the symlink cut at the NUL. It used to be stored.
+#[test]
+fn nul_in_a_pax_symlink_target_is_refused() {
+    let mut t = Tar::new();
+    t.pax(&[("linkpath", b"/etc/passwd\0/innocent")])
+        .raw(b"l", b'2', b"", b"x", &H::default());
+    let e = apply(&[one(&mut t)]).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidEntry { ref path, .. } if path == "l"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("NUL"), "{e}");
+}
+
+/// A broken header after a good member must not be blamed on that member.
+#[test]
+fn header_errors_do_not_name_the_previous_entry() {
+    let mut t = Tar::new();
+    t.file("innocent", b"fine", &H::default());
+    let huge = vec![b'p'; 2 << 20];
+    t.pax(&[("path", &huge)]).file("x", b"", &H::default());
+    let e = apply(&[one(&mut t)]).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(
+            e,
+            Error::LimitExceeded {
+                at: At::Header { offset: 1024, previous: Some(ref p) },
+                cap: supermachine_rootfs::Cap::HeaderBytes,
+                ..
+            } if p == "innocent"
+        ),
+        "{msg}"
+    );
+    assert!(!msg.contains("entry 'innocent'"), "{msg}");
+    assert!(msg.contains("after 'innocent'"), "{msg}");
+
+    // A bad checksum in the second header, likewise.
+    let mut t = Tar::new();
+    t.file("innocent", b"fine", &H::default())
+        .file("second", b"", &H::default());
+    let mut bytes = t.finish();
+    bytes[1024 + 10] ^= 1;
+    let e = apply(&[bytes]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Tar {
+                at: At::Header { offset: 1024, .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+/// AUFS metadata never reaches the image (Docker drops it): not the
+/// `.wh..wh.*` names, not what is below them. A hard link into the AUFS
+/// hard-link directory becomes a copy of the staged file, as in Docker.
+#[test]
+fn aufs_metadata_is_dropped_and_plnk_links_resolve() {
+    let mut t = Tar::new();
+    t.dir(".wh..wh.plnk/", &H::default())
+        .file(
+            ".wh..wh.plnk/1234.5678",
+            b"staged",
+            &H {
+                mode: 0o755,
+                ..H::default()
+            },
+        )
+        .dir(".wh..wh.aufs/", &H::default())
+        .file(".wh..wh.aufs/x", b"meta", &H::default())
+        .file("etc/.wh..wh.orph/y", b"meta", &H::default())
+        .file("etc/real", b"r", &H::default())
+        .hardlink("usr/bin/tool", ".wh..wh.plnk/1234.5678")
+        .hardlink("usr/bin/tool2", "/.wh..wh.plnk/1234.5678");
+    let tree = apply(&[one(&mut t)]).unwrap();
+    let m = by_path(&tree.listing().unwrap());
+    let paths: Vec<&str> = m.keys().map(String::as_str).collect();
+    assert!(
+        paths.iter().all(|p| !p.contains(".wh.")),
+        "AUFS names in the image: {paths:?}"
+    );
+    assert_eq!(
+        m["/usr/bin/tool"].sha256.as_deref(),
+        Some(sha(b"staged").as_str())
+    );
+    assert_eq!(m["/usr/bin/tool"].mode, 0o755);
+    assert_eq!(m["/usr/bin/tool2"].size, 6);
+    assert!(m.contains_key("/etc/real"));
+
+    let mut t = Tar::new();
+    t.hardlink("x", ".wh..wh.plnk/missing");
+    assert!(matches!(
+        apply(&[one(&mut t)]).unwrap_err(),
+        Error::InvalidEntry { .. }
+    ));
+}
+
+/// The image config's diff_id must be the sha256 of the uncompressed layer.
+#[test]
+fn diff_id_is_verified() {
+    let mut t = Tar::new();
+    t.file("a", b"a", &H::default());
+    let tar = t.finish();
+    let good = format!("sha256:{}", sha(&tar));
+    let mut tree = Tree::new().unwrap();
+    let stats = tree
+        .apply_layer_verified(0, &gzip(&tar)[..], Compression::Auto, &good)
+        .unwrap();
+    assert_eq!(stats.diff_id, good);
+    let mut tree = Tree::new().unwrap();
+    let e = tree
+        .apply_layer_verified(
+            0,
+            &gzip(&tar)[..],
+            Compression::Auto,
+            "sha256:\u{1b}[31mbad",
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::DiffIdMismatch { layer: 0, .. }), "{e}");
+    assert!(!e.to_string().contains('\u{1b}'), "escaped: {e}");
+    assert!(tree.listing().is_err(), "the tree is poisoned");
+}
+
+/// Names from the image are escaped in every message.
+#[test]
+fn control_characters_in_names_are_escaped_in_errors() {
+    let mut t = Tar::new();
+    t.raw(b"\x1b]0;pwned\x07/../../x", b'0', b"", b"", &H::default());
+    let e = apply(&[one(&mut t)]).unwrap_err();
+    let msg = e.to_string();
+    assert!(!msg.chars().any(|c| c.is_control()), "{msg:?}");
+    assert!(msg.contains("\\u{1b}]0;pwned\\u{7}"), "{msg}");
 }

@@ -115,7 +115,7 @@ impl VcpuRunner {
                     return;
                 }
                 Ok(other) => {
-                    tracing::debug!("vCPU {}: unhandled exit {other:?}", self.id);
+                    crate::limited!(debug, "vCPU {}: unhandled exit {other:?}", self.id);
                 }
                 // EINTR: the pause kick (or any signal); the loop head decides.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}

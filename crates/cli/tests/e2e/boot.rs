@@ -1,6 +1,7 @@
 //! Boot, exec, SMP, devices, and the ways a VM ends.
 
-use crate::util::{check, output_of, run, stderr, stdout, supermachine, TempDir};
+use crate::progress::trial;
+use crate::util::{check, output_of, run, stderr, stdout, supermachine, TempDir, PATIENCE};
 use libtest_mimic::{Failed, Trial};
 use std::path::Path;
 use std::process::Stdio;
@@ -8,39 +9,39 @@ use std::time::{Duration, Instant};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("boot::exit_code_and_output", exit_code_and_output),
-        Trial::test("boot::smp_guest_sees_every_vcpu", smp_guest_sees_every_vcpu),
-        Trial::test(
+        trial("boot::exit_code_and_output", exit_code_and_output),
+        trial("boot::smp_guest_sees_every_vcpu", smp_guest_sees_every_vcpu),
+        trial(
             "boot::stdout_and_stderr_are_separate",
             stdout_and_stderr_are_separate,
         ),
-        Trial::test("boot::missing_program_is_127", missing_program_is_127),
-        Trial::test(
+        trial("boot::missing_program_is_127", missing_program_is_127),
+        trial(
             "boot::rootfs_is_read_only_under_a_writable_overlay",
             rootfs_overlay,
         ),
-        Trial::test(
+        trial(
             "boot::virtio_rng_feeds_the_guest",
             virtio_rng_feeds_the_guest,
         ),
-        Trial::test(
+        trial(
             "boot::guest_poweroff_is_a_clean_end",
             guest_poweroff_is_a_clean_end,
         ),
-        Trial::test("boot::guest_reboot_is_reported", guest_reboot_is_reported),
-        Trial::test(
+        trial("boot::guest_reboot_is_reported", guest_reboot_is_reported),
+        trial(
             "boot::kernel_panic_is_reported_with_the_serial_log",
             kernel_panic_is_reported,
         ),
-        Trial::test(
+        trial(
             "boot::killing_the_cli_leaves_nothing_behind",
             killing_the_cli_leaves_nothing_behind,
         ),
-        Trial::test(
+        trial(
             "blk::writable_disk_keeps_data_and_stays_sparse",
             writable_disk_keeps_data_and_stays_sparse,
         ),
-        Trial::test(
+        trial(
             "blk::read_only_disk_refuses_writes",
             read_only_disk_refuses_writes,
         ),
@@ -200,7 +201,7 @@ fn killing_the_cli_leaves_nothing_behind() -> Result<(), Failed> {
     // SAFETY: signalling a child we spawned.
     unsafe { libc::kill(cli.id() as i32, libc::SIGKILL) };
     let _ = cli.wait();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         // SAFETY: signal 0 only checks for existence.
         let worker_alive = unsafe { libc::kill(worker_pid, 0) } == 0;

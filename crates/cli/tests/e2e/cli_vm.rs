@@ -1,6 +1,7 @@
 //! The CLI around a running VM: start, ps, exec, cp, logs, stop; and
 //! `run` with -t, -u and signals.
 
+use crate::progress::trial;
 use crate::util::{check, run, stdout, supermachine, TempDir};
 use libtest_mimic::{Failed, Trial};
 use std::io::{Read, Write};
@@ -9,13 +10,13 @@ use std::time::{Duration, Instant};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("cli::start_exec_cp_logs_stop", start_exec_cp_logs_stop),
-        Trial::test("cli::run_with_tty_and_user", run_with_tty_and_user),
-        Trial::test(
+        trial("cli::start_exec_cp_logs_stop", start_exec_cp_logs_stop),
+        trial("cli::run_with_tty_and_user", run_with_tty_and_user),
+        trial(
             "cli::ctrl_c_reaches_the_guest_process",
             ctrl_c_reaches_guest,
         ),
-        Trial::test("cli::ctrl_c_byte_in_a_tty_session", ctrl_c_byte_in_tty),
+        trial("cli::ctrl_c_byte_in_a_tty_session", ctrl_c_byte_in_tty),
     ]
 }
 

@@ -10,6 +10,7 @@
 
 use crate::images::ImageEnv;
 use crate::oci_layout::{tar_dir, write_layout, BoxError, ImageSpec, Layer};
+use crate::progress::trial;
 use crate::registry::Registry;
 use crate::util::check;
 use libtest_mimic::{Failed, Trial};
@@ -21,7 +22,7 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 pub const TRIAL: &str = "images::debian_pull_and_run";
 
 pub fn trials() -> Vec<Trial> {
-    vec![Trial::test(TRIAL, debian_pull_and_run)]
+    vec![trial(TRIAL, debian_pull_and_run)]
 }
 
 /// `$SUPERMACHINE_TEST_IMAGES`, else `~/.cache/supermachine-test-images`

@@ -2,6 +2,8 @@
 //! processes that try to wedge the agent.
 
 use crate::api::{ensure, sha256_hex, with_vm, Noise};
+use crate::progress::trial;
+use crate::util::PATIENCE;
 use libtest_mimic::{Failed, Trial};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -9,18 +11,18 @@ use supermachine::VmConfig;
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("exec::exit_codes_signals_and_streams", exit_codes),
-        Trial::test("exec::env_cwd_and_user", env_cwd_and_user),
-        Trial::test("exec::cat_100_mib_both_ways", cat_100_mib),
-        Trial::test("exec::slow_reader_stalls_the_writer", slow_reader),
-        Trial::test("exec::thirty_two_concurrent_execs", concurrent_execs),
-        Trial::test("exec::timeout_kills_the_process_tree", timeout_kills_tree),
-        Trial::test("exec::output_limits_count_the_excess", output_limits),
-        Trial::test("exec::background_daemon_does_not_wedge", daemon),
-        Trial::test("exec::signals_reach_the_process", signals),
-        Trial::test("exec::pty_session_with_resize", pty_session),
-        Trial::test("exec::agent_survives_a_fork_bomb", fork_bomb),
-        Trial::test("exec::staged_files_and_chains", staged_and_chained),
+        trial("exec::exit_codes_signals_and_streams", exit_codes),
+        trial("exec::env_cwd_and_user", env_cwd_and_user),
+        trial("exec::cat_100_mib_both_ways", cat_100_mib),
+        trial("exec::slow_reader_stalls_the_writer", slow_reader),
+        trial("exec::thirty_two_concurrent_execs", concurrent_execs),
+        trial("exec::timeout_kills_the_process_tree", timeout_kills_tree),
+        trial("exec::output_limits_count_the_excess", output_limits),
+        trial("exec::background_daemon_does_not_wedge", daemon),
+        trial("exec::signals_reach_the_process", signals),
+        trial("exec::pty_session_with_resize", pty_session),
+        trial("exec::agent_survives_a_fork_bomb", fork_bomb),
+        trial("exec::staged_files_and_chains", staged_and_chained),
     ]
 }
 
@@ -289,20 +291,24 @@ fn pty_session() -> Result<(), Failed> {
         let mut child = vm.exec_builder().argv(["sh"]).pty(24, 80).spawn().await?;
         let mut stdin = child.stdin.take().ok_or("no stdin")?;
         let mut stdout = child.stdout.take().ok_or("no stdout")?;
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            while let Some(chunk) = stdout.recv().await {
-                all.extend_from_slice(&chunk);
-            }
-            all
-        });
         stdin.write(b"tty; stty size; echo first-done\n").await?;
-        // Resize only after the first `stty size` ran, or it may see the new size.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Resize only once the first `stty size` ran (its output is in), or
+        // it may see the new size. The terminal echoes the command line
+        // first, so look for the word at the start of a line.
+        let mut all = Vec::new();
+        while !String::from_utf8_lossy(&all).contains("\nfirst-done") {
+            match stdout.recv().await {
+                Some(chunk) => all.extend_from_slice(&chunk),
+                None => break,
+            }
+        }
         child.resize(40, 100).await?;
         stdin.write(b"stty size; exit 4\n").await?;
+        while let Some(chunk) = stdout.recv().await {
+            all.extend_from_slice(&chunk);
+        }
         let status = child.wait().await?;
-        let text = String::from_utf8_lossy(&reader.await?).into_owned();
+        let text = String::from_utf8_lossy(&all).into_owned();
         ensure(status.code == Some(4), format!("{status:?}\n{text}"))?;
         ensure(text.contains("/dev/pts/"), format!("no tty in:\n{text}"))?;
         ensure(text.contains("24 80"), format!("no first size in:\n{text}"))?;
@@ -336,14 +342,15 @@ fn fork_bomb() -> Result<(), Failed> {
         let out = vm.exec(["echo", "alive"]).await?;
         ensure(out.stdout_lossy() == "alive\n", format!("{out:?}"))?;
         // Killed processes leave the cgroup once reaped: wait for that.
-        for _ in 0..100 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
             let left = vm.exec(["cat", "/sys/fs/cgroup/bomb/pids.current"]).await?;
             if left.stdout_lossy().trim() == "0" {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err("fork bomb processes were still alive 10 s after the timeout".into())
+        Err(format!("fork bomb processes were still alive {PATIENCE:?} after the timeout").into())
     })
 }
 

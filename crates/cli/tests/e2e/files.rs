@@ -1,6 +1,7 @@
 //! Files through the library: streamed writes and reads, metadata, trees.
 
-use crate::api::{ensure, sha256_hex, with_vm, Noise};
+use crate::api::{ensure, sha256_hex, with_vm, with_vm_watched, Noise, Progress};
+use crate::progress::trial;
 use crate::util::TempDir;
 use libtest_mimic::{Failed, Trial};
 use sha2::{Digest, Sha256};
@@ -11,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("files::binary_round_trip_and_metadata", binary_and_metadata),
-        Trial::test("files::one_gib_round_trip", one_gib_round_trip),
+        trial("files::binary_round_trip_and_metadata", binary_and_metadata),
+        trial("files::one_gib_round_trip", one_gib_round_trip),
     ]
 }
 
@@ -118,12 +119,12 @@ fn one_gib_round_trip() -> Result<(), Failed> {
         }],
         ..VmConfig::default()
     };
-    with_vm(config, |vm| async move {
+    with_vm_watched(config, |vm, progress| async move {
         let out = vm
             .exec(["sh", "-c", "mkdir -p /mnt && mount /dev/vdb /mnt"])
             .await?;
         ensure(out.status.success(), format!("mount: {out:?}"))?;
-        let mut source = NoiseReader::new(SIZE);
+        let mut source = NoiseReader::new(SIZE, progress.clone());
         let written = vm
             .write_file_with(WriteFileRequest::new("/mnt/big"), &mut source)
             .await
@@ -138,7 +139,7 @@ fn one_gib_round_trip() -> Result<(), Failed> {
             guest.stdout_lossy().starts_with(&sent),
             format!("guest checksum {guest:?}, sent {sent}"),
         )?;
-        let mut sink = HashSink::default();
+        let mut sink = HashSink(Sha256::new(), progress);
         let read = vm
             .read_file_to("/mnt/big", &mut sink)
             .await
@@ -153,19 +154,21 @@ fn one_gib_round_trip() -> Result<(), Failed> {
     })
 }
 
-/// `len` bytes of noise as an `AsyncRead`, hashed as they are read.
+/// `len` bytes of noise as an `AsyncRead`, hashed and counted as they are read.
 struct NoiseReader {
     noise: Noise,
     left: u64,
     hash: Sha256,
+    progress: Progress,
 }
 
 impl NoiseReader {
-    fn new(len: u64) -> Self {
+    fn new(len: u64, progress: Progress) -> Self {
         NoiseReader {
             noise: Noise::new(11),
             left: len,
             hash: Sha256::new(),
+            progress,
         }
     }
 }
@@ -181,14 +184,14 @@ impl AsyncRead for NoiseReader {
         self.noise.fill(&mut chunk);
         self.hash.update(&chunk);
         self.left -= n as u64;
+        self.progress.add(n as u64);
         buf.put_slice(&chunk);
         Poll::Ready(Ok(()))
     }
 }
 
-/// An `AsyncWrite` that only hashes.
-#[derive(Default)]
-struct HashSink(Sha256);
+/// An `AsyncWrite` that only hashes and counts.
+struct HashSink(Sha256, Progress);
 
 impl AsyncWrite for HashSink {
     fn poll_write(
@@ -197,6 +200,7 @@ impl AsyncWrite for HashSink {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.0.update(buf);
+        self.1.add(buf.len() as u64);
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -5,6 +5,7 @@
 //! guest's view of `/` compared with the layers' expected tree.
 
 use crate::oci_layout::{write_layout, ImageSpec, Layer};
+use crate::progress::trial;
 use crate::registry::Registry;
 use crate::util::{check, output_of, run, stderr, stdout, supermachine, TempDir};
 use libtest_mimic::{Failed, Trial};
@@ -15,16 +16,16 @@ use supermachine_rootfs::{FileKind, ListingEntry, Tree};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test(
+        trial(
             "images::oci_layout_config_and_overrides",
             config_and_overrides,
         ),
-        Trial::test("images::guest_root_matches_the_layers", guest_root_matches),
-        Trial::test(
+        trial("images::guest_root_matches_the_layers", guest_root_matches),
+        trial(
             "images::start_exec_defaults_and_store_commands",
             start_exec_and_store,
         ),
-        Trial::test("images::registry_pull_and_run", registry_pull_and_run),
+        trial("images::registry_pull_and_run", registry_pull_and_run),
     ]
 }
 

@@ -15,6 +15,7 @@ mod files;
 mod images;
 mod oci_layout;
 mod pool;
+mod progress;
 mod registry;
 mod snapshot;
 mod stdin;
@@ -34,7 +35,7 @@ fn trials() -> Vec<Trial> {
     all.extend(debian::trials());
     all.extend(snapshot::trials());
     all.extend(pool::trials());
-    all
+    progress::without_skipped(all)
 }
 
 /// Builds the cached Debian test image on the host (it needs the network,
@@ -78,57 +79,116 @@ fn main() {
     eprintln!(
         "e2e: this host has no hardware virtualization ({host:?}); running the tests in the lab"
     );
+    std::process::exit(run_in_lab(&args));
+}
+
+/// Lab attempts: a lab that fails as a whole (frozen, crashed, or gone bad
+/// under a stalled command) is replaced by a fresh one that runs only the
+/// tests not finished yet (see [`progress`]).
+const ATTEMPTS: u32 = 3;
+
+/// Runs the suite in the lab, again in a fresh lab after a lab failure,
+/// and returns the exit code.
+fn run_in_lab(args: &Arguments) -> i32 {
+    let share = match progress::Share::create() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("e2e: cannot create the progress directory: {e}");
+            return 1;
+        }
+    };
     let argv: Vec<OsString> = std::env::args_os().collect();
-    // The lab very occasionally fails as a whole: it freezes (QEMU's
-    // software SVM with KVM nested inside it: both emulated CPUs spin and
-    // nothing inside progresses), or its own kernel crashes under heavy
-    // nested load (a stack overflow in its KVM, seen once while streaming
-    // 1 GiB). The suite takes about five minutes there (half of it the
-    // 1 GiB round trip), so a lab run that lasts 15 minutes is frozen: say
-    // so and run the suite again, as after a crashed lab.
     let options = supermachine_lab::LabOptions {
         cpus: lab_cpus(),
-        timeout: Some(std::time::Duration::from_secs(15 * 60)),
+        shares: vec![share.dir.clone()],
+        env: vec![
+            (progress::LOG_ENV.into(), share.log().into()),
+            (progress::SKIP_ENV.into(), share.skip().into()),
+        ],
         ..Default::default()
     };
-    const ATTEMPTS: u32 = 3;
+    let mut ledger = progress::Ledger::default();
+    let mut lost = Vec::new();
     for attempt in 1..=ATTEMPTS {
-        match supermachine_lab::run(&argv, &options) {
-            Ok(util::LAB_WENT_BAD) if attempt < ATTEMPTS => {
-                eprintln!(
-                    "e2e: LAB WENT BAD (attempt {attempt} of {ATTEMPTS}): a command stalled twice in it"
-                );
-                eprintln!("e2e: running the suite again in a fresh lab");
+        if let Err(e) = ledger.write_skip(&share.skip()) {
+            eprintln!("e2e: cannot write {}: {e}", share.skip().display());
+            return 1;
+        }
+        let started = std::time::Instant::now();
+        let result = supermachine_lab::run(&argv, &options);
+        ledger.read(&share.log());
+        let failure = match result {
+            Ok(code) if code != util::LAB_WENT_BAD => {
+                return summary(&ledger, &lost, attempt, code);
             }
-            Ok(code) => std::process::exit(code),
-            Err(supermachine_lab::LabError::Timeout { secs, console }) if attempt < ATTEMPTS => {
-                let tail: Vec<&str> = console.lines().rev().take(10).collect();
-                eprintln!(
-                    "e2e: STALL: the lab made no progress for {secs}s (attempt {attempt} of {ATTEMPTS}); its console ended with:"
-                );
-                for line in tail.into_iter().rev() {
-                    eprintln!("  | {line}");
-                }
-                eprintln!("e2e: running the suite again in a fresh lab");
-            }
-            Err(e @ supermachine_lab::LabError::NoExitCode { .. }) if attempt < ATTEMPTS => {
-                eprintln!("e2e: LAB CRASH (attempt {attempt} of {ATTEMPTS}): {e}");
-                eprintln!("e2e: running the suite again in a fresh lab");
-            }
+            Ok(_) => "a command stalled twice in it (LAB WENT BAD)".to_string(),
+            Err(e @ supermachine_lab::LabError::Frozen { .. }) => format!("STALL: {e}"),
+            Err(e @ supermachine_lab::LabError::NoExitCode { .. }) => format!("LAB CRASH: {e}"),
             Err(e) => {
                 eprintln!("e2e: the lab could not run: {e}");
                 if std::env::var_os("SUPERMACHINE_REQUIRE_KVM").is_some() {
-                    std::process::exit(1);
+                    return 1;
                 }
                 let ignored = trials()
                     .into_iter()
                     .map(|t| t.with_ignored_flag(true))
                     .collect();
-                libtest_mimic::run(&args, ignored).exit();
+                libtest_mimic::run(args, ignored).exit();
             }
+        };
+        let attempt_secs = started.elapsed().as_secs();
+        eprintln!(
+            "e2e: lab attempt {attempt} of {ATTEMPTS} failed after {attempt_secs}s: {failure}"
+        );
+        match ledger.lab_failed() {
+            Some((name, ran)) => {
+                eprintln!(
+                    "e2e: {name} was running (for {}s: the work lost); {} tests had finished",
+                    ran.as_secs(),
+                    ledger.finished.len()
+                );
+                lost.push(format!(
+                    "attempt {attempt}: {failure} ({name} lost after {}s)",
+                    ran.as_secs()
+                ));
+            }
+            None => lost.push(format!("attempt {attempt}: {failure} (between tests)")),
+        }
+        if attempt < ATTEMPTS {
+            eprintln!("e2e: running the tests not finished yet in a fresh lab");
         }
     }
-    unreachable!("every attempt exits or continues");
+    summary(&ledger, &lost, ATTEMPTS, 1)
+}
+
+/// Prints what happened across the attempts and returns the suite's exit
+/// code: the last run's, or a failure if an earlier attempt had one.
+fn summary(ledger: &progress::Ledger, lost: &[String], attempts: u32, last_code: i32) -> i32 {
+    if attempts == 1 && lost.is_empty() {
+        return last_code;
+    }
+    eprintln!("e2e: {attempts} lab attempts; lab failures:");
+    for l in lost {
+        eprintln!("  {l}");
+    }
+    let failures = ledger.failures();
+    eprintln!(
+        "e2e: over all attempts {} tests passed, {} failed",
+        ledger.passed(),
+        failures.len()
+    );
+    for (name, outcome) in &failures {
+        let why = match outcome {
+            progress::Outcome::LostTwice => "running when the lab failed, twice",
+            _ => "failed",
+        };
+        eprintln!("  {name}: {why}");
+    }
+    if last_code == 0 && !failures.is_empty() {
+        101
+    } else {
+        last_code
+    }
 }
 
 /// Lab vCPUs: one by default (the freezes above look like a race in QEMU's

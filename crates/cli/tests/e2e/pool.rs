@@ -3,8 +3,9 @@
 //! shutdown or by the death of the process that owns the pool.
 
 use crate::api::ensure;
+use crate::progress::trial;
 use crate::snapshot::{runtime, sh, snapshot_of_a_busy_vm};
-use crate::util::TempDir;
+use crate::util::{TempDir, PATIENCE};
 use libtest_mimic::{Failed, Trial};
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -13,11 +14,11 @@ use supermachine::{Error, Image, PoolOptions, Vm, VmInfo};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test("pool::min_max_timeout_and_reuse", min_max_reuse),
-        Trial::test("pool::restore_on_release_hands_out_fresh_copies", fresh),
-        Trial::test("pool::dead_workers_are_replaced", dead_workers),
-        Trial::test("pool::shutdown_leaves_nothing_behind", shutdown),
-        Trial::test(
+        trial("pool::min_max_timeout_and_reuse", min_max_reuse),
+        trial("pool::restore_on_release_hands_out_fresh_copies", fresh),
+        trial("pool::dead_workers_are_replaced", dead_workers),
+        trial("pool::shutdown_leaves_nothing_behind", shutdown),
+        trial(
             "pool::workers_die_with_the_process_that_owns_the_pool",
             owner_killed,
         ),
@@ -125,7 +126,7 @@ fn fresh() -> Result<(), Failed> {
         )?;
         y.release();
         pool.shutdown().await;
-        wait_gone(&[x_id], Duration::from_secs(10)).await
+        wait_gone(&[x_id], PATIENCE).await
     })
 }
 
@@ -198,7 +199,7 @@ fn shutdown() -> Result<(), Failed> {
         leased.release();
         let ids: Vec<String> = all.iter().map(|v| v.id.clone()).collect();
         ensure(ids.contains(&leased_id), "the leased VM is one of them")?;
-        wait_gone(&ids, Duration::from_secs(15)).await?;
+        wait_gone(&ids, PATIENCE).await?;
         leftovers(&all)
     })
 }
@@ -231,7 +232,7 @@ fn owner_killed() -> Result<(), Failed> {
         format!("the owner said {line:?}; its VMs: {all:?}"),
     )?;
     let ids: Vec<String> = all.iter().map(|v| v.id.clone()).collect();
-    runtime()?.block_on(wait_gone(&ids, Duration::from_secs(15)))?;
+    runtime()?.block_on(wait_gone(&ids, PATIENCE))?;
     leftovers(&all)
 }
 
@@ -285,7 +286,7 @@ fn vms_of(snap: &PathBuf) -> Vec<VmInfo> {
 async fn kill_and_wait(pid: u32) -> Result<(), Failed> {
     // SAFETY: signalling a worker process by pid.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
         if dead(pid) {
             return Ok(());
@@ -328,7 +329,7 @@ fn dead(pid: u32) -> bool {
 /// (a worker may take a moment to tear its VM down after it said goodbye,
 /// and a stopped VM's serial log goes a moment after its worker).
 fn leftovers(vms: &[VmInfo]) -> Result<(), Failed> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     let settled = |vm: &VmInfo| dead(vm.pid) && !vm.serial_log.exists();
     while !vms.iter().all(settled) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -1,15 +1,16 @@
 //! `run -i`: the host's stdin streams into the guest command.
 
+use crate::progress::trial;
 use crate::util::{check, output_of, stdout, supermachine};
 use libtest_mimic::{Failed, Trial};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test(
+        trial(
             "stdin::piped_bytes_arrive_intact",
             piped_bytes_arrive_intact,
         ),
-        Trial::test(
+        trial(
             "stdin::without_i_the_command_reads_nothing",
             without_i_reads_nothing,
         ),

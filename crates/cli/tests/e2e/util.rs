@@ -17,6 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a test waits for something that takes a second or two on an
+/// idle host (a process to die, a file to appear, a VM to be gone): long
+/// enough for a lab running several times slower on a busy host. Only a
+/// broken test ever waits it out.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
 /// Exit code of a test process whose lab went bad (see above).
 pub const LAB_WENT_BAD: i32 = 75;
 

@@ -25,7 +25,19 @@ pub const FLAT_PLAIN: u8 = 0;
 /// Uncompressed, whole blocks at `raw_blkaddr` and the partial last block
 /// stored right after the inode (and its xattrs) in the metadata area.
 pub const FLAT_INLINE: u8 = 2;
-/// `raw_blkaddr` of an inode that has no whole blocks.
+/// Uncompressed, data in chunks of `4 KiB << chunkbits` whose block
+/// addresses follow the inode (and its xattrs) as a `__le32` block map; a
+/// chunk at [`NULL_ADDR`] is a hole that reads as zeros (Linux 5.15+).
+pub const CHUNK_BASED: u8 = 4;
+/// `EROFS_FEATURE_INCOMPAT_CHUNKED_FILE`: the image has chunk-based inodes.
+pub const FEATURE_INCOMPAT_CHUNKED_FILE: u32 = 0x4;
+/// Largest `chunkbits` in `erofs_inode_chunk_info.format`
+/// (`EROFS_CHUNK_FORMAT_BLKBITS_MASK`).
+pub const MAX_CHUNK_BITS: u8 = 0x1f;
+/// Size of one block map entry.
+pub const BLOCK_MAP_ENTRY: u64 = 4;
+/// `raw_blkaddr` of an inode that has no whole blocks; in a block map, a
+/// hole.
 pub const NULL_ADDR: u32 = u32::MAX;
 /// Size of one on-disk directory entry.
 pub const DIRENT_SIZE: usize = 12;
@@ -61,6 +73,7 @@ pub struct SuperBlock {
     pub meta_blkaddr: u32,
     pub uuid: [u8; 16],
     pub volume_name: [u8; 16],
+    pub feature_incompat: u32,
 }
 
 impl SuperBlock {
@@ -81,8 +94,9 @@ impl SuperBlock {
         put32(&mut b, 44, 0); // xattr_blkaddr: no shared xattrs
         b[48..64].copy_from_slice(&self.uuid);
         b[64..80].copy_from_slice(&self.volume_name);
-        // feature_incompat, compression, devices, dirblkbits, packed_nid:
-        // all zero for a plain uncompressed single-device image.
+        put32(&mut b, 80, self.feature_incompat);
+        // compression, devices, dirblkbits, packed_nid: all zero for an
+        // uncompressed single-device image.
         b
     }
 }
@@ -98,7 +112,8 @@ pub struct RawInode {
     pub nlink: u32,
     pub size: u64,
     /// `raw_blkaddr` for files, directories and symlinks; the encoded device
-    /// number for device nodes.
+    /// number for device nodes; the chunk format (`chunkbits`) for
+    /// chunk-based files.
     pub i_u: u32,
     pub ino: u32,
     pub uid: u32,

@@ -23,9 +23,14 @@
 //! another mtime (or uid/gid/nlink above 65535, or size above 4 GiB) is
 //! extended. The choice is a pure function of the tree, so output is
 //! deterministic.
+//!
+//! Files with holes may be chunk-based instead (see `chunks`): their block
+//! map follows the inode and its xattrs in the metadata area, and only
+//! their data chunks take blocks in the data area.
 
 use std::collections::HashMap;
 
+use super::chunks::{self, ChunkPlan};
 use super::dir::{self, Plan};
 use super::format::{self, ft, ifmt, RawInode, BLOCK, NULL_ADDR, SLOT, SUPER_OFFSET, SUPER_SIZE};
 use super::xattr;
@@ -39,6 +44,8 @@ pub(crate) enum Data<'a> {
     /// Device nodes, fifos.
     None,
     File(Extent),
+    /// A file with holes, stored chunk by chunk.
+    Chunked(Extent, ChunkPlan),
     /// Entries in on-disk order (`.` and `..` included) as (name, order
     /// index of the target), and how they split into blocks.
     Dir(Vec<(&'a [u8], usize)>, Plan),
@@ -55,6 +62,9 @@ pub(crate) struct Placed<'a> {
     pub tail: usize,
     /// Whole blocks in the data area.
     pub blocks: u64,
+    /// First block of the data in the data area (meaningful when `blocks`
+    /// is not 0).
+    pub addr: u32,
     /// Byte offset of the inode in the metadata area.
     pub pos: u64,
     pub file_type: u8,
@@ -73,6 +83,8 @@ pub(crate) struct Layout<'a> {
     pub meta_blocks: u64,
     pub total_blocks: u32,
     pub build_time: (i64, u32),
+    /// Some inode is chunk-based (a superblock feature flag).
+    pub chunked: bool,
 }
 
 /// Breadth-first inode order, with each directory's parent.
@@ -136,7 +148,13 @@ pub(crate) fn plan<'a>(view: &View<'a>) -> Result<Layout<'a>> {
                 let size = p.size;
                 (ifmt::DIR, ft::DIR, Data::Dir(entries, p), size, 2 + subdirs)
             }
-            Kind::File(e) => (ifmt::REG, ft::REG, Data::File(*e), e.len, node.refs),
+            Kind::File(e) => {
+                let data = match view.spool.holes(*e).and_then(|h| chunks::plan(e.len, h)) {
+                    Some(plan) => Data::Chunked(*e, plan),
+                    None => Data::File(*e),
+                };
+                (ifmt::REG, ft::REG, data, e.len, node.refs)
+            }
             Kind::Symlink(t) => (
                 ifmt::LNK,
                 ft::SYMLINK,
@@ -177,11 +195,19 @@ pub(crate) fn plan<'a>(view: &View<'a>) -> Result<Layout<'a>> {
         let head = (raw.disk_size() + xattr_size) as u64;
         let mut tail = 0usize;
         let mut blocks = 0u64;
+        let mut map = 0u64;
         match (&node.kind, &data) {
             (Kind::CharDev { major, minor } | Kind::BlockDev { major, minor }, _) => {
                 raw.i_u = format::encode_dev(*major, *minor);
             }
             (_, Data::None) => {}
+            (_, Data::Chunked(_, plan)) => {
+                raw.layout = format::CHUNK_BASED;
+                raw.i_u = u32::from(plan.bits);
+                blocks = plan.data_blocks;
+                // Entries are 4-byte aligned after the xattrs, which are.
+                map = plan.map_bytes();
+            }
             _ => {
                 let rem = size % BLOCK;
                 if rem != 0 && head + rem <= BLOCK {
@@ -193,7 +219,7 @@ pub(crate) fn plan<'a>(view: &View<'a>) -> Result<Layout<'a>> {
                 }
             }
         }
-        let record = head + tail as u64;
+        let record = head + tail as u64 + map;
         pos = pos.next_multiple_of(SLOT);
         let in_block = pos % BLOCK;
         let straddles = if record <= BLOCK {
@@ -213,6 +239,7 @@ pub(crate) fn plan<'a>(view: &View<'a>) -> Result<Layout<'a>> {
             data,
             tail,
             blocks,
+            addr: 0,
             pos,
             file_type,
         });
@@ -221,15 +248,22 @@ pub(crate) fn plan<'a>(view: &View<'a>) -> Result<Layout<'a>> {
 
     let meta_blocks = pos.div_ceil(BLOCK);
     let mut next = meta_blocks;
+    let mut chunked = false;
     for p in &mut inodes {
         if matches!(p.data, Data::None) {
             continue;
         }
-        p.raw.i_u = if p.blocks > 0 {
-            let addr = u32::try_from(next)
+        if p.blocks > 0 {
+            p.addr = u32::try_from(next)
                 .map_err(|_| too_large("data beyond block 2^32 (16 TiB)".into()))?;
             next += p.blocks;
-            addr
+        }
+        if matches!(p.data, Data::Chunked(..)) {
+            chunked = true;
+            continue; // i_u is the chunk format
+        }
+        p.raw.i_u = if p.blocks > 0 {
+            p.addr
         } else if p.raw.layout == format::FLAT_INLINE {
             NULL_ADDR
         } else {
@@ -243,5 +277,6 @@ pub(crate) fn plan<'a>(view: &View<'a>) -> Result<Layout<'a>> {
         meta_blocks,
         total_blocks,
         build_time,
+        chunked,
     })
 }

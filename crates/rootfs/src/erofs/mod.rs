@@ -2,11 +2,13 @@
 //! without mounting anything.
 //!
 //! The format follows Linux `fs/erofs/erofs_fs.h` (6.1): 4 KiB blocks,
-//! uncompressed `FLAT_PLAIN` / `FLAT_INLINE` (tail-packed) data, compact or
-//! extended inodes as needed, inline xattrs, no shared xattrs, no
-//! superblock checksum. `mkfs.erofs` is not used; `fsck.erofs` and the kernel
+//! uncompressed `FLAT_PLAIN` / `FLAT_INLINE` (tail-packed) data, and
+//! `CHUNK_BASED` files with a block map for files with holes (so sparse
+//! and zero-filled files stay small), compact or extended inodes as needed,
+//! inline xattrs, no shared xattrs, no superblock checksum. `mkfs.erofs` is not used; `fsck.erofs` and the kernel
 //! are the test oracles. See `layout` for where things go and why.
 
+mod chunks;
 mod dir;
 pub(crate) mod format;
 mod layout;
@@ -38,7 +40,8 @@ pub struct WriteStats {
     pub bytes: u64,
     /// Bytes of the metadata area (superblock, inodes, xattrs, inline tails).
     pub meta_bytes: u64,
-    /// Bytes of regular-file contents.
+    /// Bytes of regular-file contents stored (holes of chunk-based files
+    /// excluded).
     pub data_bytes: u64,
 }
 

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::dir::{self, Entry};
-use super::format::{SuperBlock, BLOCK, SUPER_OFFSET};
+use super::format::{SuperBlock, BLOCK, FEATURE_INCOMPAT_CHUNKED_FILE, NULL_ADDR, SUPER_OFFSET};
 use super::layout::{Data, Layout, Placed};
 use super::xattr;
 use super::{WriteOptions, WriteStats};
@@ -107,6 +107,17 @@ fn meta_record(
     buf.clear();
     p.raw.encode(buf);
     xattr::encode(p.xattrs, buf);
+    if let Data::Chunked(_, plan) = &p.data {
+        let mut addr = p.addr;
+        for k in 0..plan.chunks {
+            if plan.is_data(k) {
+                buf.extend_from_slice(&addr.to_le_bytes());
+                addr += plan.chunk_blocks(k) as u32;
+            } else {
+                buf.extend_from_slice(&NULL_ADDR.to_le_bytes());
+            }
+        }
+    }
     if p.tail == 0 {
         return Ok(());
     }
@@ -119,7 +130,7 @@ fn meta_record(
         }
         Data::Dir(_, plan) => dir_block(layout, p, plan.starts.len() - 1, buf),
         Data::Symlink(t) => buf.extend_from_slice(&t[(p.blocks * BLOCK) as usize..]),
-        Data::None => {}
+        Data::Chunked(..) | Data::None => {}
     }
     Ok(())
 }
@@ -146,6 +157,28 @@ fn data_blocks(
                 dir_block(layout, p, b, &mut buf);
                 out.write(&buf)?;
                 out.pad_block()?;
+            }
+        }
+        Data::Chunked(extent, plan) => {
+            // Runs of data chunks are contiguous in the file and in the
+            // image: one copy each.
+            let chunk = BLOCK << plan.bits;
+            let mut k = 0;
+            while k < plan.chunks {
+                if !plan.is_data(k) {
+                    k += 1;
+                    continue;
+                }
+                let start = k;
+                while k < plan.chunks && plan.is_data(k) {
+                    k += 1;
+                }
+                let from = start * chunk;
+                let len = (k * chunk).min(extent.len) - from;
+                out.w.flush()?;
+                out.copy_from(view.spool.file(), extent.offset + from, len)?;
+                out.pad_block()?;
+                stats.data_bytes += len;
             }
         }
         Data::Symlink(t) => out.write(t)?,
@@ -213,6 +246,11 @@ fn emit(
         meta_blkaddr: 0,
         uuid: options.uuid,
         volume_name: options.volume_name,
+        feature_incompat: if layout.chunked {
+            FEATURE_INCOMPAT_CHUNKED_FILE
+        } else {
+            0
+        },
     };
     out.pad_to(SUPER_OFFSET as u64)?;
     out.write(&sb.encode())?;
@@ -226,7 +264,7 @@ fn emit(
     stats.meta_bytes = out.pos;
     for p in &layout.inodes {
         if p.blocks > 0 {
-            out.pad_to(u64::from(p.raw.i_u) * BLOCK)?;
+            out.pad_to(u64::from(p.addr) * BLOCK)?;
             data_blocks(view, layout, p, &mut out, stats)?;
         }
         if let Data::File(e) = &p.data {

@@ -84,10 +84,9 @@ pub struct GcReport {
     pub blobs_removed: u64,
     /// Their bytes.
     pub blob_bytes_freed: u64,
-    /// Leftovers of interrupted pulls.
+    /// Leftovers of interrupted pulls and of failed or interrupted builds.
     pub temp_files_removed: u64,
-    /// Cached root filesystems of images no longer pulled (and leftovers
-    /// of interrupted builds).
+    /// Cached root filesystems of images no longer pulled.
     pub rootfs_removed: u64,
     /// Their bytes.
     pub rootfs_bytes_freed: u64,
@@ -126,7 +125,7 @@ pub fn gc() -> Result<GcReport, Error> {
     Ok(GcReport {
         blobs_removed: blobs.blobs_removed,
         blob_bytes_freed: blobs.bytes_freed,
-        temp_files_removed: blobs.temp_files_removed,
+        temp_files_removed: blobs.temp_files_removed + rootfs.temp_files,
         rootfs_removed: rootfs.files,
         rootfs_bytes_freed: rootfs.bytes,
     })

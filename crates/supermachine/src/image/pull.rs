@@ -7,6 +7,7 @@ use crate::image::Image;
 use std::path::PathBuf;
 use std::sync::Arc;
 use supermachine_oci::{Digest, PullEvent, PullPolicy, RegistryConfig, Source, Store};
+use supermachine_rootfs::Limits;
 
 /// Receives [`ImageEvent`]s; called from pulling and building threads, so
 /// keep it quick (update a progress bar, send into a channel).
@@ -113,6 +114,10 @@ pub struct PullOptions {
     /// Where root filesystems are cached; `None`: [`crate::rootfs_dir`].
     /// (`supermachine gc` only looks at the default one.)
     pub rootfs_dir: Option<PathBuf>,
+    /// Caps on what building an image's root filesystem may cost (memory,
+    /// scratch disk, unpacked bytes); an image beyond one is refused and
+    /// its record forgotten.
+    pub limits: Limits,
 }
 
 impl Default for PullOptions {
@@ -126,6 +131,7 @@ impl Default for PullOptions {
             progress: None,
             store: None,
             rootfs_dir: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -134,7 +140,9 @@ impl PullOptions {
     /// Defaults plus the registry settings of the user's
     /// `registries.toml` and the `SUPERMACHINE_REGISTRY_MIRRORS` /
     /// `SUPERMACHINE_INSECURE_REGISTRIES` variables (see
-    /// [`RegistryConfig::from_env`]).
+    /// [`RegistryConfig::from_env`]), and the image caps of
+    /// `SUPERMACHINE_IMAGE_MAX_UNPACKED` / `_MAX_SPOOL` / `_MAX_INODES`
+    /// (see [`Limits::from_env`]).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), supermachine::Error> {
@@ -147,6 +155,7 @@ impl PullOptions {
     pub fn from_env() -> Result<Self, Error> {
         Ok(PullOptions {
             registry: RegistryConfig::from_env()?,
+            limits: Limits::from_env().map_err(|e| Error::InvalidArgument(e.to_string()))?,
             ..PullOptions::default()
         })
     }
@@ -188,6 +197,7 @@ impl std::fmt::Debug for PullOptions {
             .field("progress", &self.progress.is_some())
             .field("store", &self.store)
             .field("rootfs_dir", &self.rootfs_dir)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -221,7 +231,17 @@ impl Image {
         let pulled = store.pull(&source, &options.oci_options()).await?;
         let options = options.clone();
         let rootfs = tokio::task::spawn_blocking(move || {
-            let path = rootfs::ensure(&store, &pulled, &options)?;
+            let path = match rootfs::ensure(&store, &pulled, &options) {
+                Ok(path) => path,
+                Err(e) => {
+                    // A refused image must not stay listed (nor keep its
+                    // blobs from gc); a host failure keeps it for a retry.
+                    if matches!(&e, Error::Rootfs { source, .. } if source.is_image_fault()) {
+                        let _ = store.forget_image(&source, &pulled.manifest_digest);
+                    }
+                    return Err(e);
+                }
+            };
             Ok::<_, Error>(Image::from_pulled(pulled, path))
         })
         .await

@@ -104,8 +104,18 @@ fn build(
     // contents in-kernel (or reflink them) instead of through user space.
     let mut tree = Tree::with_options(TreeOptions {
         spool_dir: Some(dir.to_path_buf()),
-        ..TreeOptions::default()
+        limits: options.limits.clone(),
     })?;
+    // Each uncompressed layer must hash to its diff_id, as in Docker.
+    let diff_ids = &image.config.diff_ids;
+    if diff_ids.len() != image.layers.len() {
+        return Err(BuildError::Rootfs(
+            supermachine_rootfs::Error::DiffIdCount {
+                layers: image.layers.len(),
+                diff_ids: diff_ids.len(),
+            },
+        ));
+    }
     for (index, layer) in image.layers.iter().enumerate() {
         let file = File::open(&layer.path).map_err(|e| {
             BuildError::Io(Error::io(
@@ -139,10 +149,11 @@ fn build(
                 }
             });
         }
-        let stats = tree.apply_layer(
+        let stats = tree.apply_layer_verified(
             index,
             BufReader::with_capacity(256 << 10, file),
             compression(layer.compression),
+            &diff_ids[index],
         )?;
         if stats.xattrs_dropped > 0 {
             tracing::warn!(
@@ -184,13 +195,18 @@ fn uuid_of(digest: &Digest) -> [u8; 16] {
 /// What [`remove_unused`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Removed {
+    /// Root filesystem images.
     pub files: u64,
     pub bytes: u64,
+    /// Leftovers of builds that died or failed: writer temp files and
+    /// lock files without an image.
+    pub temp_files: u64,
 }
 
 /// Deletes cached root filesystems whose manifest digest is not in `keep`,
-/// and temporary files of builds that died. An image being built (its lock
-/// held) is left alone. Files not named like ours are never touched.
+/// and leftovers of builds that died or failed (the writer's temp files, a
+/// lock file whose image was never written). An image being built (its
+/// lock held) is left alone. Files not named like ours are never touched.
 pub(crate) fn remove_unused(keep: &[Digest]) -> Result<Removed, Error> {
     let dir = rootfs_dir();
     let mut removed = Removed::default();
@@ -204,10 +220,8 @@ pub(crate) fn remove_unused(keep: &[Digest]) -> Result<Removed, Error> {
         let Some(name) = name.to_str() else { continue };
         let path = entry.path();
         let size = entry.metadata().map_or(0, |m| m.len());
-        if let Some(hex) = name.strip_suffix(".erofs") {
-            let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else {
-                continue;
-            };
+        let is_ours = |hex: &str| Digest::parse(&format!("sha256:{hex}")).ok();
+        if let Some(digest) = name.strip_suffix(".erofs").and_then(is_ours) {
             if keep.contains(&digest) {
                 continue;
             }
@@ -219,11 +233,25 @@ pub(crate) fn remove_unused(keep: &[Digest]) -> Result<Removed, Error> {
             let _ = std::fs::remove_file(lock_path(&path));
             removed.files += 1;
             removed.bytes += size;
+        } else if let Some(image) = name
+            .strip_suffix(".erofs.lock")
+            .filter(|h| is_ours(h).is_some())
+        {
+            // The lock of a build that failed: no image next to it, and
+            // nobody holding it.
+            let image = dir.join(format!("{image}.erofs"));
+            if image.exists() {
+                continue; // removed with its image, if ever
+            }
+            let Some(_lock) = FileLock::try_acquire(&path, LockMode::Exclusive)? else {
+                continue;
+            };
+            let _ = std::fs::remove_file(&path);
+            removed.temp_files += 1;
         } else if name.starts_with(".erofs-") && name.ends_with(".tmp") && is_stale(&entry) {
             // The writer's temp file of a build that was killed.
             let _ = std::fs::remove_file(&path);
-            removed.files += 1;
-            removed.bytes += size;
+            removed.temp_files += 1;
         }
     }
     Ok(removed)

@@ -160,7 +160,7 @@ pub enum SnapshotProblem {
     Vcpus { vcpus: u8, max: u8 },
     #[error("{mib} MiB of guest memory: more than this host has ({cap} MiB)")]
     Memory { mib: u64, cap: u64 },
-    #[error("the memory file is {found} bytes, meta.json says {expected}: refused")]
+    #[error("the memory file is {found} bytes, meta.json says {expected} (truncated?): refused")]
     MemorySize { expected: u64, found: u64 },
     #[error("already exists: choose a new path or remove it")]
     Exists,

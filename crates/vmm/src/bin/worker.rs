@@ -11,16 +11,25 @@
 //! (`--standby`): it opens KVM, creates an empty VM and waits on its control
 //! socket for a `Restore` request, so a restore into it skips process start
 //! and VM creation.
+//!
+//! What it makes on the host is private to its user: the VM directory
+//! becomes 0700, its sockets and files 0600, and a connection to either
+//! socket from another user (root aside) is closed unanswered. Its logs
+//! are capped: the serial log at `--serial-log-cap`, its own (stderr, when
+//! that is a file) at `--log-cap`.
 
 use clap::Parser;
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use supermachine_protocol::worker_control::{self, WorkerReply, WorkerRequest};
 use supermachine_protocol::{disk_spec, read_frame, worker_exit, write_frame};
+use supermachine_vmm::capped_log::{self, StderrLog};
 use supermachine_vmm::outcome::ExitSender;
 use supermachine_vmm::snapshot::hot_pages;
+use supermachine_vmm::{files, limited, sockets};
 use supermachine_vmm::{
     ControlHandle, DiskConfig, EmptyVm, Outcome, RestoreConfig, Vm, VmConfig, VsockConfig,
 };
@@ -60,6 +69,15 @@ struct Args {
     guest_cid: u64,
     #[arg(long)]
     serial_log: Option<PathBuf>,
+    /// Most bytes the serial log keeps (K, M, G suffixes: KiB, MiB, GiB):
+    /// the first half of the guest's output, then its latest, with a count
+    /// of what was dropped between.
+    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    serial_log_cap: u64,
+    /// Most bytes the worker's own log keeps when its stderr is a file
+    /// (kept the same way as the serial log's).
+    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    log_cap: u64,
     /// Copy the guest console to stderr.
     #[arg(long)]
     console: bool,
@@ -69,6 +87,33 @@ struct Args {
     /// worker removes it.
     #[arg(long, value_name = "PID")]
     owned_by_parent: Option<libc::pid_t>,
+}
+
+/// A byte count: digits, then optionally K, M or G (KiB, MiB, GiB).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.strip_suffix(['K', 'M', 'G']) {
+        Some(digits) => (
+            digits,
+            match text.as_bytes()[text.len() - 1] {
+                b'K' => 10,
+                b'M' => 20,
+                _ => 30,
+            },
+        ),
+        None => (text, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: a number of bytes, optionally with K, M or G"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+/// One line to the worker's log, whatever the log filter (the library
+/// reads these to say why a worker failed).
+fn say(line: std::fmt::Arguments) {
+    let _ = writeln!(StderrLog, "supermachine-worker: {line}");
 }
 
 fn parse_disk(spec: &str) -> DiskConfig {
@@ -107,13 +152,23 @@ fn watch_stop_signals(on_stop: impl FnOnce(i32) + Send + 'static) -> std::io::Re
     Ok(())
 }
 
+/// The log filter: `SUPERMACHINE_LOG` as given, and virtio-queue's own
+/// lines off unless it names them. That crate logs an error on each bad
+/// register write or ring a guest hands it; the devices report what
+/// matters themselves, rate-limited.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let given = std::env::var("SUPERMACHINE_LOG").unwrap_or_default();
+    let directives = if given.contains("virtio_queue") {
+        given
+    } else if given.trim().is_empty() {
+        "error,virtio_queue=off".to_string()
+    } else {
+        format!("{given},virtio_queue=off")
+    };
+    tracing_subscriber::EnvFilter::builder().parse_lossy(directives)
+}
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SUPERMACHINE_LOG"))
-        .with_writer(std::io::stderr)
-        // A detached worker's stderr is a log file: no color codes in it.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -125,6 +180,15 @@ fn main() {
             });
         }
     };
+    if let Err(e) = capped_log::cap_stderr(args.log_cap) {
+        eprintln!("supermachine-worker: cannot cap its log: {e}");
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(|| StderrLog)
+        // A detached worker's stderr is a log file: no color codes in it.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let args = Arc::new(args);
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
@@ -156,7 +220,7 @@ fn main() {
             worker_exit::STOPPED
         }
         Err(e) => {
-            eprintln!("supermachine-worker: cannot watch signals: {e}");
+            say(format_args!("cannot watch signals: {e}"));
             worker_exit::ERROR
         }
     };
@@ -224,6 +288,7 @@ fn restore_config(args: &Args, snapshot_dir: PathBuf, disks: &[String]) -> Resto
         vsock: vsock_config(args),
         rng: true,
         serial_log: args.serial_log.clone(),
+        serial_log_cap: args.serial_log_cap,
         console_echo: args.console,
     }
 }
@@ -243,6 +308,7 @@ fn build(args: &Args) -> Result<Vm, supermachine_vmm::VmError> {
             vsock: vsock_config(args),
             rng: true,
             serial_log: args.serial_log.clone(),
+            serial_log_cap: args.serial_log_cap,
             console_echo: args.console,
         }),
         (None, None) => Err(supermachine_vmm::VmError::Config(
@@ -259,7 +325,9 @@ fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
         empty = empty.with_serial_log(log).map_err(|e| e.to_string())?;
     }
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        let Some(mut stream) = trusted(stream) else {
+            continue;
+        };
         match read_frame::<WorkerRequest, _>(&mut stream) {
             Ok(WorkerRequest::Restore {
                 snapshot_dir,
@@ -288,6 +356,23 @@ fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
     Err("the control socket closed".into())
 }
 
+/// An accepted control connection, if it is from this worker's user (or
+/// root); any other is closed unanswered.
+fn trusted(
+    stream: std::io::Result<std::os::unix::net::UnixStream>,
+) -> Option<std::os::unix::net::UnixStream> {
+    let stream = stream.ok()?;
+    if sockets::peer_is_trusted(&stream) {
+        Some(stream)
+    } else {
+        limited!(
+            warn,
+            "control socket: closed a connection from another user's process"
+        );
+        None
+    }
+}
+
 /// Serves the control socket: one request and one reply per connection.
 fn serve_control(
     listener: UnixListener,
@@ -296,7 +381,9 @@ fn serve_control(
     recorder: Option<hot_pages::Recorder>,
 ) {
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        let Some(mut stream) = trusted(stream) else {
+            continue;
+        };
         let request = match read_frame::<WorkerRequest, _>(&mut stream) {
             Ok(r) => r,
             Err(e) => {
@@ -345,10 +432,10 @@ fn serve_control(
     }
 }
 
+/// Makes the VM directory private and listens on its control socket.
 fn bind_control(dir: &Path) -> std::io::Result<UnixListener> {
-    let path = dir.join(worker_control::SOCKET);
-    let _ = std::fs::remove_file(&path);
-    UnixListener::bind(&path)
+    files::make_private_dir(dir)?;
+    sockets::bind_private(&dir.join(worker_control::SOCKET))
 }
 
 fn start_control(listener: UnixListener, vm: &Vm) -> std::io::Result<()> {
@@ -364,7 +451,7 @@ fn run(args: &Args, on_stop: &StopTarget) -> i32 {
     let control = match args.vm_dir.as_deref().map(bind_control).transpose() {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("supermachine-worker: cannot start the control socket: {e}");
+            say(format_args!("cannot start the control socket: {e}"));
             return worker_exit::ERROR;
         }
     };
@@ -375,26 +462,26 @@ fn run(args: &Args, on_stop: &StopTarget) -> i32 {
     let vm = match vm {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("supermachine-worker: {e}");
+            say(format_args!("{e}"));
             return worker_exit::ERROR;
         }
     };
     *on_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm.exit_sender());
     if let Some(listener) = control {
         if let Err(e) = start_control(listener, &vm) {
-            eprintln!("supermachine-worker: cannot start the control socket: {e}");
+            say(format_args!("cannot start the control socket: {e}"));
             return worker_exit::ERROR;
         }
     }
     match vm.run() {
         Ok(outcome) => {
             if let Outcome::Crash(why) = &outcome {
-                eprintln!("supermachine-worker: {why}");
+                say(format_args!("{why}"));
             }
             outcome.exit_code()
         }
         Err(e) => {
-            eprintln!("supermachine-worker: {e}");
+            say(format_args!("{e}"));
             worker_exit::ERROR
         }
     }
@@ -402,7 +489,18 @@ fn run(args: &Args, on_stop: &StopTarget) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::worker_exit;
+    use super::{parse_size, worker_exit};
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("8K"), Ok(8192));
+        assert!(parse_size("16MB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
 
     #[test]
     fn the_owner_gone_signal_is_sigusr2() {

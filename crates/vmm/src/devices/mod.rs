@@ -2,5 +2,4 @@
 
 pub mod legacy;
 pub mod serial;
-pub mod state;
 pub mod virtio;

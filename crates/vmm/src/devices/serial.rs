@@ -1,10 +1,12 @@
 //! The 8250 UART on COM1: the guest's console. Everything the guest prints
-//! goes to the serial log file (and optionally to our stderr); the stream is
-//! watched for the kernel's panic banner so a later reset is reported as a
-//! panic rather than a reboot.
+//! goes to the serial log file, under its cap (see `capped_log`), and
+//! optionally to the worker's log; the stream is watched for the kernel's
+//! panic banner so a later reset is reported as a panic rather than a
+//! reboot.
 
 use crate::bus::BusDevice;
-use std::fs::File;
+use crate::capped_log::{CappedLog, StderrLog};
+use serde::{Deserialize, Serialize};
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,14 +28,14 @@ impl Trigger for IrqTrigger {
 
 /// Where console bytes go.
 pub struct ConsoleSink {
-    log: Option<BufWriter<File>>,
+    log: Option<BufWriter<CappedLog>>,
     echo: bool,
     matched: usize,
     panicked: Arc<AtomicBool>,
 }
 
 impl ConsoleSink {
-    pub fn new(log: Option<File>, echo: bool, panicked: Arc<AtomicBool>) -> Self {
+    pub fn new(log: Option<CappedLog>, echo: bool, panicked: Arc<AtomicBool>) -> Self {
         ConsoleSink {
             log: log.map(BufWriter::new),
             echo,
@@ -71,7 +73,7 @@ impl Write for ConsoleSink {
             }
         }
         if self.echo {
-            let _ = io::stderr().write_all(buf);
+            let _ = StderrLog.write_all(buf);
         }
         Ok(buf.len())
     }
@@ -83,23 +85,77 @@ impl Write for ConsoleSink {
     }
 }
 
+/// The 8250 UART's registers and unread input, for a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<&SerialState> for vm_superio::serial::SerialState {
+    fn from(s: &SerialState) -> Self {
+        vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+impl From<vm_superio::serial::SerialState> for SerialState {
+    fn from(s: vm_superio::serial::SerialState) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+/// A saved UART state vm-superio refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("serial port: {0:?}")]
+pub struct SerialRestoreError(vm_superio::serial::Error<io::Error>);
+
 pub struct SerialDevice(pub Serial<IrqTrigger, NoEvents, ConsoleSink>);
 
 impl SerialDevice {
     /// UART registers and pending input, for a snapshot.
-    pub fn save(&self) -> crate::devices::state::SerialState {
+    pub fn save(&self) -> SerialState {
         self.0.state().into()
     }
 
     /// The UART as it was saved, writing to a new sink.
     pub fn restore(
-        state: &crate::devices::state::SerialState,
+        state: &SerialState,
         irq: IrqTrigger,
         sink: ConsoleSink,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SerialRestoreError> {
         Serial::from_state(&state.into(), irq, NoEvents, sink)
             .map(SerialDevice)
-            .map_err(|e| format!("serial port: {e:?}"))
+            .map_err(SerialRestoreError)
     }
 }
 
@@ -112,7 +168,7 @@ impl BusDevice for SerialDevice {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(b) = data.first() {
             if let Err(e) = self.0.write(offset as u8, *b) {
-                tracing::debug!("serial write: {e:?}");
+                crate::limited!(debug, "serial write: {e:?}");
             }
         }
     }
@@ -140,5 +196,32 @@ mod tests {
         sink.write_all(b"Kernel panic test skipped - not syncing anything")
             .unwrap();
         assert!(!flag.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_flooding_guest_cannot_grow_the_serial_log_past_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let cap = 64 << 10;
+        let log = CappedLog::new(crate::files::open_log(&path).unwrap(), cap).unwrap();
+        let mut sink = ConsoleSink::new(Some(log), false, Arc::new(AtomicBool::new(false)));
+        sink.write_all(b"Linux version 6.1\n").unwrap();
+        for i in 0..20_000 {
+            sink.write_all(format!("spam {i:05} spam spam spam spam\n").as_bytes())
+                .unwrap();
+        }
+        sink.flush().unwrap();
+        let kept = std::fs::read(&path).unwrap();
+        assert!(
+            kept.len() as u64 <= cap + crate::capped_log::MARKER_LEN,
+            "{} bytes kept",
+            kept.len()
+        );
+        assert!(kept.starts_with(b"Linux version 6.1\n"), "the head is kept");
+        assert!(
+            kept.ends_with(b"spam 19999 spam spam spam spam\n"),
+            "so is the latest"
+        );
+        assert!(String::from_utf8_lossy(&kept).contains("bytes dropped here"));
     }
 }

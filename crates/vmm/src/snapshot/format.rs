@@ -54,16 +54,23 @@ pub enum FormatError {
 /// Serialize `state` into a self-checking blob.
 pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, FormatError> {
     let body = postcard::to_allocvec(state).map_err(|e| FormatError::Encode(e.to_string()))?;
+    Ok(envelope(&body))
+}
+
+/// `body` (an encoded state) in the envelope, with its header and
+/// checksums: what [`encode`] writes. Public for tests and fuzzing, which
+/// put bodies of their own in a valid envelope.
+pub fn envelope(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     let header_crc = crc32fast::hash(&out);
     out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.extend_from_slice(body);
+    out
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -218,15 +225,7 @@ mod tests {
     fn garbage_with_valid_envelope_is_an_error_not_a_panic() {
         // A well-formed envelope around bytes that are not a `Small`.
         for body in [&b""[..], &[0xff; 7][..], &[0x80; 64][..], &[1, 2, 3][..]] {
-            let mut blob = Vec::new();
-            blob.extend_from_slice(&MAGIC);
-            blob.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-            blob.extend_from_slice(&0u32.to_le_bytes());
-            blob.extend_from_slice(&(body.len() as u64).to_le_bytes());
-            blob.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-            let crc = crc32fast::hash(&blob);
-            blob.extend_from_slice(&crc.to_le_bytes());
-            blob.extend_from_slice(body);
+            let blob = envelope(body);
             assert!(matches!(decode::<Small>(&blob), Err(FormatError::Body(_))));
         }
     }

@@ -31,7 +31,7 @@ use super::fault_around::FaultAroundOff;
 use super::format::{decode, encode};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
@@ -128,19 +128,36 @@ fn push_page(runs: &mut Vec<PageRun>, addr: u64) {
 }
 
 /// Stores `hot` in the snapshot directory `dir`, replacing any older list
-/// atomically (two copies may record at once; either list is fine).
+/// atomically (two copies may record at once; either list is fine). The
+/// list is written to a new file of a random name first (never one
+/// someone could have planted), mode 0600.
 pub fn save(dir: &Path, hot: &HotPages) -> io::Result<()> {
     let bytes = encode(hot).map_err(|e| io::Error::other(e.to_string()))?;
-    let tmp = dir.join(format!(".{HOT_PAGES_FILE}.{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, dir.join(HOT_PAGES_FILE)).inspect_err(|_| {
+    let (mut file, tmp) = crate::files::create_temp_in(dir, HOT_PAGES_FILE)?;
+    let written = file
+        .write_all(&bytes)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(HOT_PAGES_FILE)));
+    written.inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
 }
 
-/// The list stored in `dir`, if there is a usable one.
+/// The largest list file read: [`MAX_TOUCHED`] pages as single-page runs
+/// take well under this.
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// The list stored in `dir`, if there is a usable one (a regular file,
+/// not behind a symlink, of a plausible size).
 pub fn load(dir: &Path) -> Option<HotPages> {
-    let bytes = match std::fs::read(dir.join(HOT_PAGES_FILE)) {
+    let read = crate::files::open_regular(&dir.join(HOT_PAGES_FILE)).and_then(|file| {
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(io::Error::other("larger than any list"));
+        }
+        Ok(bytes)
+    });
+    let bytes = match read {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => {
@@ -524,5 +541,46 @@ mod tests {
         let hot = record(&mem).unwrap();
         assert_eq!(hot.touched_pages(), 1);
         assert_eq!(hot.written_pages(), 1);
+    }
+
+    #[test]
+    fn saving_never_writes_through_a_name_someone_planted() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        // The temporary name the list used to be written under first.
+        let planted = dir
+            .path()
+            .join(format!(".{HOT_PAGES_FILE}.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let hot = HotPages {
+            touched: vec![PageRun {
+                guest_addr: 0x1000,
+                pages: 1,
+            }],
+            written: Vec::new(),
+        };
+        save(dir.path(), &hot).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(load(dir.path()), Some(hot));
+        let mode = std::fs::metadata(dir.path().join(HOT_PAGES_FILE))
+            .unwrap()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_list_behind_a_symlink_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let hot = HotPages::default();
+        save(elsewhere.path(), &hot).unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.path().join(HOT_PAGES_FILE),
+            dir.path().join(HOT_PAGES_FILE),
+        )
+        .unwrap();
+        assert_eq!(load(dir.path()), None);
     }
 }

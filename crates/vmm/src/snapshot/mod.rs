@@ -12,18 +12,20 @@
 //! - [`hot_pages`]: the pages a restore touches first, mapped ahead of it;
 //!   [`fault_around`] keeps their recording exact.
 //! - [`bundle`]: the snapshot directory (state file + memory file).
+//! - [`limits`]: what a restore takes from a snapshot it did not make.
 
 pub mod bundle;
 pub mod fault_around;
 pub mod format;
 pub mod hot_pages;
+pub mod limits;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
 use serde::{Deserialize, Serialize};
 
-pub use format::{decode, encode, FormatError, FORMAT_VERSION, HEADER_LEN, MAGIC};
+pub use format::{decode, encode, envelope, FormatError, FORMAT_VERSION, HEADER_LEN, MAGIC};
 pub use vcpu::{msr_index_list, restore_vcpu, save_vcpu, FpuState, VcpuState};
 pub use vm::{restore_vm, save_vm, VmState};
 

@@ -12,7 +12,7 @@ use super::{Result, StateError};
 
 /// The VM-wide state. The VM must have been created with
 /// `KVM_CREATE_IRQCHIP` and `KVM_CREATE_PIT2`, on save and on restore.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VmState {
     pub pic_master: kvm_irqchip,
     pub pic_slave: kvm_irqchip,

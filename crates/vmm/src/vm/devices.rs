@@ -1,20 +1,21 @@
 //! The parts a cold boot and a restore assemble alike: the KVM VM object,
-//! guest memory registered with it, the legacy ports, and the virtio-mmio
-//! devices.
+//! the legacy ports, and the virtio-mmio devices. (Guest memory is
+//! `crate::memory`.)
 
 use super::{io, kvm_call, DiskConfig, VmError, VsockConfig};
 use crate::arch::x86_64::layout::*;
 use crate::bus::{lock, Bus};
+use crate::capped_log::CappedLog;
 use crate::devices::legacy::{self, ResetReporter};
+use crate::devices::serial::SerialState;
 use crate::devices::serial::{ConsoleSink, IrqTrigger, SerialDevice};
-use crate::devices::state::SerialState;
 use crate::devices::virtio::{self, mmio::REG_QUEUE_NOTIFY, MmioTransport, VirtioDevice};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::GuestMemoryMmap;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -49,64 +50,12 @@ pub(super) fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     Ok(vm)
 }
 
-/// Fresh, zeroed guest memory of `mib` MiB, registered with the VM.
-pub(super) fn create_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, VmError> {
-    let bytes = mib << 20;
-    let ranges: Vec<(GuestAddress, usize)> = ram_regions(bytes)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
-        mib,
-        reason: e.to_string(),
-    })?;
-    register_memory(vm, &mem, true)?;
-    Ok(mem)
-}
-
-/// Hands every region of `mem` to KVM as a memory slot.
-pub(super) fn register_memory(
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    huge_pages: bool,
-) -> Result<(), VmError> {
-    let mib = mem.iter().map(|r| r.len()).sum::<u64>() >> 20;
-    for (slot, region) in mem.iter().enumerate() {
-        let host_addr = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| VmError::Memory {
-                mib,
-                reason: e.to_string(),
-            })?;
-        if huge_pages {
-            // Transparent huge pages where the host allows them: one 2 MiB
-            // fault instead of 512 small ones, each a VM exit to the host's
-            // page-fault path (QEMU does the same). Advice only; failure is
-            // fine. (Not for a restored snapshot: its pages come from the
-            // page cache, shared copy-on-write.)
-            // SAFETY: advising a mapping we own, over exactly its length.
-            unsafe { libc::madvise(host_addr.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-        }
-        let region_desc = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: host_addr as u64,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which the Vm
-        // keeps until the process ends.
-        kvm_call("KVM_SET_USER_MEMORY_REGION", unsafe {
-            vm.set_user_memory_region(region_desc)
-        })?;
-    }
-    Ok(())
-}
-
 /// Where the console goes.
 pub(super) struct ConsoleConfig {
     /// From [`open_serial_log`].
     pub serial_log: Option<File>,
+    /// What the serial log may grow to (see `capped_log`).
+    pub serial_log_cap: u64,
     pub echo: bool,
 }
 
@@ -115,7 +64,7 @@ pub(super) struct ConsoleConfig {
 pub(super) fn open_serial_log(path: &Path) -> Result<File, VmError> {
     io(
         format!("opening serial log {}", path.display()),
-        File::options().create(true).append(true).open(path),
+        crate::files::open_log(path),
     )
 }
 
@@ -130,11 +79,15 @@ pub(super) fn add_legacy_devices(
 ) -> Result<Arc<Mutex<SerialDevice>>, VmError> {
     let irq = io("serial irqfd", EventFd::new(libc::EFD_NONBLOCK))?;
     kvm_call("KVM_IRQFD (serial)", vm.register_irqfd(&irq, SERIAL_IRQ))?;
-    let sink = ConsoleSink::new(console.serial_log, console.echo, reset.panicked.clone());
+    let log = console
+        .serial_log
+        .map(|file| CappedLog::new(file, console.serial_log_cap))
+        .transpose();
+    let log = io("serial log", log)?;
+    let sink = ConsoleSink::new(log, console.echo, reset.panicked.clone());
     let serial = match saved_serial {
-        Some(state) => {
-            SerialDevice::restore(state, IrqTrigger(irq), sink).map_err(VmError::Snapshot)?
-        }
+        Some(state) => SerialDevice::restore(state, IrqTrigger(irq), sink)
+            .map_err(|e| VmError::Snapshot(e.to_string()))?,
         None => SerialDevice(Serial::new(IrqTrigger(irq), sink)),
     };
     let serial = Arc::new(Mutex::new(serial));

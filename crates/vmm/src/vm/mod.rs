@@ -23,7 +23,6 @@ use crate::pause::PauseGate;
 use crate::snapshot::hot_pages;
 use crate::vcpu::VcpuRunner;
 use devices::ConsoleConfig;
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
 use std::path::PathBuf;
@@ -66,6 +65,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     pub rng: bool,
     pub serial_log: Option<PathBuf>,
+    /// The most the serial log keeps (`capped_log::DEFAULT_SERIAL_LOG_CAP`
+    /// unless the host says otherwise).
+    pub serial_log_cap: u64,
     /// Also copy the console to our stderr.
     pub console_echo: bool,
 }
@@ -79,8 +81,10 @@ pub enum VmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("guest memory of {mib} MiB: {reason}")]
-    Memory { mib: u64, reason: String },
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error("setting up a vCPU: {0}")]
+    Vcpu(#[from] arch::vcpu::VcpuSetupError),
     #[error(transparent)]
     Boot(#[from] arch::boot::BootError),
     #[error("{what}: {source}")]
@@ -207,7 +211,7 @@ impl Vm {
         }
         let kvm = devices::open_kvm()?;
         let vm = devices::create_vm(&kvm)?;
-        let mem = devices::create_memory(&vm, config.memory_mib)?;
+        let mem = crate::memory::create(&vm, config.memory_mib)?;
         let mut w = Wiring::new();
         let console = ConsoleConfig {
             serial_log: config
@@ -215,6 +219,7 @@ impl Vm {
                 .as_deref()
                 .map(devices::open_serial_log)
                 .transpose()?,
+            serial_log_cap: config.serial_log_cap,
             echo: config.console_echo,
         };
         let serial = devices::add_legacy_devices(&vm, &mut w.pio, console, &w.reset, None)?;
@@ -251,35 +256,12 @@ impl Vm {
         mem.write_slice(&mptable, GuestAddress(MPTABLE_ADDR))
             .map_err(|e| VmError::Config(format!("MP table: {e}")))?;
 
+        let host_cpu = arch::vcpu::HostCpu::query(&kvm)?;
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
-        let supported = kvm_call(
-            "KVM_GET_SUPPORTED_CPUID",
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
-        )?;
-        let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         for id in 0..config.vcpus {
             let fd = kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(id as u64))?;
-            let mut cpuid = supported.clone();
-            arch::cpuid::for_vcpu(&mut cpuid, id, config.vcpus, tsc_deadline);
-            kvm_call("KVM_SET_CPUID2", fd.set_cpuid2(&cpuid))?;
-            let msrs =
-                arch::msrs::boot_msrs().map_err(|e| VmError::Config(format!("MSR list: {e:?}")))?;
-            kvm_call("KVM_SET_MSRS", fd.set_msrs(&msrs))?;
-            let mut lapic = kvm_call("KVM_GET_LAPIC", fd.get_lapic())?;
-            arch::configure_lint(&mut lapic);
-            kvm_call("KVM_SET_LAPIC", fd.set_lapic(&lapic))?;
-            kvm_call("KVM_SET_FPU", fd.set_fpu(&arch::regs::boot_fpu()))?;
-            if id == 0 {
-                let sregs = kvm_call("KVM_GET_SREGS", fd.get_sregs())?;
-                kvm_call(
-                    "KVM_SET_SREGS",
-                    fd.set_sregs(&arch::regs::long_mode_sregs(sregs)),
-                )?;
-                kvm_call(
-                    "KVM_SET_REGS",
-                    fd.set_regs(&arch::regs::boot_regs(kernel.entry)),
-                )?;
-            }
+            let entry = (id == 0).then_some(kernel.entry);
+            arch::vcpu::configure_for_boot(&fd, &host_cpu, id, config.vcpus, entry)?;
             vcpus.push(w.runner(id, fd));
         }
         Ok(Vm::assemble(

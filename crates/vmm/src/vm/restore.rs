@@ -15,8 +15,9 @@ use crate::arch::x86_64::host;
 use crate::bus::lock;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::MmioTransport;
-use crate::snapshot::bundle::{read_state, SnapshotState, MEMORY_FILE};
+use crate::snapshot::bundle::{SnapshotDir, SnapshotState, MEMORY_FILE};
 use crate::snapshot::hot_pages::{self, HotPages};
+use crate::snapshot::limits::{self, HostLimits};
 use crate::snapshot::memory::{map_memory, prefault_in_background, RegionLayout};
 use crate::snapshot::{restore_vcpu, restore_vm};
 use std::fs::File;
@@ -34,6 +35,8 @@ pub struct RestoreConfig {
     pub vsock: Option<VsockConfig>,
     pub rng: bool,
     pub serial_log: Option<PathBuf>,
+    /// The most the serial log keeps (see `VmConfig::serial_log_cap`).
+    pub serial_log_cap: u64,
     pub console_echo: bool,
 }
 
@@ -79,24 +82,23 @@ impl Vm {
     /// [`Vm::restore`] into a VM prepared in advance.
     pub fn restore_into(empty: EmptyVm, config: &RestoreConfig) -> Result<Vm, VmError> {
         let dir = &config.snapshot_dir;
-        let state = read_state(dir).map_err(snapshot_err)?;
-        let vcpu_count = state.machine.vcpus.len();
-        if vcpu_count == 0 || vcpu_count > 64 {
-            return Err(snapshot_err(format!(
-                "{} saved vCPUs: not a machine this VMM makes",
-                vcpu_count
-            )));
-        }
+        // The snapshot may come from anywhere: its files are opened
+        // without following symlinks and only if regular, and the machine
+        // it describes must be one this host can carry (`limits`).
+        let snapshot = SnapshotDir::open(dir).map_err(snapshot_err)?;
+        let state = snapshot.read_state().map_err(snapshot_err)?;
         let EmptyVm {
             vm,
             serial_log: opened_log,
         } = empty;
+        limits::check(&state, &HostLimits::of_this_host(&vm))
+            .map_err(|e| snapshot_err(format!("{}: {e}", dir.display())))?;
+        let vcpu_count = state.machine.vcpus.len();
         let memory_path = dir.join(MEMORY_FILE);
-        let memory_file = File::open(&memory_path)
-            .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
+        let memory_file = snapshot.open_file(MEMORY_FILE).map_err(snapshot_err)?;
         let mem = map_memory(&memory_file, &state.memory)
             .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
-        devices::register_memory(&vm, &mem, false)?;
+        crate::memory::register(&vm, &mem, false)?;
         let hot = hot_pages::load(dir);
         // Made before anything touches guest memory, so that everything
         // the restore and the guest touch is in the recording.
@@ -144,6 +146,7 @@ impl Vm {
             }
             let console = ConsoleConfig {
                 serial_log,
+                serial_log_cap: config.serial_log_cap,
                 echo: config.console_echo,
             };
             restore_devices(&vm, &mem, &mut w, console, config, &state)

@@ -62,11 +62,7 @@ impl Vm {
         let serial = lock(&self.serial).save();
 
         let memory_path = dir.join(MEMORY_FILE);
-        let memory = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&memory_path)
+        let memory = crate::files::create_new(&memory_path)
             .map_err(|e| fail(&format!("creating {}", memory_path.display()), &e))?;
         let (layout, written) =
             write_memory(&self.mem, &memory).map_err(|e| fail("guest memory", &e))?;

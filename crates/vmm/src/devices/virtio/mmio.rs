@@ -1,48 +1,33 @@
 //! The virtio-mmio register window (virtio 1.2 §4.2.2), version 2 only.
 
-use super::{Activation, Interrupt, Poller, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::persist::{QueueState, TransportRestoreError, TransportState};
+use super::{Activation, Interrupt, Poller, VirtioDevice, FEATURE_VERSION_1};
 use crate::bus::{lock, BusDevice};
-use crate::devices::state::{QueueState, TransportState};
 use std::sync::{Arc, Mutex};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-const MAGIC: u32 = 0x7472_6976; // "virt"
+/// "virt" in little-endian, the value every virtio-mmio device answers
+/// at `MagicValue`.
+const MAGIC: u32 = 0x7472_6976;
+/// The modern (virtio 1.x) register layout; version 1 is the legacy one.
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x4d48_4353; // "SCHM"
 
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_VENDOR_ID: u64 = 0x00c;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-pub const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_INTERRUPT_STATUS: u64 = 0x060;
-const REG_INTERRUPT_ACK: u64 = 0x064;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC_LOW: u64 = 0x080;
-const REG_QUEUE_DESC_HIGH: u64 = 0x084;
-const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
-const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
-const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const REG_SHM_LEN_LOW: u64 = 0x0b0;
-const REG_SHM_LEN_HIGH: u64 = 0x0b4;
-const REG_CONFIG_GENERATION: u64 = 0x0fc;
-const CONFIG_SPACE: u64 = 0x100;
+/// Where the `QueueNotify` register sits in a device's window, for the
+/// ioeventfds that catch writes to it before they reach us.
+pub const REG_QUEUE_NOTIFY: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+const CONFIG_SPACE: u64 = VIRTIO_MMIO_CONFIG as u64;
 
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_NEEDS_RESET: u32 = 0x40;
+const STATUS_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+const STATUS_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
+const STATUS_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
 
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -78,7 +63,7 @@ impl MmioTransport {
             (
                 d.name(),
                 d.device_type(),
-                d.features() | VIRTIO_F_VERSION_1,
+                d.features() | FEATURE_VERSION_1,
                 d.queue_max_sizes().to_vec(),
             )
         };
@@ -133,7 +118,7 @@ impl MmioTransport {
             driver_features_sel: self.driver_features_sel,
             acked_features: self.acked_features,
             queue_sel: self.queue_sel,
-            status: self.status,
+            status: self.status(),
             activated: self.activated,
             interrupt_status: self.interrupt.status(),
             queues,
@@ -144,27 +129,35 @@ impl MmioTransport {
     /// Puts a freshly built transport into the saved state. The device
     /// comes back to life only in [`Self::resume_after_restore`], once the
     /// interrupt controllers and vCPUs are restored too.
-    pub fn restore(&mut self, state: &TransportState) -> Result<(), String> {
-        lock(&self.device).check_restore(&state.device)?;
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), TransportRestoreError> {
+        lock(&self.device).restore(&state.device)?;
         if state.queues.len() != self.queues.len() {
-            return Err(format!(
-                "virtio-{}: the snapshot has {} queues, the device {}",
-                self.name,
-                state.queues.len(),
-                self.queues.len()
-            ));
+            return Err(TransportRestoreError::QueueCount {
+                device: self.name,
+                saved: state.queues.len(),
+                actual: self.queues.len(),
+            });
         }
         self.queues = state
             .queues
             .iter()
-            .map(QueueState::to_queue)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("virtio-{}: {e}", self.name))?;
+            .enumerate()
+            .map(|(index, q)| {
+                q.to_queue().map_err(|source| TransportRestoreError::Queue {
+                    device: self.name,
+                    index,
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
         self.device_features_sel = state.device_features_sel;
         self.driver_features_sel = state.driver_features_sel;
         self.acked_features = state.acked_features & self.offered_features;
         self.queue_sel = state.queue_sel;
         self.status = state.status;
+        // A device that stopped serving a broken driver stays stopped.
+        self.interrupt
+            .set_broken(state.activated && state.status & STATUS_NEEDS_RESET != 0);
         self.restored_active = state.activated;
         self.restored_interrupt = state.interrupt_status;
         Ok(())
@@ -186,6 +179,16 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// The `Status` register: what the driver wrote, plus NEEDS_RESET
+    /// once the device is broken.
+    fn status(&self) -> u32 {
+        if self.interrupt.is_broken() {
+            self.status | STATUS_NEEDS_RESET
+        } else {
+            self.status
+        }
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }
@@ -196,13 +199,14 @@ impl MmioTransport {
             return;
         }
         self.status = value;
-        if value & STATUS_FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+        if value & STATUS_FEATURES_OK != 0 && self.acked_features & FEATURE_VERSION_1 == 0 {
             // A legacy-only driver: we do not speak that dialect.
             self.status &= !STATUS_FEATURES_OK;
         }
         if value & STATUS_DRIVER_OK != 0 && !self.activated {
             if let Err(e) = self.activate() {
-                tracing::error!("virtio-{}: activation failed: {e}", self.name);
+                // The driver may reset and try again, as often as it likes.
+                crate::limited!(error, "virtio-{}: activation failed: {e}", self.name);
                 self.status |= STATUS_NEEDS_RESET;
             }
         }
@@ -213,11 +217,16 @@ impl MmioTransport {
             // The event thread owns the device's queues now; a live reset
             // would need it to hand them back. Linux only resets a live
             // device on driver unbind, which our guests do not do.
-            tracing::warn!("virtio-{}: reset of an active device ignored", self.name);
+            crate::limited!(
+                warn,
+                "virtio-{}: reset of an active device ignored",
+                self.name
+            );
             self.status |= STATUS_NEEDS_RESET;
             return;
         }
         self.status = 0;
+        self.interrupt.set_broken(false);
         self.acked_features = 0;
         self.queue_sel = 0;
         for q in &mut self.queues {
@@ -309,23 +318,24 @@ impl BusDevice for MmioTransport {
             data.fill(0);
             return;
         }
-        let value = match offset {
-            REG_MAGIC => MAGIC,
-            REG_VERSION => VERSION,
-            REG_DEVICE_ID => self.device_type,
-            REG_VENDOR_ID => VENDOR,
-            REG_DEVICE_FEATURES => match self.device_features_sel {
+        // Below CONFIG_SPACE, so it fits.
+        let value = match offset as u32 {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device_type,
+            VIRTIO_MMIO_VENDOR_ID => VENDOR,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
                 0 => self.offered_features as u32,
                 1 => (self.offered_features >> 32) as u32,
                 _ => 0,
             },
-            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
-            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
-            REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
+            VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready() as u32),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status(),
             // No shared memory regions: length reads as "absent" (all ones).
-            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
-            REG_CONFIG_GENERATION => 0,
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            VIRTIO_MMIO_CONFIG_GENERATION => 0,
             _ => 0,
         };
         read_u32(data, value);
@@ -341,10 +351,12 @@ impl BusDevice for MmioTransport {
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         // Queue layout may only change before the device goes live.
         let configurable = !self.activated;
-        match offset {
-            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
-            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
-            REG_DRIVER_FEATURES => {
+        // Below CONFIG_SPACE, so it fits.
+        let reg = offset as u32;
+        match reg {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES => {
                 let shift = match self.driver_features_sel {
                     0 => 0,
                     1 => 32,
@@ -354,46 +366,60 @@ impl BusDevice for MmioTransport {
                 let accepted = ((v as u64) << shift) & self.offered_features;
                 self.acked_features = (self.acked_features & !mask) | accepted;
             }
-            REG_QUEUE_SEL => self.queue_sel = v,
-            REG_QUEUE_NUM if configurable => {
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
+            VIRTIO_MMIO_QUEUE_NUM if configurable => {
+                let name = self.name;
                 if let Some(q) = self.selected_queue() {
-                    q.set_size(v as u16);
+                    if q.try_set_size(v as u16).is_err() {
+                        crate::limited!(debug, "virtio-{name}: queue size {v} refused");
+                    }
                 }
             }
-            REG_QUEUE_READY if configurable => {
+            VIRTIO_MMIO_QUEUE_READY if configurable => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(v == 1);
                 }
             }
-            REG_QUEUE_DESC_LOW
-            | REG_QUEUE_DESC_HIGH
-            | REG_QUEUE_DRIVER_LOW
-            | REG_QUEUE_DRIVER_HIGH
-            | REG_QUEUE_DEVICE_LOW
-            | REG_QUEUE_DEVICE_HIGH
+            VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH
                 if configurable =>
             {
+                let name = self.name;
                 if let Some(q) = self.selected_queue() {
-                    let (low, high) = if offset & 4 == 0 {
-                        (Some(v), None)
-                    } else {
-                        (None, Some(v))
+                    // Each address is a LOW register and the HIGH one 4 bytes on.
+                    let with_half = |addr: u64| {
+                        GuestAddress(if reg & 4 == 0 {
+                            (addr & !0xffff_ffff) | u64::from(v)
+                        } else {
+                            (addr & 0xffff_ffff) | (u64::from(v) << 32)
+                        })
                     };
-                    match offset & !4 {
-                        REG_QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
-                        REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
-                        _ => q.set_used_ring_address(low, high),
+                    let set = match reg & !4 {
+                        VIRTIO_MMIO_QUEUE_DESC_LOW => {
+                            q.try_set_desc_table_address(with_half(q.desc_table()))
+                        }
+                        VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                            q.try_set_avail_ring_address(with_half(q.avail_ring()))
+                        }
+                        _ => q.try_set_used_ring_address(with_half(q.used_ring())),
+                    };
+                    if set.is_err() {
+                        crate::limited!(debug, "virtio-{name}: misaligned queue address refused");
                     }
                 }
             }
-            REG_QUEUE_NOTIFY => {
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
                 // Normally caught by the ioeventfd; forward if it reaches us.
                 if let Some(evt) = self.queue_evts.get(v as usize) {
                     let _ = evt.write(1);
                 }
             }
-            REG_INTERRUPT_ACK => self.interrupt.ack(v),
-            REG_STATUS => self.set_status(v),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(v),
+            VIRTIO_MMIO_STATUS => self.set_status(v),
             _ => {}
         }
     }
@@ -402,16 +428,17 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::state::DeviceState;
+    use crate::devices::virtio::persist::DeviceState;
+    use crate::devices::virtio::rng::RngState;
     use vm_memory::GuestAddress;
 
-    fn write(t: &mut MmioTransport, reg: u64, v: u32) {
-        t.write(reg, &v.to_le_bytes());
+    fn write(t: &mut MmioTransport, reg: u32, v: u32) {
+        t.write(reg.into(), &v.to_le_bytes());
     }
 
-    fn read(t: &mut MmioTransport, reg: u64) -> u32 {
+    fn read(t: &mut MmioTransport, reg: u32) -> u32 {
         let mut b = [0u8; 4];
-        t.read(reg, &mut b);
+        t.read(reg.into(), &mut b);
         u32::from_le_bytes(b)
     }
 
@@ -427,12 +454,15 @@ mod tests {
     #[test]
     fn identifies_as_a_modern_virtio_device() {
         let mut t = transport();
-        assert_eq!(read(&mut t, REG_MAGIC), MAGIC);
-        assert_eq!(read(&mut t, REG_VERSION), 2);
-        assert_eq!(read(&mut t, REG_DEVICE_ID), super::super::TYPE_RNG);
-        write(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_MAGIC_VALUE), MAGIC);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_VERSION), 2);
         assert_eq!(
-            read(&mut t, REG_DEVICE_FEATURES) & 1,
+            read(&mut t, VIRTIO_MMIO_DEVICE_ID),
+            virtio_bindings::virtio_ids::VIRTIO_ID_RNG
+        );
+        write(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_DEVICE_FEATURES) & 1,
             1,
             "VIRTIO_F_VERSION_1 offered"
         );
@@ -441,20 +471,20 @@ mod tests {
     #[test]
     fn save_captures_negotiation_and_queue_setup() {
         let mut t = transport();
-        write(&mut t, REG_DRIVER_FEATURES_SEL, 1);
-        write(&mut t, REG_DRIVER_FEATURES, 1);
-        write(&mut t, REG_QUEUE_SEL, 0);
-        write(&mut t, REG_QUEUE_NUM, 64);
-        write(&mut t, REG_QUEUE_DESC_LOW, 0x1000);
-        write(&mut t, REG_QUEUE_DRIVER_LOW, 0x2000);
-        write(&mut t, REG_QUEUE_DEVICE_LOW, 0x3000);
-        write(&mut t, REG_QUEUE_READY, 1);
-        write(&mut t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 64);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x3000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        write(&mut t, VIRTIO_MMIO_STATUS, 1 | 2 | STATUS_FEATURES_OK);
         let s = t.save();
-        assert_eq!(s.acked_features, VIRTIO_F_VERSION_1);
+        assert_eq!(s.acked_features, FEATURE_VERSION_1);
         assert_eq!(s.status, 1 | 2 | STATUS_FEATURES_OK);
         assert!(!s.activated);
-        assert_eq!(s.device, DeviceState::Rng);
+        assert_eq!(s.device, DeviceState::Rng(RngState));
         let q = &s.queues[0];
         assert_eq!(
             (q.size, q.ready, q.desc_table, q.avail_ring, q.used_ring),
@@ -465,7 +495,99 @@ mod tests {
     #[test]
     fn a_driver_without_version_1_cannot_finish_negotiation() {
         let mut t = transport();
-        write(&mut t, REG_STATUS, 1 | 2 | STATUS_FEATURES_OK);
-        assert_eq!(read(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        write(&mut t, VIRTIO_MMIO_STATUS, 1 | 2 | STATUS_FEATURES_OK);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn a_broken_device_shows_needs_reset_until_the_driver_resets_it() {
+        let mut t = transport();
+        write(&mut t, VIRTIO_MMIO_STATUS, 1 | 2);
+        assert!(t.interrupt.mark_broken());
+        assert!(!t.interrupt.mark_broken(), "broken once");
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 1 | 2 | STATUS_NEEDS_RESET);
+        assert_ne!(
+            read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG,
+            0
+        );
+        assert_ne!(t.save().status & STATUS_NEEDS_RESET, 0);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert!(!t.interrupt.is_broken());
+    }
+
+    #[test]
+    fn a_device_saved_broken_is_restored_broken() {
+        let mut saved = transport().save();
+        saved.activated = true;
+        saved.status = 1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_NEEDS_RESET;
+        let mut t = transport();
+        t.restore(&saved).unwrap();
+        assert!(t.interrupt.is_broken());
+        saved.status &= !STATUS_NEEDS_RESET;
+        let mut t = transport();
+        t.restore(&saved).unwrap();
+        assert!(!t.interrupt.is_broken());
+    }
+
+    #[test]
+    fn queue_addresses_take_both_halves_and_refuse_misalignment() {
+        let mut t = transport();
+        write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2000);
+        // The avail ring must be 2-byte aligned: refused, the old one kept.
+        write(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x3001);
+        let q = &t.save().queues[0];
+        assert_eq!((q.desc_table, q.avail_ring), (0x1_0000_1000, 0x2000));
+    }
+
+    /// Counts the lines written to it.
+    #[derive(Clone, Default)]
+    struct LineCounter(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl std::io::Write for LineCounter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            self.0.fetch_add(lines, std::sync::atomic::Ordering::SeqCst);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_driver_failing_activation_over_and_over_logs_a_few_lines_not_one_each() {
+        let lines = LineCounter::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut t = transport();
+            for _ in 0..1000 {
+                // A ready queue whose rings lie outside guest memory.
+                write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+                write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 16);
+                write(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x10);
+                write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+                write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+                write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+                write(
+                    &mut t,
+                    VIRTIO_MMIO_STATUS,
+                    1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+                );
+                assert_ne!(read(&mut t, VIRTIO_MMIO_STATUS) & STATUS_NEEDS_RESET, 0);
+                write(&mut t, VIRTIO_MMIO_STATUS, 0);
+            }
+        });
+        let written = lines.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=crate::log_limit::BURST as usize).contains(&written),
+            "{written} lines"
+        );
     }
 }

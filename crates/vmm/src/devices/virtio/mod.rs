@@ -8,37 +8,45 @@
 
 pub mod block;
 pub mod mmio;
-mod queue_util;
+pub mod persist;
+mod queue;
 pub mod rng;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod vsock;
 
 pub use mmio::MmioTransport;
-
-use crate::devices::state::{DeviceState, QueueState};
+pub use persist::{DeviceRestoreError, DeviceState, Persist, QueueState, TransportState};
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// A feature bit number (as virtio-bindings gives them) as a mask of the
+/// 64-bit feature word.
+pub const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
 
-pub const TYPE_NET: u32 = 1;
-pub const TYPE_BLOCK: u32 = 2;
-pub const TYPE_RNG: u32 = 4;
-pub const TYPE_VSOCK: u32 = 19;
-
-/// Interrupt status bits (virtio-mmio `InterruptStatus`).
-const INT_USED_RING: u32 = 1;
+/// Virtio 1.x, the only dialect we speak: offered by every device.
+pub const FEATURE_VERSION_1: u64 = feature(VIRTIO_F_VERSION_1);
 
 /// The device's interrupt line: a status word the driver reads and acks
 /// through the transport, and the irqfd that raises the IOAPIC pin.
+///
+/// It also carries the device's one piece of health: whether the driver
+/// broke it (see `queue`), which the transport shows the driver as
+/// DEVICE_NEEDS_RESET.
 pub struct Interrupt {
     status: Arc<AtomicU32>,
     irqfd: EventFd,
+    broken: AtomicBool,
 }
 
 impl Interrupt {
@@ -46,18 +54,47 @@ impl Interrupt {
         Interrupt {
             status: Arc::new(AtomicU32::new(0)),
             irqfd,
+            broken: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the device broken and tells the driver (a configuration-change
+    /// interrupt; it then reads DEVICE_NEEDS_RESET in the status). Returns
+    /// whether this call broke it (false if it already was).
+    pub fn mark_broken(&self) -> bool {
+        let first = !self.broken.swap(true, Ordering::SeqCst);
+        if first {
+            self.status
+                .fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
+            if let Err(e) = self.irqfd.write(1) {
+                crate::limited!(warn, "virtio irqfd write failed: {e}");
+            }
+        }
+        first
+    }
+
+    /// Whether the driver broke the device: it serves no queue then.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Puts back "broken" as a snapshot saved it (no interrupt: the saved
+    /// status has it already) or clears it on a driver reset.
+    fn set_broken(&self, broken: bool) {
+        self.broken.store(broken, Ordering::SeqCst);
     }
 
     /// Tells the driver that used buffers are waiting.
     pub fn signal_used_queue(&self) {
-        self.status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        self.status
+            .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
-            tracing::warn!("virtio irqfd write failed: {e}");
+            crate::limited!(warn, "virtio irqfd write failed: {e}");
         }
     }
 
-    fn status(&self) -> u32 {
+    /// The `InterruptStatus` register.
+    pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
     }
 
@@ -73,7 +110,7 @@ impl Interrupt {
         self.status.fetch_or(status, Ordering::SeqCst);
         if status != 0 {
             if let Err(e) = self.irqfd.write(1) {
-                tracing::warn!("virtio irqfd write failed: {e}");
+                crate::limited!(warn, "virtio irqfd write failed: {e}");
             }
         }
     }
@@ -88,6 +125,11 @@ pub const FIRST_DEVICE_TOKEN: u64 = 64;
 pub struct Poller(Arc<Epoll>);
 
 impl Poller {
+    /// A poller of its own; a device gets the one its transport's event
+    /// thread waits on (see [`Activation`]).
+    pub fn new() -> io::Result<Poller> {
+        Ok(Poller(Arc::new(Epoll::new()?)))
+    }
     pub fn add(&self, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
         self.0
             .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
@@ -99,6 +141,17 @@ impl Poller {
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
         self.0
             .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+    /// The registered fds that are ready now (token, events), without
+    /// waiting: tests stand in for the event thread with it.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn ready_now(&self) -> Vec<(u64, EventSet)> {
+        let mut events = vec![EpollEvent::default(); 64];
+        let n = self.0.wait(0, &mut events).unwrap_or(0);
+        events[..n]
+            .iter()
+            .map(|e| (e.data(), e.event_set()))
+            .collect()
     }
 }
 
@@ -114,9 +167,10 @@ pub struct Activation {
 pub trait VirtioDevice: Send + 'static {
     /// Short name for thread names and logs.
     fn name(&self) -> &'static str;
+    /// The virtio device id (`virtio_bindings::virtio_ids`).
     fn device_type(&self) -> u32;
     fn queue_max_sizes(&self) -> &[u16];
-    /// Feature bits offered to the driver; [`VIRTIO_F_VERSION_1`] is added by the transport.
+    /// Feature bits offered to the driver; [`FEATURE_VERSION_1`] is added by the transport.
     fn features(&self) -> u64;
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn activate(&mut self, activation: Activation) -> io::Result<()>;
@@ -124,14 +178,15 @@ pub trait VirtioDevice: Send + 'static {
     fn handle_queue(&mut self, index: usize);
     /// A host fd the device registered through its [`Poller`] is ready.
     fn handle_fd(&mut self, _token: u64, _events: EventSet) {}
-    /// The device's own state, for a snapshot.
+    /// The device's own state, for a snapshot ([`Persist::save`], tagged).
     fn save(&self) -> DeviceState;
     /// The queues the device runs on once active (their progress lives here,
     /// not in the transport's copies).
     fn active_queues(&self) -> Vec<QueueState>;
-    /// Whether this device can stand in for the one that saved `state`
-    /// (same kind, same disk size, …); the reason if not.
-    fn check_restore(&self, state: &DeviceState) -> Result<(), String>;
+    /// Puts this freshly built device into a saved state, if it can stand
+    /// in for the one that saved it (same kind, same disk size, …)
+    /// ([`Persist::restore`], after checking the kind).
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceRestoreError>;
     /// Runs once a restored device is active again, before the vCPUs do.
     /// The default handles every queue as if kicked: a kick that reached
     /// the device just before the pause may not have been served.

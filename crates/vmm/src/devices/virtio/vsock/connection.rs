@@ -57,6 +57,8 @@ pub struct Connection {
     pub registered: (bool, bool),
     /// Whether the stream's fd is in the epoll set at all.
     pub in_epoll: bool,
+    /// The guest opened it (counted against `MAX_GUEST_CONNECTIONS`).
+    pub opened_by_guest: bool,
     /// The host closed its socket entirely. Its fd leaves the epoll set
     /// (a hung-up fd reports EPOLLHUP whatever the interest, which would spin
     /// the device thread); what it sent is still delivered to the guest.
@@ -92,6 +94,7 @@ impl Connection {
             guest_reset: false,
             registered: (false, false),
             in_epoll: false,
+            opened_by_guest: false,
             host_hung_up: false,
         }
     }

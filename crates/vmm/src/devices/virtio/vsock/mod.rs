@@ -2,19 +2,30 @@
 //! kernel may not have it, and snapshots need the device state here).
 //! Queue 0 carries packets to the guest, queue 1 packets from it, queue 2
 //! transport events.
+//!
+//! - [`muxer`]: guest streams ↔ host Unix sockets, and the handshake;
+//! - [`connection`]: one stream's buffers and credit;
+//! - [`packet`]: the packet header;
+//! - [`state`]: what a snapshot keeps ([`VsockState`]).
 
 mod connection;
 mod muxer;
 mod packet;
+mod state;
+#[cfg(test)]
+mod tests;
 
-use super::queue_util::drain;
-use super::{read_config_bytes, Activation, Interrupt, VirtioDevice, TYPE_VSOCK};
-use crate::devices::state::{DeviceState, QueueState};
+pub use state::{VsockRestoreError, VsockState};
+
+use super::persist::{DeviceRestoreError, DeviceState, Persist, QueueState};
+use super::queue::{drain, pop, report_broken, QueueError};
+use super::{read_config_bytes, Activation, Interrupt, VirtioDevice};
 use muxer::Muxer;
 use packet::{Header, HEADER_LEN};
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -39,6 +50,9 @@ pub struct Vsock {
     muxer: Muxer,
     active: Option<Active>,
     payload: Vec<u8>,
+    /// The TX queue was left unread because the muxer's replies were
+    /// full; read on once the guest has taken some.
+    tx_stalled: bool,
 }
 
 impl Vsock {
@@ -49,36 +63,79 @@ impl Vsock {
             muxer: Muxer::bind(uds_path, guest_cid)?,
             active: None,
             payload: Vec::new(),
+            tx_stalled: false,
         })
     }
 
-    fn process_tx(&mut self) {
-        let Some(a) = &mut self.active else { return };
+    /// Runs `serve` over the active queues, unless the device is broken;
+    /// breaks it if the driver broke a queue.
+    fn serve(&mut self, serve: impl FnOnce(&mut Self) -> Result<(), (usize, QueueError)>) {
+        let Some(a) = &self.active else { return };
+        if a.interrupt.is_broken() {
+            return;
+        }
+        if let Err((queue, e)) = serve(self) {
+            if let Some(a) = &self.active {
+                report_broken(&a.interrupt, "vsock", queue, &e);
+            }
+            // Nothing more reaches the guest: let the host ends go now
+            // rather than leave them waiting on a device that is gone.
+            self.muxer.shut_down();
+        }
+    }
+
+    /// Reads the guest's packets while the muxer has room for the replies
+    /// they may need (see `muxer::MAX_PENDING_CONTROL`).
+    fn process_tx(&mut self) -> Result<(), (usize, QueueError)> {
+        let Some(a) = &mut self.active else {
+            return Ok(());
+        };
         let muxer = &mut self.muxer;
         let payload = &mut self.payload;
         let mem = &a.mem;
-        drain(&mut a.queues[TX], mem, &a.interrupt, |chain| {
-            let mut reader = match Reader::<()>::new(mem, chain) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!("vsock tx: unreadable descriptor chain: {e:?}");
+        let room = std::cell::Cell::new(muxer.accepts_guest_packets());
+        let taken = drain(
+            &mut a.queues[TX],
+            mem,
+            &a.interrupt,
+            || room.get(),
+            |chain| {
+                let mut reader = match Reader::<()>::new(mem, chain) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!("vsock tx: unreadable descriptor chain: {e:?}");
+                        return 0;
+                    }
+                };
+                let Ok(h) = reader.read_obj::<Header>() else {
+                    tracing::debug!("vsock tx: packet shorter than a header");
                     return 0;
+                };
+                let len = (h.len as usize)
+                    .min(MAX_PAYLOAD)
+                    .min(reader.available_bytes());
+                payload.resize(len, 0);
+                match reader.read_exact(payload) {
+                    Ok(()) => muxer.handle_guest_packet(h, payload),
+                    Err(e) => tracing::debug!("vsock tx: payload read: {e}"),
                 }
-            };
-            let Ok(h) = reader.read_obj::<Header>() else {
-                tracing::debug!("vsock tx: packet shorter than a header");
-                return 0;
-            };
-            let len = (h.len as usize)
-                .min(MAX_PAYLOAD)
-                .min(reader.available_bytes());
-            payload.resize(len, 0);
-            match reader.read_exact(payload) {
-                Ok(()) => muxer.handle_guest_packet(h, payload),
-                Err(e) => tracing::debug!("vsock tx: payload read: {e}"),
-            }
-            0
-        });
+                room.set(muxer.accepts_guest_packets());
+                0
+            },
+        );
+        self.tx_stalled = !room.get();
+        taken.map_err(|e| (TX, e))
+    }
+
+    /// Fills RX buffers, and reads on from a stalled TX queue as far as
+    /// that made room.
+    fn exchange(&mut self) -> Result<(), (usize, QueueError)> {
+        self.process_rx()?;
+        if self.tx_stalled && self.muxer.accepts_guest_packets() {
+            self.process_tx()?;
+            self.process_rx()?;
+        }
+        Ok(())
     }
 
     /// Tells the guest driver that every connection it had is gone (the
@@ -88,15 +145,15 @@ impl Vsock {
     ///
     /// Returns whether the event was posted: the guest will then kick the
     /// event queue once it has reset its sockets and re-posted the buffer.
-    fn post_transport_reset(&mut self) -> bool {
+    fn post_transport_reset(&mut self) -> Result<bool, (usize, QueueError)> {
         let Some(a) = &mut self.active else {
-            return false;
+            return Ok(false);
         };
         let mem = &a.mem;
         let queue = &mut a.queues[EVENT];
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        let Some(chain) = pop(queue, mem).map_err(|e| (EVENT, e))? else {
             tracing::warn!("vsock: no event buffer for the transport reset");
-            return false;
+            return Ok(false);
         };
         let head = chain.head_index();
         let len = match Writer::<()>::new(mem, chain) {
@@ -112,51 +169,57 @@ impl Vsock {
                 0
             }
         };
-        if let Err(e) = queue.add_used(mem, head, len) {
-            tracing::warn!("vsock event add_used: {e:?}");
-            return false;
-        }
+        queue
+            .add_used(mem, head, len)
+            .map_err(|e| (EVENT, QueueError::Ring(e)))?;
         if queue.needs_notification(mem).unwrap_or(true) {
             a.interrupt.signal_used_queue();
         }
-        len > 0
+        Ok(len > 0)
     }
 
-    fn process_rx(&mut self) {
-        let Some(a) = &mut self.active else { return };
+    /// Fills RX buffers while the muxer has packets for the guest.
+    fn process_rx(&mut self) -> Result<(), (usize, QueueError)> {
+        let Some(a) = &mut self.active else {
+            return Ok(());
+        };
         let mem = &a.mem;
         let queue = &mut a.queues[RX];
         let mut used_any = false;
-        while self.muxer.has_work_for_guest() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let len = match Writer::<()>::new(mem, chain) {
-                Ok(mut w) => {
-                    let room = w.available_bytes().saturating_sub(HEADER_LEN);
-                    match self.muxer.next_for_guest(room, &mut self.payload) {
-                        Some(h) => {
-                            let ok = w.write_obj(h).is_ok() && w.write_all(&self.payload).is_ok();
-                            if ok {
-                                (HEADER_LEN + self.payload.len()) as u32
-                            } else {
-                                0
+        let mut filled = || -> Result<(), QueueError> {
+            while self.muxer.has_work_for_guest() {
+                let Some(chain) = pop(queue, mem)? else {
+                    break;
+                };
+                let head = chain.head_index();
+                let len = match Writer::<()>::new(mem, chain) {
+                    Ok(mut w) => {
+                        let room = w.available_bytes().saturating_sub(HEADER_LEN);
+                        match self.muxer.next_for_guest(room, &mut self.payload) {
+                            Some(h) => {
+                                let ok =
+                                    w.write_obj(h).is_ok() && w.write_all(&self.payload).is_ok();
+                                if ok {
+                                    (HEADER_LEN + self.payload.len()) as u32
+                                } else {
+                                    0
+                                }
                             }
+                            None => 0,
                         }
-                        None => 0,
                     }
-                }
-                Err(_) => 0,
-            };
-            if let Err(e) = queue.add_used(mem, head, len) {
-                tracing::warn!("vsock rx add_used: {e:?}");
+                    Err(_) => 0,
+                };
+                queue.add_used(mem, head, len).map_err(QueueError::Ring)?;
+                used_any = true;
             }
-            used_any = true;
-        }
+            Ok(())
+        };
+        let result = filled();
         if used_any && queue.needs_notification(mem).unwrap_or(true) {
             a.interrupt.signal_used_queue();
         }
+        result.map_err(|e| (RX, e))
     }
 }
 
@@ -165,7 +228,7 @@ impl VirtioDevice for Vsock {
         "vsock"
     }
     fn device_type(&self) -> u32 {
-        TYPE_VSOCK
+        VIRTIO_ID_VSOCK
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
@@ -190,38 +253,36 @@ impl VirtioDevice for Vsock {
     }
     fn handle_queue(&mut self, index: usize) {
         tracing::debug!(index, "vsock: queue kick");
-        if index == TX {
-            self.process_tx();
-        }
-        if index == EVENT {
-            // The guest re-posts its event buffer after handling the
-            // transport reset: its old sockets are gone, new ones are safe.
-            self.muxer.release_held();
-        }
-        // Every kick may free RX buffers or create replies for the guest.
-        self.process_rx();
+        self.serve(|vsock| {
+            if index == TX {
+                vsock.process_tx()?;
+            }
+            if index == EVENT {
+                // The guest re-posts its event buffer after handling the
+                // transport reset: its old sockets are gone, new ones are safe.
+                vsock.muxer.release_held();
+            }
+            // Every kick may free RX buffers or create replies for the guest.
+            vsock.exchange()
+        });
     }
     fn save(&self) -> DeviceState {
-        DeviceState::Vsock {
-            guest_cid: self.guest_cid,
-        }
+        DeviceState::Vsock(Persist::save(self))
     }
-    fn check_restore(&self, state: &DeviceState) -> Result<(), String> {
-        match state {
-            DeviceState::Vsock { guest_cid } if *guest_cid == self.guest_cid => Ok(()),
-            DeviceState::Vsock { guest_cid } => Err(format!(
-                "vsock: CID {} now, {guest_cid} when snapshotted",
-                self.guest_cid
-            )),
-            other => Err(format!("a vsock device cannot restore {other:?}")),
-        }
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceRestoreError> {
+        let DeviceState::Vsock(state) = state else {
+            return Err(DeviceRestoreError::wrong_kind(self.name(), state));
+        };
+        Ok(Persist::restore(self, state)?)
     }
     fn after_restore(&mut self) {
-        if self.post_transport_reset() {
-            self.muxer.hold_new_connections();
-        }
-        self.process_tx();
-        self.process_rx();
+        self.serve(|vsock| {
+            if vsock.post_transport_reset()? {
+                vsock.muxer.hold_new_connections();
+            }
+            vsock.process_tx()?;
+            vsock.exchange()
+        });
     }
     fn active_queues(&self) -> Vec<QueueState> {
         self.active
@@ -230,7 +291,9 @@ impl VirtioDevice for Vsock {
             .collect()
     }
     fn handle_fd(&mut self, token: u64, events: EventSet) {
-        self.muxer.handle_fd(token, events);
-        self.process_rx();
+        self.serve(|vsock| {
+            vsock.muxer.handle_fd(token, events);
+            vsock.exchange()
+        });
     }
 }

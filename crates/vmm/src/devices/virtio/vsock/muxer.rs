@@ -7,10 +7,21 @@
 //! * Guest → host: a guest connection to host port P is connected to the
 //!   Unix socket `<muxer path>_P`; if nothing listens there, the guest gets
 //!   a reset.
+//!
+//! What a guest (or a local process) can make the muxer hold is capped:
+//! replies waiting for the guest ([`MAX_PENDING_CONTROL`]: past it the
+//! device stops reading the guest's packets until the guest takes some),
+//! streams ([`MAX_CONNECTIONS`], of which the guest may open
+//! [`MAX_GUEST_CONNECTIONS`]), host connections waiting for the guest to
+//! answer ([`MAX_CONNECTING`]) and host sockets that have not finished
+//! their `CONNECT` line ([`MAX_HANDSHAKES`]). A connection over a cap is
+//! refused: the guest gets a reset, a host socket is closed. Only the
+//! worker's own user (and root) may connect to the muxer socket at all.
 
 use super::connection::{Connection, State};
 use super::packet::*;
 use crate::devices::virtio::{Poller, FIRST_DEVICE_TOKEN};
+use crate::sockets;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -31,6 +42,35 @@ const HOLD_FALLBACK: Duration = Duration::from_secs(1);
 /// ports guests listen on.
 const FIRST_EPHEMERAL_PORT: u32 = 1 << 30;
 const MAX_CONNECT_LINE: usize = 32;
+/// Control packets (replies, resets, credit updates, connection
+/// requests) waiting for a guest RX buffer before the device stops
+/// reading the guest's TX queue. A guest packet makes at most one, so the
+/// guest cannot push the queue past this; host events add at most one per
+/// stream on top, so it never holds more than this plus
+/// [`MAX_CONNECTIONS`] (44 bytes each: under 100 KiB). A Linux guest keeps
+/// dozens of RX buffers posted and never gets near it.
+pub const MAX_PENDING_CONTROL: usize = 1024;
+/// Streams at once, whoever opened them. Each holds at most
+/// `TX_BUF_CAP` (256 KiB) of guest data the host has not read and
+/// `RX_BUF_CAP` (64 KiB) of host data the guest has not taken, so all of
+/// them at most 320 MiB, reached only if neither side reads. The host's
+/// own streams (exec sessions, file transfers, forwarded TCP connections)
+/// are most of them.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Streams the guest opened (to `<muxer>_<port>` listeners) at once. Our
+/// agent opens one, briefly, to say it is ready; the rest is room for
+/// workloads that talk to host services, and the cap keeps a guest from
+/// taking the streams the host needs.
+pub const MAX_GUEST_CONNECTIONS: usize = 64;
+/// Host connections waiting for the guest to accept or refuse them. The
+/// guest decides how long they wait (one that never answers holds them
+/// for ever), so they have a cap of their own, well above what a host
+/// opens at once.
+pub const MAX_CONNECTING: usize = 64;
+/// Host sockets that have not sent their whole `CONNECT` line yet. The
+/// connecting process decides how long that takes; the library sends the
+/// line at once.
+pub const MAX_HANDSHAKES: usize = 64;
 
 /// (host port, guest port)
 type Key = (u32, u32);
@@ -43,7 +83,8 @@ struct Handshake {
 
 pub struct Muxer {
     path: PathBuf,
-    listener: UnixListener,
+    /// `None` once shut down.
+    listener: Option<UnixListener>,
     guest_cid: u64,
     poller: Option<Poller>,
     conns: HashMap<Key, Connection>,
@@ -67,13 +108,13 @@ struct Hold {
 }
 
 impl Muxer {
+    /// Listens on `path` (made 0600; see `sockets::bind_private`).
     pub fn bind(path: &Path, guest_cid: u64) -> io::Result<Muxer> {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
+        let listener = sockets::bind_private(path)?;
         listener.set_nonblocking(true)?;
         Ok(Muxer {
             path: path.to_owned(),
-            listener,
+            listener: Some(listener),
             guest_cid,
             poller: None,
             conns: HashMap::new(),
@@ -87,9 +128,36 @@ impl Muxer {
     }
 
     pub fn activate(&mut self, poller: Poller) -> io::Result<()> {
-        poller.add(self.listener.as_raw_fd(), EventSet::IN, LISTENER_TOKEN)?;
+        if let Some(listener) = &self.listener {
+            poller.add(listener.as_raw_fd(), EventSet::IN, LISTENER_TOKEN)?;
+        }
         self.poller = Some(poller);
         Ok(())
+    }
+
+    /// Closes every host socket and stops listening, for a device that
+    /// will never talk to its guest again (the driver broke it): hosts
+    /// see their streams end and new connections refused, and no fd is
+    /// left to wake the device's thread.
+    pub fn shut_down(&mut self) {
+        if let Some(p) = &self.poller {
+            let fds = self
+                .listener
+                .iter()
+                .map(|l| l.as_raw_fd())
+                .chain(self.conns.values().map(|c| c.stream.as_raw_fd()))
+                .chain(self.handshakes.values().map(|h| h.stream.as_raw_fd()))
+                .chain(self.hold.iter().map(|h| h.timer.as_raw_fd()));
+            for fd in fds {
+                let _ = p.remove(fd);
+            }
+        }
+        self.listener = None;
+        self.conns.clear();
+        self.by_token.clear();
+        self.handshakes.clear();
+        self.control.clear();
+        self.hold = None;
     }
 
     /// Keeps new host connections from the guest until [`Self::release_held`]
@@ -189,7 +257,8 @@ impl Muxer {
             OP_RW if conn.state == State::Established && !conn.guest_closed => {
                 if conn.host_hung_up {
                     // Nobody on the host side will ever read it.
-                    tracing::info!(
+                    crate::limited!(
+                        info,
                         "vsock: guest port {} sent data after the host hung up; resetting",
                         key.1
                     );
@@ -198,7 +267,11 @@ impl Muxer {
                     return;
                 }
                 if conn.push_to_host(payload).is_err() {
-                    tracing::warn!("vsock: guest port {} overran its credit; resetting", key.1);
+                    crate::limited!(
+                        warn,
+                        "vsock: guest port {} overran its credit; resetting",
+                        key.1
+                    );
                     self.drop_conn(key);
                     self.reset_guest(key.0, key.1);
                     return;
@@ -242,17 +315,31 @@ impl Muxer {
             self.reset_guest(key.0, key.1);
             return;
         }
+        let guest_opened = self.conns.values().filter(|c| c.opened_by_guest).count();
+        if guest_opened >= MAX_GUEST_CONNECTIONS || self.conns.len() >= MAX_CONNECTIONS {
+            crate::limited!(
+                warn,
+                "vsock: refused a guest connection to host port {}: {guest_opened} guest \
+                 streams and {} in all are open, the most allowed",
+                key.0,
+                self.conns.len()
+            );
+            self.reset_guest(key.0, key.1);
+            return;
+        }
         let target = PathBuf::from(format!("{}_{}", self.path.display(), key.0));
-        let stream =
-            match UnixStream::connect(&target).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
-                Ok(s) => s,
-                Err(_) => {
-                    self.reset_guest(key.0, key.1);
-                    return;
-                }
-            };
+        // Never waits: a listener that does not accept (a full backlog)
+        // refuses the guest like one that is not there.
+        let stream = match sockets::connect_nonblocking(&target) {
+            Ok(s) => s,
+            Err(_) => {
+                self.reset_guest(key.0, key.1);
+                return;
+            }
+        };
         let token = self.token();
         let mut conn = Connection::new(stream, token, State::Established, key.0, key.1);
+        conn.opened_by_guest = true;
         let response = conn.header(self.guest_cid, OP_RESPONSE);
         self.control.push_back(response);
         self.by_token.insert(token, key);
@@ -286,9 +373,9 @@ impl Muxer {
                 conn.host_eof = true;
             }
             if let Some(e) = failed {
-                tracing::info!(
-                    ?events,
-                    "vsock: host socket of guest port {} failed ({e}); resetting",
+                crate::limited!(
+                    info,
+                    "vsock: host socket of guest port {} failed ({e}, {events:?}); resetting",
                     key.1
                 );
                 self.drop_conn(key);
@@ -322,8 +409,30 @@ impl Muxer {
 
     fn accept(&mut self) {
         loop {
-            match self.listener.accept() {
+            let accepted = match &self.listener {
+                Some(listener) => listener.accept(),
+                None => return,
+            };
+            match accepted {
                 Ok((stream, _)) => {
+                    // Dropping the stream closes it, unanswered.
+                    if !sockets::peer_is_trusted(&stream) {
+                        crate::limited!(
+                            warn,
+                            "vsock: closed a connection to the muxer socket from another \
+                             user's process"
+                        );
+                        continue;
+                    }
+                    if self.handshakes.len() >= MAX_HANDSHAKES {
+                        crate::limited!(
+                            warn,
+                            "vsock: closed a host connection: {} others have not sent their \
+                             CONNECT line yet, the most allowed",
+                            self.handshakes.len()
+                        );
+                        continue;
+                    }
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
@@ -370,6 +479,20 @@ impl Muxer {
             let _ = p.remove(hs.stream.as_raw_fd());
         }
         let Some(peer_port) = port else { return }; // dropping the stream closes it
+        let connecting = self
+            .conns
+            .values()
+            .filter(|c| c.state == State::Connecting)
+            .count();
+        if connecting >= MAX_CONNECTING || self.conns.len() >= MAX_CONNECTIONS {
+            crate::limited!(
+                warn,
+                "vsock: refused a host connection to guest port {peer_port}: {connecting} wait \
+                 for the guest and {} streams are open, the most allowed",
+                self.conns.len()
+            );
+            return;
+        }
         let local_port = self.allocate_port(peer_port);
         let key = (local_port, peer_port);
         let mut conn = Connection::new(hs.stream, token, State::Connecting, local_port, peer_port);
@@ -428,7 +551,7 @@ impl Muxer {
             poller.add(fd, set, conn.token)
         };
         if let Err(e) = result {
-            tracing::warn!("vsock: epoll update for guest port {}: {e}", key.1);
+            crate::limited!(warn, "vsock: epoll update for guest port {}: {e}", key.1);
         }
         conn.registered = wanted;
     }
@@ -496,6 +619,19 @@ impl Muxer {
             self.after_io(key);
         }
         out
+    }
+
+    /// Control packets waiting for the guest.
+    #[cfg(test)]
+    pub fn pending_control(&self) -> usize {
+        self.control.len()
+    }
+
+    /// Whether the device may read another packet from the guest: not
+    /// while [`MAX_PENDING_CONTROL`] replies wait for the guest to take
+    /// them (backpressure; the guest's packets wait in its ring).
+    pub fn accepts_guest_packets(&self) -> bool {
+        self.control.len() < MAX_PENDING_CONTROL
     }
 
     /// Whether [`Self::next_for_guest`] has something to say.

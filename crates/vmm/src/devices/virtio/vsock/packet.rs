@@ -1,4 +1,6 @@
 //! The virtio-vsock packet header (virtio 1.2 §5.10.6) and its constants.
+//! Written out here: virtio-bindings has no virtio_vsock module (the
+//! Linux UAPI header is `linux/virtio_vsock.h`, which it does not bind).
 
 use vm_memory::ByteValued;
 

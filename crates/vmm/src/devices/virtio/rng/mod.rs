@@ -1,14 +1,22 @@
 //! virtio-rng: fills guest buffers from the host's getrandom(2), so the
 //! guest kernel's entropy pool is seeded from the first moments of boot.
 
-use super::queue_util::SingleQueue;
-use super::{read_config_bytes, Activation, VirtioDevice, TYPE_RNG};
-use crate::devices::state::{DeviceState, QueueState};
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use state::RngState;
+
+use super::persist::{DeviceRestoreError, DeviceState, Persist, QueueState};
+use super::queue::SingleQueue;
+use super::{read_config_bytes, Activation, VirtioDevice};
 use std::io::Write;
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Writer;
 
 /// Largest amount handed out per request; the guest asks again for more.
 const MAX_PER_REQUEST: usize = 64 * 1024;
+const QUEUE_SIZE: u16 = 256;
 
 #[derive(Default)]
 pub struct Rng {
@@ -20,10 +28,10 @@ impl VirtioDevice for Rng {
         "rng"
     }
     fn device_type(&self) -> u32 {
-        TYPE_RNG
+        VIRTIO_ID_RNG
     }
     fn queue_max_sizes(&self) -> &[u16] {
-        &[256]
+        &[QUEUE_SIZE]
     }
     fn features(&self) -> u64 {
         0
@@ -36,13 +44,14 @@ impl VirtioDevice for Rng {
         Ok(())
     }
     fn save(&self) -> DeviceState {
-        DeviceState::Rng
+        DeviceState::Rng(Persist::save(self))
     }
-    fn check_restore(&self, state: &DeviceState) -> Result<(), String> {
-        match state {
-            DeviceState::Rng => Ok(()),
-            other => Err(format!("an rng device cannot restore {other:?}")),
-        }
+    fn restore(&mut self, state: &DeviceState) -> Result<(), DeviceRestoreError> {
+        let DeviceState::Rng(state) = state else {
+            return Err(DeviceRestoreError::wrong_kind(self.name(), state));
+        };
+        let Ok(()) = Persist::restore(self, state);
+        Ok(())
     }
     fn active_queues(&self) -> Vec<QueueState> {
         SingleQueue::state(&self.active)

@@ -1,0 +1,163 @@
+//! Helpers for tests of this crate and its integration tests (behind the
+//! `test-utils` feature there): a watchdog for code that may loop, a
+//! connection made as another user, and snapshot states to write.
+
+use crate::snapshot::bundle::SnapshotState;
+use crate::snapshot::limits::layout_for;
+use crate::snapshot::{FpuState, MachineState, VcpuState};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Runs `body` on a thread of its own and fails the calling test if it
+/// has not finished within a minute: code that loops for ever (what some
+/// tests look for) then fails its test instead of hanging the whole run.
+/// Such a thread is left behind, spinning, until the test binary exits.
+pub fn within_a_minute<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, finished) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = done.send(body());
+    });
+    match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("still running after a minute: something loops or waits for ever")
+        }
+        // The body panicked: report its panic.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the body ended without sending its result"),
+        },
+    }
+}
+
+/// The uid of `nobody`, the other user the tests connect as.
+pub const NOBODY: u32 = 65534;
+
+/// Whether tests can act as another user here (they run as root).
+pub fn can_switch_user() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A child process that connects to the Unix socket at `path` as `uid`,
+/// sends `bytes`, and waits for the other end to close the connection.
+/// Call [`OtherUser::closed`] while serving the socket.
+pub struct OtherUser {
+    pid: libc::pid_t,
+}
+
+impl OtherUser {
+    pub fn connect(uid: u32, path: &Path, bytes: &[u8]) -> OtherUser {
+        // Everything the child needs is made before the fork: after it,
+        // only raw system calls (this test binary has many threads).
+        let mut addr: libc::sockaddr_un = unsafe_zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let raw = path.as_os_str().as_bytes();
+        assert!(raw.len() < addr.sun_path.len(), "socket path too long");
+        for (dst, src) in addr.sun_path.iter_mut().zip(raw) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: fork in a test; the child below makes only system calls
+        // on memory prepared before the fork, then _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: raw system calls with valid arguments; the child never
+            // returns into the test harness.
+            unsafe {
+                // The raw call changes this (only) thread's uid: the child
+                // has no other thread.
+                if libc::syscall(libc::SYS_setuid, uid as libc::c_long) != 0 {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if fd < 0 || libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0
+                {
+                    libc::_exit(3);
+                }
+                // MSG_NOSIGNAL: a connection closed already must not kill
+                // the child with SIGPIPE.
+                libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL);
+                let mut buf = [0u8; 64];
+                // An end, or a reset (closed with what we sent unread):
+                // closed without a word. Anything else: answered.
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                let reset = n < 0 && *libc::__errno_location() == libc::ECONNRESET;
+                libc::_exit(if n == 0 || reset { 0 } else { 1 });
+            }
+        }
+        OtherUser { pid }
+    }
+
+    /// `Some(true)` once the child saw the connection closed unanswered,
+    /// `Some(false)` if it was answered or could not connect, `None` while
+    /// it still waits.
+    pub fn closed(&self) -> Option<bool> {
+        let mut status = 0;
+        // SAFETY: waits on our own child without blocking.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        if r == 0 {
+            return None;
+        }
+        Some(r == self.pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+    }
+}
+
+impl Drop for OtherUser {
+    fn drop(&mut self) {
+        if self.closed().is_none() {
+            // SAFETY: our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+fn unsafe_zeroed() -> libc::sockaddr_un {
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Lets any user reach the socket at `path` (and its directory), so that
+/// only the server's own check on accept stands in another user's way.
+pub fn open_to_all(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let all = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    if let Some(dir) = path.parent() {
+        all(dir, 0o777).expect("chmod dir");
+    }
+    all(path, 0o666).expect("chmod socket");
+}
+
+/// A snapshot state of `vcpus` blank vCPUs and `memory_mib` MiB laid out
+/// as a boot makes it, with no devices: it encodes and passes or fails
+/// the restore's checks, but no KVM would take its vCPUs.
+pub fn snapshot_state(vcpus: usize, memory_mib: u64) -> SnapshotState {
+    let vcpu = VcpuState {
+        cpuid: Vec::new(),
+        mp_state: Default::default(),
+        regs: Default::default(),
+        sregs: Default::default(),
+        fpu: FpuState::default(),
+        xsave: Vec::new(),
+        xcrs: Default::default(),
+        debug_regs: Default::default(),
+        lapic: Default::default(),
+        msrs: Vec::new(),
+        vcpu_events: Default::default(),
+        tsc_khz: None,
+    };
+    SnapshotState {
+        memory_mib,
+        memory: layout_for(memory_mib),
+        machine: MachineState {
+            vm: Default::default(),
+            vcpus: vec![vcpu; vcpus],
+        },
+        serial: Default::default(),
+        devices: Vec::new(),
+    }
+}
