@@ -107,11 +107,12 @@ function stamp(inputs) {
   }).join('\n');
 }
 
-/** Writes (or keeps) the OCI layouts of every image under `dir`. */
-export function prepare(dir) {
+/** Writes (or keeps) the OCI layouts of the images `keys` (default all) under `dir`. */
+export function prepare(dir, keys = Object.keys(IMAGES)) {
   mkdirSync(dir, { recursive: true });
   const layouts = {};
-  for (const [key, image] of Object.entries(IMAGES)) {
+  for (const key of keys) {
+    const image = IMAGES[key];
     const layout = join(dir, key);
     const stampFile = join(dir, `${key}.stamp`);
     const want = stamp(image.inputs);
