@@ -3,6 +3,7 @@
 //! variant to `Task` and a module to add one.
 
 mod lab;
+mod node;
 mod setup;
 mod test;
 
@@ -33,6 +34,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Build the Node package (agent, worker, addon, node/native), check its
+    /// types with tsc, and run its `node --test` suites against real VMs (in
+    /// the lab on hosts without VT-x/AMD-V). Optional test files narrow it.
+    Node {
+        /// Test files (default: node/test/*.test.mjs), relative to node/
+        files: Vec<String>,
+    },
 }
 
 fn main() {
@@ -41,6 +49,7 @@ fn main() {
         Task::Lab(args) => lab::main(args),
         Task::Setup => report(setup::setup().map(|()| 0)),
         Task::Test { cargo_test_args } => report(test::test(&cargo_test_args)),
+        Task::Node { files } => report(node::node(&files)),
     };
     std::process::exit(code);
 }

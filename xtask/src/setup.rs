@@ -39,7 +39,7 @@ pub fn release_dir() -> PathBuf {
 }
 
 /// Builds the static agent and returns its path.
-fn build_agent(root: &Path) -> Result<PathBuf, String> {
+pub fn build_agent(root: &Path) -> Result<PathBuf, String> {
     eprintln!("setup: building the guest agent (static)");
     // `--target` keeps the static flag off build scripts and proc macros.
     run(

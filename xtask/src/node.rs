@@ -1,0 +1,142 @@
+//! `cargo xtask node [FILES...]`: the Node package `@supermachine/core`
+//! built from this checkout and its tests run against real VMs.
+//!
+//! 1. the static guest agent, the worker and the addon (release);
+//! 2. `node/native/` assembled from them (`node/scripts/assemble.mjs`);
+//! 3. `tsc --noEmit --strict` of `node/types-check` (TypeScript from npm,
+//!    installed into `node/node_modules` by `npm ci` when missing);
+//! 4. `node --test` of `node/test/*.test.mjs` (or the FILES given), in the
+//!    lab on hosts without VT-x/AMD-V, since the tests boot VMs.
+//!
+//! The guest kernel is the library's usual one (`cargo xtask setup` builds
+//! it; `SUPERMACHINE_KERNEL` names another). Not part of `cargo xtask
+//! test` (yet): it costs a lab boot of its own.
+
+use crate::setup::{build_agent, release_dir, workspace_root};
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+
+/// Debian packages the Node tests run: the local registry and the tool
+/// that pushes to it (the examples pull `alpine:latest` through a mirror),
+/// and busybox for the test images. Node and npm are looked for as
+/// commands instead: Debian's `nodejs` and `npm`, or NodeSource's `nodejs`
+/// (which carries npm and conflicts with Debian's), both do.
+const NODE_TEST_PACKAGES: &[&str] = &["docker-registry", "skopeo", "busybox-static"];
+
+/// Fails with how to get `command` unless it runs.
+fn need_command(command: &str) -> Result<(), String> {
+    match Command::new(command).arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err(format!(
+            "`{command}` is needed (Node 20 or newer): apt-get install -y nodejs npm"
+        )),
+    }
+}
+
+/// The whole `node --test` run, lab boot included, gets this long.
+const LAB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45 * 60);
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+/// The test files: those given, else every `*.test.mjs` in `node/test`.
+fn test_files(package: &Path, given: &[String]) -> Result<Vec<OsString>, String> {
+    if !given.is_empty() {
+        return Ok(given.iter().map(OsString::from).collect());
+    }
+    let dir = package.join("test");
+    let mut files: Vec<OsString> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".test.mjs"))
+        .map(OsString::from)
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+pub fn node(given: &[String]) -> Result<i32, String> {
+    let root = workspace_root();
+    let package = root.join("node");
+    supermachine_lab::ensure_packages(NODE_TEST_PACKAGES)
+        .map_err(|e| format!("the Node tests' tools: {e}"))?;
+    need_command("node")?;
+    need_command("npm")?;
+
+    let agent = build_agent(&root)?;
+    let dest = release_dir().join("supermachine-agent-static");
+    std::fs::copy(&agent, &dest)
+        .map_err(|e| format!("copying {} to {}: {e}", agent.display(), dest.display()))?;
+    eprintln!("node: building the worker and the addon (release)");
+    // One cargo run for both, so their dependencies are built with one
+    // set of features (two runs would rebuild the library each time).
+    run(
+        cargo().current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "supermachine-node",
+            "-p",
+            "supermachine-vmm",
+            "--lib",
+            "--bin",
+            "supermachine-worker",
+        ]),
+        "building the worker and the addon",
+    )?;
+    run(
+        Command::new("node")
+            .current_dir(&package)
+            .arg("scripts/assemble.mjs"),
+        "assembling node/native",
+    )?;
+
+    if !package.join("node_modules/.bin/tsc").exists() {
+        eprintln!("node: installing TypeScript (npm ci)");
+        run(
+            Command::new("npm")
+                .current_dir(&package)
+                .args(["ci", "--no-audit", "--no-fund"]),
+            "npm ci",
+        )?;
+    }
+    eprintln!("node: tsc --noEmit --strict -p types-check");
+    run(
+        Command::new(package.join("node_modules/.bin/tsc"))
+            .current_dir(&package)
+            .args(["--noEmit", "--strict", "-p", "types-check"]),
+        "the TypeScript check",
+    )?;
+
+    // A test that hangs fails after 15 minutes instead of holding the lab.
+    let mut argv: Vec<OsString> = vec![
+        "node".into(),
+        "--test".into(),
+        "--test-timeout=900000".into(),
+    ];
+    argv.extend(test_files(&package, given)?);
+    eprintln!("node: node --test (booting VMs, in the lab when this host needs it)");
+    std::env::set_current_dir(&package)
+        .map_err(|e| format!("entering {}: {e}", package.display()))?;
+    // The lab passes this environment on (SUPERMACHINE_KERNEL and the
+    // like). Its own timeout is the last resort against a hung suite.
+    let opts = supermachine_lab::LabOptions {
+        timeout: Some(LAB_TIMEOUT),
+        ..supermachine_lab::LabOptions::default()
+    };
+    supermachine_lab::run(&argv, &opts).map_err(|e| format!("the lab: {e}"))
+}
