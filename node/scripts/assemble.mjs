@@ -89,7 +89,11 @@ place(
   strip,
 );
 const kernel = arg('--kernel') ?? process.env.SUPERMACHINE_KERNEL;
-if (kernel) {
+if (!kernel) {
+  // No kernel this time: one left from an earlier run would be booted
+  // instead of the library's usual one.
+  for (const name of ['vmlinux', 'vmlinux.zst']) rmSync(join(native, name), { force: true });
+} else {
   const packed = kernel.endsWith('.zst') || forRelease;
   // Only one of the two may be there: the library takes vmlinux first.
   rmSync(join(native, packed ? 'vmlinux' : 'vmlinux.zst'), { force: true });
