@@ -9,8 +9,8 @@
 //!    lab on hosts without VT-x/AMD-V, since the tests boot VMs.
 //!
 //! The guest kernel is the library's usual one (`cargo xtask setup` builds
-//! it; `SUPERMACHINE_KERNEL` names another). Not part of `cargo xtask
-//! test` (yet): it costs a lab boot of its own.
+//! it; `SUPERMACHINE_KERNEL` names another). `cargo xtask test` runs it
+//! after the Rust tests.
 
 use crate::setup::{build_agent, release_dir, workspace_root};
 use std::ffi::OsString;
@@ -24,18 +24,31 @@ use std::process::Command;
 /// (which carries npm and conflicts with Debian's), both do.
 const NODE_TEST_PACKAGES: &[&str] = &["docker-registry", "skopeo", "busybox-static"];
 
-/// Fails with how to get `command` unless it runs.
-fn need_command(command: &str) -> Result<(), String> {
-    match Command::new(command).arg("--version").output() {
-        Ok(out) if out.status.success() => Ok(()),
-        _ => Err(format!(
-            "`{command}` is needed (Node 20 or newer): apt-get install -y nodejs npm"
-        )),
-    }
+/// Whether `command --version` runs.
+fn have_command(command: &str) -> bool {
+    Command::new(command)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
 }
 
-/// The whole `node --test` run, lab boot included, gets this long.
-const LAB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45 * 60);
+/// Node and npm, installed with apt when missing (as root; otherwise the
+/// error gives the command). The `nodejs` package of NodeSource's
+/// repository carries npm; Debian's own needs `npm` beside it.
+fn ensure_node() -> Result<(), String> {
+    for (command, package) in [("node", "nodejs"), ("npm", "npm")] {
+        if !have_command(command) {
+            supermachine_lab::ensure_packages(&[package])
+                .map_err(|e| format!("`{command}` (Node 20 or newer): {e}"))?;
+        }
+        if !have_command(command) {
+            return Err(format!(
+                "`{command}` is needed (Node 20 or newer): apt-get install -y nodejs npm"
+            ));
+        }
+    }
+    Ok(())
+}
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -74,8 +87,7 @@ pub fn node(given: &[String]) -> Result<i32, String> {
     let package = root.join("node");
     supermachine_lab::ensure_packages(NODE_TEST_PACKAGES)
         .map_err(|e| format!("the Node tests' tools: {e}"))?;
-    need_command("node")?;
-    need_command("npm")?;
+    ensure_node()?;
 
     let agent = build_agent(&root)?;
     let dest = release_dir().join("supermachine-agent-static");
@@ -130,12 +142,11 @@ pub fn node(given: &[String]) -> Result<i32, String> {
     ];
     argv.extend(test_files(&package, given)?);
     eprintln!("node: node --test (booting VMs, in the lab when this host needs it)");
-    std::env::set_current_dir(&package)
-        .map_err(|e| format!("entering {}: {e}", package.display()))?;
     // The lab passes this environment on (SUPERMACHINE_KERNEL and the
-    // like). Its own timeout is the last resort against a hung suite.
+    // like). No overall time limit: node's per-test timeout bounds a hung
+    // test, and the lab's heartbeat tells a frozen lab from a slow one.
     let opts = supermachine_lab::LabOptions {
-        timeout: Some(LAB_TIMEOUT),
+        cwd: Some(package.clone()),
         ..supermachine_lab::LabOptions::default()
     };
     supermachine_lab::run(&argv, &opts).map_err(|e| format!("the lab: {e}"))

@@ -1,7 +1,9 @@
 //! `cargo xtask test`: the whole suite. Sets up first (agent, binaries,
 //! kernel), installs the tools the tests use, then runs every crate's tests
 //! in release mode (the end-to-end tests boot real VMs, in the lab when the
-//! host lacks VT-x/AMD-V), then fuzzes every fuzz target briefly.
+//! host lacks VT-x/AMD-V), then the Node package's tests (`cargo xtask
+//! node`, unless arguments narrowed the run), then fuzzes every fuzz
+//! target briefly.
 
 use crate::setup::{setup, workspace_root};
 use std::process::Command;
@@ -40,6 +42,13 @@ pub fn test(extra: &[String]) -> Result<i32, String> {
     let status = cmd.status().map_err(|e| format!("cargo test: {e}"))?;
     if !status.success() {
         return Ok(status.code().unwrap_or(1));
+    }
+    // A run narrowed with arguments is about the Rust tests it names.
+    if extra.is_empty() {
+        let code = crate::node::node(&[])?;
+        if code != 0 {
+            return Ok(code);
+        }
     }
     fuzz(&cargo, ci)
 }
