@@ -3,7 +3,9 @@
 mod common;
 
 use common::{exec_req, read_until, Agent};
-use supermachine_protocol::{write_frame, ExecRequest, HostMessage, Request, WindowSize};
+use supermachine_protocol::{
+    read_frame, write_frame, AgentMessage, ExecRequest, HostMessage, Request, WindowSize,
+};
 
 fn with_pty(mut req: ExecRequest, rows: u16, cols: u16) -> ExecRequest {
     req.pty = Some(WindowSize { rows, cols });
@@ -77,10 +79,28 @@ fn ctrl_c_interrupts_the_foreground_process() {
     let mut req = with_pty(exec_req(&["sh", "-c", "echo go; exec sleep 100"]), 24, 80);
     req.stdin = true;
     let mut s = agent.request(Request::Exec(req));
+    let pid = match read_frame::<AgentMessage, _>(&mut s) {
+        Ok(AgentMessage::Started { pid }) => pid,
+        other => panic!("expected Started, got {other:?}"),
+    };
     let mut out = Vec::new();
     read_until(&mut s, &mut out, "go\r\n");
-    // Give `exec sleep` a moment; ^C interrupts sh and sleep alike anyway.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // dash catches SIGINT while it runs a `-c` script and only acts on it
+    // between commands: a ^C that lands after `echo` but before `exec`
+    // has replaced sh is swallowed, and sleep runs on. Send it once the
+    // process is sleep (a loaded host can take seconds to get there).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .as_deref()
+        != Some("sleep\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} never became sleep"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     send(&mut s, HostMessage::Stdin(vec![0x03]));
     let r = common::collect(&mut s);
     assert_eq!((r.code, r.signal), (None, Some(2)), "{r:?}");
