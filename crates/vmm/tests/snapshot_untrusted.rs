@@ -4,6 +4,10 @@
 //! made. Needs /dev/kvm for the empty VM (skipped, with a note, where it
 //! cannot be opened); no guest code runs.
 
+// A test binary: a helper that cannot do its job panics, which fails the
+// test that called it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use supermachine_vmm::capped_log::DEFAULT_SERIAL_LOG_CAP;
 use supermachine_vmm::snapshot::bundle::{write_state, SnapshotState, MEMORY_FILE, STATE_FILE};

@@ -224,12 +224,9 @@ fn open_member(dir: &OwnedFd, name: &str) -> Result<(std::fs::File, u64), Snapsh
 /// This host's memory in MiB: no snapshot may ask for more.
 fn host_memory_mib() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if pages <= 0 || page <= 0 {
         return u64::MAX;
     }

@@ -128,19 +128,21 @@ fn parse_disk(spec: &str) -> DiskConfig {
 /// interrupted by them) and waits for them on a dedicated thread, which
 /// calls `on_stop` with the first one.
 fn watch_stop_signals(on_stop: impl FnOnce(i32) + Send + 'static) -> std::io::Result<()> {
-    // SAFETY: plain sigset manipulation on a zeroed, owned set.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        let owner_gone = worker_exit::OWNER_GONE_SIGNAL;
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, owner_gone] {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        set
-    };
+    // SAFETY: sigset_t is plain data; all-zero is a valid value.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t the call only writes.
+    unsafe { libc::sigemptyset(&mut set) };
+    let owner_gone = worker_exit::OWNER_GONE_SIGNAL;
+    for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, owner_gone] {
+        // SAFETY: as above; every signal number here is valid.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    // SAFETY: a valid set to block; the old mask is not asked for (null).
+    let failed = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if failed != 0 {
+        // pthread_sigmask returns its error instead of setting errno.
+        return Err(std::io::Error::from_raw_os_error(failed));
+    }
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
