@@ -25,7 +25,7 @@ pub enum WorkerRequest {
     /// `snapshot_dir` with these disks (`crate::disk_spec` strings, in the
     /// snapshotted VM's order) and run it. Answered with
     /// [`WorkerReply::Restored`] once the VM is about to run, or
-    /// [`WorkerReply::Failed`], after which the worker ends.
+    /// [`WorkerReply::Refused`], after which the worker ends.
     Restore {
         snapshot_dir: PathBuf,
         disks: Vec<String>,
@@ -103,6 +103,9 @@ pub enum FailureKind {
     Io,
     /// Recording the hot pages failed, or there is nothing to record.
     HotPages,
+    /// The snapshot describes a machine this host does not carry: more
+    /// vCPUs than it allows, or more memory than it has.
+    HostLimits,
 }
 
 /// What a snapshot wrote and what it cost the guest.
@@ -116,4 +119,33 @@ pub struct SnapshotReport {
     pub state_bytes: u64,
     /// How long the vCPUs were stopped, in microseconds.
     pub paused_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kind is sent as its position: a host and a worker of different
+    /// builds agree on every kind they both know only if kinds are never
+    /// reordered, only appended.
+    #[test]
+    fn failure_kinds_keep_their_positions() {
+        let kinds = [
+            FailureKind::Other,
+            FailureKind::BadRequest,
+            FailureKind::NotRunning,
+            FailureKind::SnapshotFormat,
+            FailureKind::SnapshotMemory,
+            FailureKind::TscRate,
+            FailureKind::DiskMismatch,
+            FailureKind::Kvm,
+            FailureKind::Io,
+            FailureKind::HotPages,
+            FailureKind::HostLimits,
+        ];
+        for (position, kind) in kinds.into_iter().enumerate() {
+            let bytes = postcard::to_allocvec(&kind).unwrap();
+            assert_eq!(bytes, [position as u8], "{kind:?}");
+        }
+    }
 }

@@ -24,7 +24,9 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use supermachine_protocol::worker_control::{self, WorkerReply, WorkerRequest};
+use supermachine_protocol::worker_control::{
+    self, FailureKind, WorkerFailure, WorkerReply, WorkerRequest,
+};
 use supermachine_protocol::{disk_spec, read_frame, worker_exit, write_frame};
 use supermachine_vmm::capped_log::{self, StderrLog};
 use supermachine_vmm::outcome::ExitSender;
@@ -338,24 +340,34 @@ fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
                 let restored = Vm::restore_into(empty, &restore_config(args, snapshot_dir, &disks));
                 let reply = match &restored {
                     Ok(_) => WorkerReply::Restored,
-                    Err(e) => WorkerReply::Failed(e.to_string()),
+                    Err(e) => WorkerReply::Refused(e.failure()),
                 };
                 let _ = write_frame(&mut stream, &reply);
                 return restored.map_err(|e| e.to_string());
             }
             Ok(other) => {
-                let reply = WorkerReply::Failed(format!("on standby, nothing to do for {other:?}"));
+                let reply = refused(
+                    FailureKind::BadRequest,
+                    format!("on standby, nothing to do for {other:?}"),
+                );
                 let _ = write_frame(&mut stream, &reply);
             }
             Err(e) => {
-                let _ = write_frame(
-                    &mut stream,
-                    &WorkerReply::Failed(format!("bad request: {e}")),
-                );
+                let _ = write_frame(&mut stream, &bad_frame(e));
             }
         }
     }
     Err("the control socket closed".into())
+}
+
+/// A refusal of `kind`, with what to tell a person.
+fn refused(kind: FailureKind, message: impl Into<String>) -> WorkerReply {
+    WorkerReply::Refused(WorkerFailure::new(kind, message))
+}
+
+/// The answer to a connection whose request did not decode.
+fn bad_frame(e: impl std::fmt::Display) -> WorkerReply {
+    refused(FailureKind::BadRequest, format!("bad request: {e}"))
 }
 
 /// An accepted control connection, if it is from this worker's user (or
@@ -389,16 +401,13 @@ fn serve_control(
         let request = match read_frame::<WorkerRequest, _>(&mut stream) {
             Ok(r) => r,
             Err(e) => {
-                let _ = write_frame(
-                    &mut stream,
-                    &WorkerReply::Failed(format!("bad request: {e}")),
-                );
+                let _ = write_frame(&mut stream, &bad_frame(e));
                 continue;
             }
         };
         match request {
             WorkerRequest::Restore { .. } => {
-                let reply = WorkerReply::Failed("this worker already runs a VM".into());
+                let reply = refused(FailureKind::BadRequest, "this worker already runs a VM");
                 let _ = write_frame(&mut stream, &reply);
             }
             WorkerRequest::RecordHotPages => {
@@ -408,10 +417,13 @@ fn serve_control(
                             touched: hot.touched_pages(),
                             written: hot.written_pages(),
                         },
-                        Err(e) => WorkerReply::Failed(format!("recording hot pages: {e}")),
+                        Err(e) => {
+                            refused(FailureKind::HotPages, format!("recording hot pages: {e}"))
+                        }
                     },
-                    None => WorkerReply::Failed(
-                        "no hot pages to record: not restored, or the snapshot has a list".into(),
+                    None => refused(
+                        FailureKind::HotPages,
+                        "no hot pages to record: not restored, or the snapshot has a list",
                     ),
                 };
                 let _ = write_frame(&mut stream, &reply);
@@ -421,7 +433,7 @@ fn serve_control(
                 let stop = stop_after && result.is_ok();
                 let reply = match result {
                     Ok(report) => WorkerReply::Snapshotted(report),
-                    Err(e) => WorkerReply::Failed(e),
+                    Err(e) => WorkerReply::Refused(e.failure()),
                 };
                 let _ = write_frame(&mut stream, &reply);
                 drop(stream);
