@@ -3,6 +3,7 @@
 use crate::cmdline::BootConfig;
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// How long the root block device may take to appear.
@@ -111,29 +112,30 @@ pub fn open_console() {
 
 /// Fills each closed fd of 0-2 with `path`; false if `path` cannot be opened.
 pub fn ensure_std_fds(path: &CStr, flags: libc::c_int) -> bool {
-    // SAFETY: plain fcntl/open/dup2/close on small integer fds and a valid
-    // NUL-terminated path.
-    unsafe {
-        let closed: Vec<libc::c_int> = (0..3)
-            .filter(|&fd| libc::fcntl(fd, libc::F_GETFD) == -1)
-            .collect();
-        if closed.is_empty() {
-            return true;
-        }
-        let fd = libc::open(path.as_ptr(), flags);
-        if fd < 0 {
-            return false;
-        }
-        for &target in &closed {
-            if target != fd {
-                libc::dup2(fd, target);
-            }
-        }
-        if fd > 2 {
-            libc::close(fd);
-        }
-        true
+    let closed: Vec<libc::c_int> = (0..3)
+        // SAFETY: F_GETFD on a small integer fd; no memory is passed.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1)
+        .collect();
+    if closed.is_empty() {
+        return true;
     }
+    // SAFETY: `path` is a live NUL-terminated string.
+    let fd = unsafe { libc::open(path.as_ptr(), flags) };
+    if fd < 0 {
+        return false;
+    }
+    for &target in &closed {
+        if target != fd {
+            // SAFETY: dup2 takes plain integers; `target` is closed, so no
+            // fd of ours is replaced.
+            unsafe { libc::dup2(fd, target) };
+        }
+    }
+    if fd > 2 {
+        // SAFETY: `fd` was opened above and is owned by nothing else.
+        unsafe { libc::close(fd) };
+    }
+    true
 }
 
 /// Mounts the root image read-only under a tmpfs-backed overlay and makes
@@ -223,26 +225,28 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
 
 /// Brings `lo` up, so guest programs can talk to themselves over 127.0.0.1.
 pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo".
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, &src) in req.ifr_name.iter_mut().zip(b"lo") {
-            *dst = src as libc::c_char;
-        }
-        let mut ret = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req);
-        if ret == 0 {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            ret = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req);
-        }
-        let err = io::Error::last_os_error();
-        libc::close(fd);
-        if ret != 0 {
-            return Err(err);
-        }
-        Ok(())
+    // SAFETY: socket takes plain integers.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: a new fd that nothing else owns; closed when dropped.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(b"lo") {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills in the live ifreq it is given.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the live ifreq it is given.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -35,8 +35,17 @@ extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc:
     // SAFETY: plain syscall.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let args: Vec<OsString> = (1..usize::try_from(argc).unwrap_or(0))
-        // SAFETY: the C runtime passes `argc` valid NUL-terminated strings.
-        .map(|i| unsafe { OsStr::from_bytes(CStr::from_ptr(*argv.add(i)).to_bytes()) }.into())
+        .map(|i| {
+            // SAFETY: the C runtime passes `argv` with `argc` entries, and
+            // `i < argc`.
+            let entry = unsafe { argv.add(i) };
+            // SAFETY: `entry` points into that array.
+            let arg = unsafe { *entry };
+            // SAFETY: each entry is a valid NUL-terminated string that lives
+            // as long as the process.
+            let arg = unsafe { CStr::from_ptr(arg) };
+            OsStr::from_bytes(arg.to_bytes()).into()
+        })
         .collect();
 
     match args.first().map(|a| a.as_bytes()) {

@@ -43,6 +43,7 @@ pub fn run(action: Action) -> ! {
     // except PID 1 itself and kernel threads.
     unsafe { libc::kill(-1, libc::SIGTERM) };
     wait_for_children(TERM_GRACE);
+    // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     wait_for_children(Duration::from_millis(200));
 
@@ -144,18 +145,20 @@ fn unescape(field: &str) -> String {
 /// the host cannot tell a poweroff from a crash.
 #[cfg(target_arch = "x86_64")]
 fn notify_vmm(value: u8) {
-    // SAFETY: ioperm grants this process the one port; the `out` then only
-    // traps to the VMM.
-    unsafe {
-        if libc::ioperm(PM_PORT as libc::c_ulong, 1, 1) == 0 {
+    // SAFETY: ioperm takes plain integers: it grants this process the one
+    // port.
+    if unsafe { libc::ioperm(PM_PORT as libc::c_ulong, 1, 1) } == 0 {
+        // SAFETY: the port is ours (just granted); the `out` touches no
+        // memory and only traps to the VMM.
+        unsafe {
             core::arch::asm!(
                 "out dx, al",
                 in("dx") PM_PORT,
                 in("al") value,
                 options(nomem, nostack, preserves_flags)
-            );
-            return;
-        }
+            )
+        };
+        return;
     }
     let ioperm_err = std::io::Error::last_os_error();
     let via_dev_port = std::fs::OpenOptions::new()

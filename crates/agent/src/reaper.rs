@@ -153,16 +153,16 @@ pub fn start(signals: &[libc::c_int], on_signal: fn(libc::c_int)) -> io::Result<
 }
 
 fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the zeroed set; sigaddset only fails
-    // for invalid signal numbers, which callers do not pass.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &sig in signals {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
+    // SAFETY: sigset_t is plain data; all-zero is a valid value.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t the call only writes.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &sig in signals {
+        // SAFETY: as above; it only fails for invalid signal numbers,
+        // which callers do not pass.
+        unsafe { libc::sigaddset(&mut set, sig) };
     }
+    set
 }
 
 /// Splits a raw wait status into (exit code, terminating signal).

@@ -1,5 +1,9 @@
 //! `Exec` end to end against a real agent process.
 
+// A test binary: a helper that cannot do its job panics, which fails the
+// test that called it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{exec_req, fnv, noise, sh, wait_dead, Agent};

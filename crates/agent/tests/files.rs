@@ -1,5 +1,9 @@
 //! File requests end to end: write, read, stat, mkdir, remove, list.
 
+// A test binary: a helper that cannot do its job panics, which fails the
+// test that called it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{fnv, noise, Agent};

@@ -13,8 +13,9 @@ pub fn is_tty(fd: RawFd) -> bool {
 /// The size of the terminal on stdout (or stdin), if there is one.
 pub fn window_size() -> Option<(u16, u16)> {
     for fd in [libc::STDOUT_FILENO, STDIN] {
-        // SAFETY: TIOCGWINSZ writes one winsize into `ws`.
+        // SAFETY: winsize is plain data; all-zero is a valid value.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes one winsize into the live `ws`.
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
             return Some((ws.ws_row, ws.ws_col));
         }
@@ -34,19 +35,20 @@ impl RawMode {
         if !is_tty(STDIN) {
             return None;
         }
-        // SAFETY: tcgetattr fills `saved`; cfmakeraw edits a copy.
-        unsafe {
-            let mut saved: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(STDIN, &mut saved) != 0 {
-                return None;
-            }
-            let mut raw = saved;
-            libc::cfmakeraw(&mut raw);
-            if libc::tcsetattr(STDIN, libc::TCSANOW, &raw) != 0 {
-                return None;
-            }
-            Some(RawMode { saved })
+        // SAFETY: termios is plain data; all-zero is a valid value.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr fills in the live `saved`.
+        if unsafe { libc::tcgetattr(STDIN, &mut saved) } != 0 {
+            return None;
         }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw edits the live copy `raw`.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: tcsetattr reads the live `raw`.
+        if unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(RawMode { saved })
     }
 }
 

@@ -95,7 +95,10 @@ fn ensure_initramfs(root: &Path, kdir: &Path, tools: &Tools) -> Result<PathBuf, 
         h.write(&(part.len() as u64).to_le_bytes());
         h.write(part);
     }
-    let kname = kdir.file_name().unwrap().to_string_lossy();
+    let kname = kdir
+        .file_name()
+        .ok_or_else(|| LabError::BadKernelPackage(format!("no kernel name in {}", kdir.display())))?
+        .to_string_lossy();
     let path = root.join(format!("initramfs-{kname}-{:016x}.cpio", h.0));
     if path.exists() {
         return Ok(path);

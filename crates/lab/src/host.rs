@@ -194,14 +194,17 @@ fn is_static_elf(path: &Path) -> bool {
         return false;
     }
     let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(h[32..40].try_into().unwrap()) as usize;
+    let mut phoff = [0u8; 8];
+    phoff.copy_from_slice(&h[32..40]);
+    let phoff = u64::from_le_bytes(phoff) as usize;
     let (phentsize, phnum) = (u16_at(54), u16_at(56));
     const PT_INTERP: u32 = 3;
     (0..phnum).all(|i| {
-        let o = phoff + i * phentsize;
-        h.get(o..o + 4)
-            .map(|t| u32::from_le_bytes(t.try_into().unwrap()) != PT_INTERP)
-            .unwrap_or(false)
+        // Offsets past the 4 KiB read (or past usize) count as "not static".
+        let o = phoff.saturating_add(i * phentsize);
+        h.get(o..o.saturating_add(4))
+            .and_then(|t| <[u8; 4]>::try_from(t).ok())
+            .is_some_and(|t| u32::from_le_bytes(t) != PT_INTERP)
     })
 }
 

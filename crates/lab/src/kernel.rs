@@ -263,7 +263,9 @@ fn extract_vmlinux(image: &[u8], config: &str, out: &Path) -> bool {
     // Output goes straight to the file, so writing all input first cannot
     // deadlock. The exit status is ignored: bytes after the compressed
     // stream make gzip and zstd complain; the ELF check below decides.
-    let _ = child.stdin.take().unwrap().write_all(&image[off..]);
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&image[off..]);
+    }
     let _ = child.wait();
     let mut head = [0u8; 4];
     use std::io::Read;

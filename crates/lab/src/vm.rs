@@ -329,20 +329,25 @@ pub(crate) fn quote(bytes: &[u8]) -> Vec<u8> {
 fn kill_with_parent(cmd: &mut Command) {
     // SAFETY: getpid is always safe.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs between fork and exec and only makes
+    // SAFETY: the hook runs between fork and exec and only makes
     // async-signal-safe calls (prctl, getppid, _exit).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // We may have died before prctl took effect.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+    unsafe { cmd.pre_exec(move || die_with(parent)) };
+}
+
+/// In the forked child: asks for SIGKILL when `parent` goes, and ends at
+/// once if it is gone already. Async-signal-safe calls only.
+fn die_with(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a plain signal number, no memory.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    // We may have died before prctl took effect.
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        // SAFETY: _exit takes a plain integer and ends the process.
+        unsafe { libc::_exit(1) };
+    }
+    Ok(())
 }
 
 /// Kills QEMU if we leave early (error, panic, timeout).

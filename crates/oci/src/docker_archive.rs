@@ -302,6 +302,10 @@ pub(crate) fn resolve(
         "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_bytes.len()},
         "layers": layers,
     });
+    #[allow(
+        clippy::expect_used,
+        reason = "serializing a serde_json::Value (string keys only) cannot fail"
+    )]
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     let resolved = Resolved {
         index: None,

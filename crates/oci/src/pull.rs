@@ -203,6 +203,10 @@ pub struct PulledImage {
 
 impl PulledImage {
     /// Everything about the image as pretty JSON (for `inspect`).
+    #[allow(
+        clippy::expect_used,
+        reason = "a derived Serialize of strings, numbers and string-keyed maps cannot fail"
+    )]
     pub fn inspect_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("PulledImage serializes")
     }

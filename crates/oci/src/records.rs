@@ -85,6 +85,10 @@ impl Store {
     }
 
     pub(crate) fn save_record(&self, record: &ImageRecord) -> Result<()> {
+        #[allow(
+            clippy::expect_used,
+            reason = "a derived Serialize of strings, numbers and string-keyed maps cannot fail"
+        )]
         let json = serde_json::to_vec_pretty(record).expect("records serialize");
         write_atomic(&self.record_path(&record.reference), &json)
     }

@@ -224,6 +224,10 @@ impl BlobWriter {
             }
         }
         self.hasher.update(bytes);
+        #[allow(
+            clippy::expect_used,
+            reason = "only `commit` takes the file, and it consumes the writer"
+        )]
         let file = self.file.as_mut().expect("BlobWriter used after commit");
         file.write_all(bytes)
             .ctx(|| format!("writing {}", self.tmp_path.display()))?;
@@ -240,6 +244,10 @@ impl BlobWriter {
     /// Returns the digest and whether this call stored it (false when the
     /// blob was already there, e.g. an unknown-digest import of a known blob).
     pub(crate) fn commit(mut self) -> Result<(Digest, bool)> {
+        #[allow(
+            clippy::expect_used,
+            reason = "only `commit` takes the file, and it consumes the writer"
+        )]
         let mut file = self.file.take().expect("BlobWriter committed twice");
         let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
         if let Some(expected) = self.expected_size {
@@ -285,7 +293,7 @@ impl BlobWriter {
         fs::rename(&self.tmp_path, &final_path)
             .ctx(|| format!("moving blob into {}", final_path.display()))?;
         self.tmp_path = PathBuf::new();
-        sync_dir(final_path.parent().expect("blob path has a parent"))?;
+        sync_dir(parent_of(&final_path)?)?;
         self.store
             .counters
             .blobs_written
@@ -321,9 +329,19 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .ctx(|| format!("syncing directory {}", dir.display()))
 }
 
+/// The directory `path` is in: what a rename into it must sync.
+fn parent_of(path: &Path) -> Result<&Path> {
+    path.parent().ok_or_else(|| {
+        Error::io(
+            format!("finding the directory of {}", path.display()),
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })
+}
+
 /// Writes `bytes` to `path` atomically (temp file + fsync + rename).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("atomic write target has a parent");
+    let dir = parent_of(path)?;
     // Unique per process *and* call: two pulls in one process may write
     // the same record at once.
     static SEQ: AtomicU64 = AtomicU64::new(0);

@@ -2,6 +2,10 @@
 //! distribution) on 127.0.0.1, images pushed with skopeo from OCI layouts
 //! built here. Needs `apt-get install -y docker-registry skopeo`.
 
+// A test binary: a helper that cannot do its job panics, which fails the
+// test that called it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

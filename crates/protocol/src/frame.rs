@@ -6,14 +6,19 @@ use crate::MAX_FRAME_BODY;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
+/// Why a frame could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The peer closed the connection before the frame began.
     #[error("connection closed")]
     Closed,
+    /// The body is longer than [`MAX_FRAME_BODY`] (its length).
     #[error("frame of {0} bytes exceeds the {MAX_FRAME_BODY}-byte limit")]
     TooLarge(usize),
+    /// The body is not a valid encoding of the expected message.
     #[error("malformed frame: {0}")]
     Decode(#[from] postcard::Error),
+    /// Reading or writing the connection failed.
     #[error(transparent)]
     Io(#[from] io::Error),
 }

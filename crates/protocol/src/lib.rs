@@ -18,6 +18,10 @@
 //! one [`AgentMessage::Ready`] frame, so the host learns readiness without
 //! polling.
 
+// Every public item says what it is: this crate is the contract between
+// the host, the agent and the worker.
+#![warn(missing_docs)]
+
 mod frame;
 mod messages;
 pub mod worker_control;
@@ -48,7 +52,9 @@ pub const MAX_ENTRIES_PER_FRAME: usize = 128;
 pub mod power_port {
     /// x86 I/O port the agent writes one byte to.
     pub const PORT: u16 = 0x600;
+    /// A clean poweroff.
     pub const POWER_OFF: u8 = 0;
+    /// A reboot.
     pub const REBOOT: u8 = 1;
     /// The agent hit a fatal error while booting (details on the console).
     pub const BOOT_FAILED: u8 = 2;
@@ -67,6 +73,7 @@ pub mod disk_spec {
         }
     }
 
+    /// The spec of a disk at `path`, read-only or not ([`parse`]'s inverse).
     pub fn format(path: &std::path::Path, read_only: bool) -> String {
         let suffix = if read_only { READ_ONLY_SUFFIX } else { "" };
         format!("{}{suffix}", path.display())

@@ -6,11 +6,14 @@ use serde::{Deserialize, Serialize};
 /// First frame of every host → agent connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The host's [`PROTOCOL_VERSION`]; the agent refuses any other.
     pub version: u32,
+    /// The operation this connection carries.
     pub request: Request,
 }
 
 impl Hello {
+    /// A hello of this build's protocol version carrying `request`.
     pub fn new(request: Request) -> Self {
         Hello {
             version: PROTOCOL_VERSION,
@@ -48,32 +51,57 @@ pub enum Request {
     /// Reads a file: the agent answers [`AgentMessage::Stat`], then
     /// [`AgentMessage::Data`] chunks, then [`AgentMessage::Done`] with the
     /// byte count.
-    ReadFile { path: String },
+    ReadFile {
+        /// The file, absolute in the guest.
+        path: String,
+    },
     /// Answered with [`AgentMessage::Stat`]. Symlinks are not followed.
-    Stat { path: String },
+    Stat {
+        /// The path, absolute in the guest.
+        path: String,
+    },
     /// Creates a directory (and its missing parents when `parents`, like
     /// `mkdir -p`, which also accepts an existing directory). Answered with
     /// [`AgentMessage::Done`].
     Mkdir {
+        /// The directory, absolute in the guest.
         path: String,
+        /// Permission bits of the directory (missing parents get 0755).
         mode: u32,
+        /// Create missing parents too, and accept an existing directory.
         parents: bool,
     },
     /// Removes a file, symlink or empty directory; with `recursive`, a
     /// directory and everything below it (symlinks are removed, never
     /// followed). Answered with [`AgentMessage::Done`].
-    Remove { path: String, recursive: bool },
+    Remove {
+        /// What to remove, absolute in the guest.
+        path: String,
+        /// Remove a directory with everything below it.
+        recursive: bool,
+    },
     /// Lists a directory: [`AgentMessage::Entries`] batches, then
     /// [`AgentMessage::Done`] with the entry count.
-    List { path: String },
+    List {
+        /// The directory, absolute in the guest.
+        path: String,
+    },
     /// Benchmark probe: the agent starts `argv` (stdio /dev/null) and waits
     /// for it, `iterations` times in a row, timing each from just before the
     /// fork to the reaped exit status, and answers
     /// [`AgentMessage::SpawnTimes`]. At most [`crate::MAX_SPAWN_PROBES`].
-    MeasureSpawn { argv: Vec<String>, iterations: u32 },
+    MeasureSpawn {
+        /// The program and its arguments.
+        argv: Vec<String>,
+        /// How many times to start it.
+        iterations: u32,
+    },
     /// Stops every process, syncs and unmounts filesystems, and powers the VM
     /// off (or reboots it). Answered with [`AgentMessage::ShuttingDown`].
-    Shutdown { reboot: bool },
+    Shutdown {
+        /// Reboot instead of powering off.
+        reboot: bool,
+    },
     /// Sent by the host once after it restores the VM from a snapshot,
     /// before anything else: the guest was frozen and copied, so its wall
     /// clock is stale and every copy starts with the same random state and
@@ -113,14 +141,20 @@ pub enum EnvMode {
 /// A terminal size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowSize {
+    /// Lines.
     pub rows: u16,
+    /// Columns.
     pub cols: u16,
 }
 
+/// Options of [`Request::Exec`]: what to run, and how.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
+    /// The program (looked up in PATH when it has no `/`) and its arguments.
     pub argv: Vec<String>,
+    /// Environment variables, as `(name, value)`.
     pub env: Vec<(String, String)>,
+    /// How `env` combines with the agent's base environment.
     pub env_mode: EnvMode,
     /// Working directory; the root when unset.
     pub cwd: Option<String>,
@@ -153,12 +187,14 @@ pub struct ExecRequest {
 /// Options of [`Request::WriteFile`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WriteFileRequest {
+    /// The file, absolute in the guest.
     pub path: String,
     /// Permission bits of a created file; an existing file keeps its own
     /// when appended to.
     pub mode: u32,
     /// Owner of the file; unchanged (root for a new file) when unset.
     pub uid: Option<u32>,
+    /// Group of the file; unchanged (root for a new file) when unset.
     pub gid: Option<u32>,
     /// Append to the file (created when missing) instead of replacing it.
     pub append: bool,
@@ -183,6 +219,7 @@ impl WriteFileRequest {
 /// Frames the host sends after the hello, on an exec or write-file connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostMessage {
+    /// Bytes for the child's stdin (with a PTY: typed at the terminal).
     Stdin(Vec<u8>),
     /// End of stdin: the child's stdin is closed (with a PTY: an EOF
     /// character is written to the terminal).
@@ -241,23 +278,34 @@ impl ExitStatus {
 /// What kind of file a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link (never followed).
     Symlink,
+    /// A character device.
     CharDevice,
+    /// A block device.
     BlockDevice,
+    /// A named pipe.
     Fifo,
+    /// A Unix socket.
     Socket,
 }
 
 /// A file's metadata (`lstat`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStat {
+    /// What kind of file it is.
     pub kind: FileKind,
     /// Permission bits, setuid/setgid/sticky included (no file type bits).
     pub mode: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Size in bytes (of a symlink: its target's length).
     pub size: u64,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
@@ -270,6 +318,7 @@ pub struct FileStat {
 pub struct DirEntry {
     /// The entry's name (non-UTF-8 bytes replaced by U+FFFD).
     pub name: String,
+    /// The entry's metadata (`lstat`).
     pub stat: FileStat,
 }
 
@@ -278,38 +327,59 @@ pub struct DirEntry {
 pub enum AgentMessage {
     /// Sent once on [`crate::READY_PORT`] when the agent is up.
     Ready {
+        /// The agent's [`crate::PROTOCOL_VERSION`].
         protocol: u32,
+        /// The agent's build (`AGENT_VERSION`).
         agent_version: String,
     },
+    /// The answer to [`Request::Ping`].
     Pong,
+    /// The answer to [`Request::Version`].
     Version {
+        /// The agent's [`crate::PROTOCOL_VERSION`].
         protocol: u32,
+        /// The agent's build.
         agent_version: String,
     },
+    /// The process of a [`Request::Exec`] runs.
     Started {
+        /// Its process id in the guest.
         pid: u32,
     },
+    /// Output of the process on stdout (with a PTY: all its output).
     Stdout(Vec<u8>),
+    /// Output of the process on stderr.
     Stderr(Vec<u8>),
+    /// The process ended: the last frame of an exec.
     Exited(ExitStatus),
     /// A chunk of a file being read.
     Data(Vec<u8>),
     /// The operation finished; `count` is bytes written or read, entries
     /// listed, or 0.
     Done {
+        /// Bytes, entries, or 0 (see above).
         count: u64,
     },
+    /// A file's metadata: the answer to [`Request::Stat`], and the first
+    /// frame of a [`Request::ReadFile`] answer.
     Stat(FileStat),
+    /// A batch of directory entries of a [`Request::List`], at most
+    /// [`crate::MAX_ENTRIES_PER_FRAME`].
     Entries(Vec<DirEntry>),
     /// Nanoseconds per spawn of a [`Request::MeasureSpawn`].
     SpawnTimes(Vec<u64>),
+    /// The answer to [`Request::Shutdown`]: the guest is going down.
     ShuttingDown,
+    /// The request failed; the last frame of its connection.
     Error {
+        /// What kind of failure, for the host to act on.
         kind: ErrorKind,
+        /// For people: what went wrong.
         message: String,
     },
 }
 
+/// The kinds of [`AgentMessage::Error`] the host may act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// The peer speaks another protocol version.
@@ -320,9 +390,14 @@ pub enum ErrorKind {
     Failed,
     /// No such file or directory (or user, for `ExecRequest::user`).
     NotFound,
+    /// The guest refused access (EACCES, EPERM).
     PermissionDenied,
+    /// The path exists already (EEXIST).
     AlreadyExists,
+    /// A component of the path is not a directory (ENOTDIR).
     NotADirectory,
+    /// The path is a directory where a file was expected (EISDIR).
     IsADirectory,
+    /// A directory to remove is not empty (ENOTEMPTY).
     DirectoryNotEmpty,
 }

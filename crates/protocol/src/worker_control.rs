@@ -15,19 +15,27 @@ pub const SOCKET: &str = "control.sock";
 /// pages a restore of it touches first (see [`WorkerRequest::RecordHotPages`]).
 pub const HOT_PAGES_FILE: &str = "hot-pages";
 
+/// What the host asks a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerRequest {
     /// Pause the machine, write its state and memory into `dir` (an
     /// existing, empty directory), then resume it, or end the worker with
     /// [`crate::worker_exit::STOPPED`] when `stop_after` is set.
-    Snapshot { dir: PathBuf, stop_after: bool },
+    Snapshot {
+        /// Where the snapshot goes.
+        dir: PathBuf,
+        /// End the VM after a snapshot that succeeded.
+        stop_after: bool,
+    },
     /// To a standby worker (`--standby`): restore the snapshot in
     /// `snapshot_dir` with these disks (`crate::disk_spec` strings, in the
     /// snapshotted VM's order) and run it. Answered with
     /// [`WorkerReply::Restored`] once the VM is about to run, or
-    /// [`WorkerReply::Failed`], after which the worker ends.
+    /// [`WorkerReply::Refused`], after which the worker ends.
     Restore {
+        /// The snapshot directory (state and memory files).
         snapshot_dir: PathBuf,
+        /// The disks, as `crate::disk_spec` strings.
         disks: Vec<String>,
     },
     /// To a VM restored from a snapshot with no hot-page list: store the
@@ -36,12 +44,18 @@ pub enum WorkerRequest {
     RecordHotPages,
 }
 
+/// What a worker answers: one reply per request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerReply {
+    /// The snapshot is written; what it wrote and cost.
     Snapshotted(SnapshotReport),
+    /// The snapshot is restored and the VM about to run.
     Restored,
+    /// The hot-page list is stored.
     HotPagesRecorded {
+        /// Pages the guest had touched.
         touched: u64,
+        /// Of those, pages it had written.
         written: u64,
     },
     /// A failure as text only (older workers; the host reads it as
@@ -55,12 +69,14 @@ pub enum WorkerReply {
 /// Why a worker could not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerFailure {
+    /// What kind of failure, for the host to act on.
     pub kind: FailureKind,
     /// For people: what went wrong and what to do.
     pub message: String,
 }
 
 impl WorkerFailure {
+    /// A failure of `kind`, with what to tell a person.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> WorkerFailure {
         WorkerFailure {
             kind,
@@ -103,6 +119,9 @@ pub enum FailureKind {
     Io,
     /// Recording the hot pages failed, or there is nothing to record.
     HotPages,
+    /// The snapshot describes a machine this host does not carry: more
+    /// vCPUs than it allows, or more memory than it has.
+    HostLimits,
 }
 
 /// What a snapshot wrote and what it cost the guest.
@@ -116,4 +135,33 @@ pub struct SnapshotReport {
     pub state_bytes: u64,
     /// How long the vCPUs were stopped, in microseconds.
     pub paused_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kind is sent as its position: a host and a worker of different
+    /// builds agree on every kind they both know only if kinds are never
+    /// reordered, only appended.
+    #[test]
+    fn failure_kinds_keep_their_positions() {
+        let kinds = [
+            FailureKind::Other,
+            FailureKind::BadRequest,
+            FailureKind::NotRunning,
+            FailureKind::SnapshotFormat,
+            FailureKind::SnapshotMemory,
+            FailureKind::TscRate,
+            FailureKind::DiskMismatch,
+            FailureKind::Kvm,
+            FailureKind::Io,
+            FailureKind::HotPages,
+            FailureKind::HostLimits,
+        ];
+        for (position, kind) in kinds.into_iter().enumerate() {
+            let bytes = postcard::to_allocvec(&kind).unwrap();
+            assert_eq!(bytes, [position as u8], "{kind:?}");
+        }
+    }
 }

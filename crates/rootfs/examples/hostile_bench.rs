@@ -17,6 +17,9 @@
 //! GNU sparse file of N data chunks), `xattrs` (N PAX records of distinct
 //! xattr names; refused by `max_xattr_bytes`, after the work is done).
 
+// A benchmark run by hand: a setup step that fails ends it with its reason.
+#![allow(clippy::expect_used)]
+
 use std::io::{BufReader, Seek, Write};
 use std::process::Command;
 use std::time::Instant;

@@ -25,6 +25,9 @@
 //! # Ok(()) }
 //! ```
 
+// The public API says what each item is (issue 17).
+#![warn(missing_docs)]
+
 mod error;
 mod hash;
 mod image;

@@ -77,12 +77,11 @@ pub fn require_regular(file: &File) -> io::Result<()> {
 /// anything given the fd; take it off once the type is known.
 pub fn clear_nonblocking(file: &File) -> io::Result<()> {
     let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on an fd we own; no memory is passed.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    // SAFETY: F_GETFL on an fd we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: F_SETFL with an integer argument on the same fd.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

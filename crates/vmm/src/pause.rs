@@ -184,13 +184,15 @@ extern "C" fn on_kick(_: libc::c_int) {}
 fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: a zeroed sigaction with a valid handler and an empty mask;
-        // no SA_RESTART, so the interrupted KVM_RUN returns EINTR.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_kick as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
-        }
+        // SAFETY: sigaction is plain data; all-zero is a valid value
+        // (SIG_DFL, no flags, empty mask).
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_kick as *const () as usize;
+        // SAFETY: `sa_mask` is a live sigset_t this call only writes.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: a valid handler and an empty mask; no SA_RESTART, so the
+        // interrupted KVM_RUN returns EINTR. The old action is not asked for
+        // (null).
+        unsafe { libc::sigaction(kick_signal(), &action, std::ptr::null_mut()) };
     });
 }

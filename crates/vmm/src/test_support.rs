@@ -1,6 +1,10 @@
 //! Helpers for tests of this crate and its integration tests (behind the
 //! `test-utils` feature there): a watchdog for code that may loop, a
 //! connection made as another user, and snapshot states to write.
+//!
+//! Test code: a helper that cannot do its job panics, which fails the test
+//! that called it, so `expect` is the right tool here.
+#![allow(clippy::expect_used)]
 
 use crate::snapshot::bundle::SnapshotState;
 use crate::snapshot::limits::layout_for;
@@ -62,30 +66,7 @@ impl OtherUser {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
         if pid == 0 {
-            // SAFETY: raw system calls with valid arguments; the child never
-            // returns into the test harness.
-            unsafe {
-                // The raw call changes this (only) thread's uid: the child
-                // has no other thread.
-                if libc::syscall(libc::SYS_setuid, uid as libc::c_long) != 0 {
-                    libc::_exit(2);
-                }
-                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-                if fd < 0 || libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0
-                {
-                    libc::_exit(3);
-                }
-                // MSG_NOSIGNAL: a connection closed already must not kill
-                // the child with SIGPIPE.
-                libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL);
-                let mut buf = [0u8; 64];
-                // An end, or a reset (closed with what we sent unread):
-                // closed without a word. Anything else: answered.
-                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                let reset = n < 0 && *libc::__errno_location() == libc::ECONNRESET;
-                libc::_exit(if n == 0 || reset { 0 } else { 1 });
-            }
+            child_connect(uid, &addr, bytes);
         }
         OtherUser { pid }
     }
@@ -107,13 +88,50 @@ impl OtherUser {
 impl Drop for OtherUser {
     fn drop(&mut self) {
         if self.closed().is_none() {
-            // SAFETY: our own child.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-            }
+            // SAFETY: kill takes plain integers; the pid is our own child,
+            // not reaped yet, so it names no other process.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            // SAFETY: a null status pointer is allowed; our own child.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
         }
     }
+}
+
+/// The forked child of [`OtherUser::connect`]: raw system calls only, on
+/// memory prepared before the fork, and it never returns into the test
+/// harness.
+fn child_connect(uid: u32, addr: &libc::sockaddr_un, bytes: &[u8]) -> ! {
+    // The raw call changes this (only) thread's uid: the child has no
+    // other thread.
+    // SAFETY: setuid takes a plain integer.
+    if unsafe { libc::syscall(libc::SYS_setuid, uid as libc::c_long) } != 0 {
+        // SAFETY: _exit takes a plain integer and ends the process.
+        unsafe { libc::_exit(2) };
+    }
+    // SAFETY: socket takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` points to a live sockaddr_un of `len` bytes.
+    if fd < 0 || unsafe { libc::connect(fd, (addr as *const libc::sockaddr_un).cast(), len) } != 0 {
+        // SAFETY: as above.
+        unsafe { libc::_exit(3) };
+    }
+    // MSG_NOSIGNAL: a connection closed already must not kill the child
+    // with SIGPIPE.
+    // SAFETY: `bytes` is a live slice of `bytes.len()` readable bytes.
+    unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+    let mut buf = [0u8; 64];
+    // An end, or a reset (closed with what we sent unread): closed without
+    // a word. Anything else: answered.
+    // SAFETY: `buf` is a live buffer of `buf.len()` writable bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: __errno_location takes nothing and returns this thread's
+    // errno slot.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: that slot is valid for the thread's whole life.
+    let reset = n < 0 && unsafe { *errno } == libc::ECONNRESET;
+    // SAFETY: _exit takes a plain integer and ends the process.
+    unsafe { libc::_exit(if n == 0 || reset { 0 } else { 1 }) }
 }
 
 fn unsafe_zeroed() -> libc::sockaddr_un {

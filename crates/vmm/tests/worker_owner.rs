@@ -1,5 +1,9 @@
 //! The worker binary's parent-death handling, run as its own process.
 
+// A test binary: a helper that cannot do its job panics, which fails the
+// test that called it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use supermachine_protocol::worker_exit;
 
 /// A worker whose owner is already gone when it starts (here: it names a

@@ -200,6 +200,8 @@ pub fn spawn(req: &ExecRequest) -> Result<Child, SpawnError> {
     // SAFETY: the child branch runs only async-signal-safe code on data
     // prepared above.
     let (pid, status, reaped) = match unsafe { reaper::fork_registered() } {
+        // SAFETY: the freshly forked child; `setup` was made before the
+        // fork and holds only valid, NUL-terminated strings.
         Ok(Forked::Child) => unsafe { exec_child(&setup) },
         Ok(Forked::Parent {
             pid,
@@ -270,66 +272,91 @@ struct ChildSetup<'a> {
 }
 
 /// Runs in the forked child: async-signal-safe calls only.
+///
+/// # Safety
+///
+/// Call only in a freshly forked child of a multi-threaded process, with
+/// `s` prepared before the fork: every pointer in it valid and every
+/// string NUL-terminated. Nothing here allocates or takes a lock.
 unsafe fn exec_child(s: &ChildSetup<'_>) -> ! {
-    // SAFETY: every call below is async-signal-safe and uses data prepared
-    // before the fork; all pointers are valid and NUL-terminated.
-    unsafe {
-        // The agent blocks signals and ignores SIGPIPE; both are inherited
-        // across exec and would break ordinary programs.
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
-        // Own session and process group, so the agent can kill the whole
-        // tree with one kill(-pid) when the host goes away.
-        libc::setsid();
-        // A new session has no terminal; this one becomes it, with the
-        // session as its foreground group (so ^C reaches the child).
-        if let Some(tty) = s.ctty {
-            if libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
-                report(s.report, STEP_TTY);
-            }
+    // The agent blocks signals and ignores SIGPIPE; both are inherited
+    // across exec and would break ordinary programs.
+    // SAFETY: sigset_t is plain data; all-zero is a valid value.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `empty` is a live sigset_t the call only writes.
+    unsafe { libc::sigemptyset(&mut empty) };
+    // SAFETY: a valid set to install; the old mask is not asked for (null).
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+    // SAFETY: sigaction is plain data; all-zero is a valid value.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: a valid action (the default); the old one is not asked for.
+    unsafe { libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut()) };
+    // Own session and process group, so the agent can kill the whole
+    // tree with one kill(-pid) when the host goes away.
+    // SAFETY: setsid takes no arguments.
+    unsafe { libc::setsid() };
+    // A new session has no terminal; this one becomes it, with the
+    // session as its foreground group (so ^C reaches the child).
+    if let Some(tty) = s.ctty {
+        // SAFETY: TIOCSCTTY takes an integer argument, no memory.
+        if unsafe { libc::ioctl(tty, libc::TIOCSCTTY, 0) } != 0 {
+            report(s.report, STEP_TTY);
         }
-        // The agent keeps fds 0-2 open, so pipe fds are >= 3 and these
-        // dup2s cannot clobber each other (a detached child's 1 and 2 are
-        // the agent's own, where dup2 onto itself is a no-op).
-        for (target, &fd) in s.stdio.iter().enumerate() {
-            libc::dup2(fd, target as RawFd);
-        }
-        // Groups first, then gid, then uid: after setuid the rest would be
-        // refused. Raw syscalls: they change only this (the only) thread,
-        // without glibc's all-threads setxid machinery.
-        if let Some(u) = s.user {
-            let n = u.groups.len() as libc::c_long;
-            if libc::syscall(libc::SYS_setgroups, n, u.groups.as_ptr()) != 0
-                || libc::syscall(libc::SYS_setgid, libc::c_long::from(u.gid)) != 0
-                || libc::syscall(libc::SYS_setuid, libc::c_long::from(u.uid)) != 0
-            {
-                report(s.report, STEP_USER);
-            }
-        }
-        // After the switch, so the user needs access to its directory, as
-        // with `su` or `docker exec -u`.
-        if libc::chdir(s.cwd.as_ptr()) != 0 {
-            report(s.report, STEP_CHDIR);
-        }
-        libc::execve(s.program.as_ptr(), s.argv.as_ptr(), s.envp.as_ptr());
-        report(s.report, STEP_EXEC);
     }
+    // The agent keeps fds 0-2 open, so pipe fds are >= 3 and these
+    // dup2s cannot clobber each other (a detached child's 1 and 2 are
+    // the agent's own, where dup2 onto itself is a no-op).
+    for (target, &fd) in s.stdio.iter().enumerate() {
+        // SAFETY: dup2 takes plain integers.
+        unsafe { libc::dup2(fd, target as RawFd) };
+    }
+    // Groups first, then gid, then uid: after setuid the rest would be
+    // refused. Raw syscalls: they change only this (the only) thread,
+    // without glibc's all-threads setxid machinery.
+    if let Some(u) = s.user {
+        let n = u.groups.len() as libc::c_long;
+        // SAFETY: `groups` is a live slice of `n` gids the call only reads.
+        let groups_set = unsafe { libc::syscall(libc::SYS_setgroups, n, u.groups.as_ptr()) } == 0;
+        // SAFETY: setgid takes a plain integer.
+        let gid_set = groups_set
+            && unsafe { libc::syscall(libc::SYS_setgid, libc::c_long::from(u.gid)) } == 0;
+        // SAFETY: setuid takes a plain integer.
+        let uid_set =
+            gid_set && unsafe { libc::syscall(libc::SYS_setuid, libc::c_long::from(u.uid)) } == 0;
+        if !uid_set {
+            report(s.report, STEP_USER);
+        }
+    }
+    // After the switch, so the user needs access to its directory, as
+    // with `su` or `docker exec -u`.
+    // SAFETY: `cwd` is a live NUL-terminated string.
+    if unsafe { libc::chdir(s.cwd.as_ptr()) } != 0 {
+        report(s.report, STEP_CHDIR);
+    }
+    // SAFETY: the program is a NUL-terminated string; argv and envp are
+    // null-terminated arrays of NUL-terminated strings, all made before
+    // the fork and alive until exec replaces this process.
+    unsafe { libc::execve(s.program.as_ptr(), s.argv.as_ptr(), s.envp.as_ptr()) };
+    report(s.report, STEP_EXEC)
 }
 
-unsafe fn report(fd: RawFd, step: i32) -> ! {
-    // SAFETY: async-signal-safe calls on a stack buffer.
-    unsafe {
-        let errno = *libc::__errno_location();
-        let mut buf = [0u8; 8];
-        buf[..4].copy_from_slice(&step.to_ne_bytes());
-        buf[4..].copy_from_slice(&errno.to_ne_bytes());
-        libc::write(fd, buf.as_ptr().cast(), buf.len());
-        libc::_exit(127)
-    }
+/// Tells the parent, through the close-on-exec pipe `fd`, which step
+/// failed and with what errno, then ends the child. Async-signal-safe:
+/// only system calls on a stack buffer.
+fn report(fd: RawFd, step: i32) -> ! {
+    // SAFETY: __errno_location takes nothing and returns this thread's
+    // errno slot.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: that slot is valid for the thread's whole life.
+    let errno = unsafe { *slot };
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&step.to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: `buf` is a live buffer of `buf.len()` readable bytes.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    // SAFETY: _exit takes a plain integer and ends the process.
+    unsafe { libc::_exit(127) }
 }
 
 /// Finds the program like `execvp` would, reporting a shell's distinction

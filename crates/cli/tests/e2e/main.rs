@@ -6,6 +6,10 @@
 //! are reported as ignored with the reason — unless SUPERMACHINE_REQUIRE_KVM
 //! is set (CI), in which case that is a failure.
 
+// A test binary: a helper that cannot do its job panics, which fails the
+// test that called it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod api;
 mod boot;
 mod cli_vm;

@@ -512,6 +512,19 @@ fn prestarted() -> Result<(), Failed> {
                 e.to_string().contains("snapshot"),
                 format!("corrupted, through a standby worker: {e}"),
             )?;
+            // The worker's refusal crosses its control socket typed: the
+            // caller tells a damaged state from other failures unread.
+            let kind = match &e {
+                supermachine::Error::Snapshot {
+                    reason: supermachine::snapshot::SnapshotProblem::Worker(refusal),
+                    ..
+                } => refusal.failure_kind(),
+                _ => None,
+            };
+            ensure(
+                kind == Some(supermachine::FailureKind::SnapshotFormat),
+                format!("the kind of a corrupted snapshot's refusal: {kind:?} ({e})"),
+            )?;
             Ok::<_, Failed>(())
         }
         .await;

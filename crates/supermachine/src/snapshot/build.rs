@@ -79,7 +79,9 @@ where
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraFile {
+    /// The file on the host.
     pub host_path: PathBuf,
+    /// Where it goes in the guest (absolute).
     pub guest_path: String,
 }
 
@@ -151,25 +153,35 @@ pub struct BuildOptions {
     /// Names the snapshot directory (else the key names it). A named
     /// snapshot whose inputs changed is re-baked in place.
     pub name: Option<String>,
+    /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// vCPUs.
     pub vcpus: u8,
     /// The workload, started in the background before the snapshot.
     /// `None`: the image's own command, if it has one.
     pub cmd: Option<Vec<String>>,
     /// Environment of the workload and of every later exec.
     pub env: Vec<(String, String)>,
+    /// Working directory of the workload and of every later exec (as
+    /// [`crate::VmConfig::workdir`]).
     pub workdir: Option<String>,
+    /// User of the workload and of every later exec (as
+    /// [`crate::VmConfig::user`]).
     pub user: Option<String>,
     /// Copied into the guest before the workload starts; their contents
     /// are part of the key.
     pub extra_files: Vec<ExtraFile>,
+    /// Extra guest kernel command line arguments.
     pub extra_kernel_args: Vec<String>,
+    /// Run against the VM after the workload starts and before the
+    /// snapshot (to warm caches); see [`Warmup`].
     pub warmup: Option<Warmup>,
     /// Part of the key in place of the warmup closure (which cannot be
     /// hashed): change it when the warmup changes.
     pub warmup_tag: Option<String>,
     /// Wait until something in the guest listens on TCP `guest_port`.
     pub listener_required: bool,
+    /// The guest TCP port of `listener_required`.
     pub guest_port: u16,
     /// Where snapshots go; `None`: [`default_snapshots_dir`]
     /// (`~/.local/supermachine-snapshots` unless the environment says).
@@ -376,8 +388,11 @@ impl Image {
 /// # Ok(()) }
 /// ```
 pub struct Built {
+    /// The snapshot, as an image to start VMs from.
     pub image: Image,
+    /// The build key: a digest of every input.
     pub key: String,
+    /// The snapshot directory.
     pub dir: PathBuf,
     /// `true` when an existing snapshot was reused (nothing booted).
     pub cached: bool,

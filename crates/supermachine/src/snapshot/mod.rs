@@ -75,7 +75,9 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotDisk {
+    /// The disk's file name inside the snapshot directory.
     pub file: String,
+    /// Whether the VM saw it read-only (a snapshot's disks must be).
     pub read_only: bool,
 }
 
@@ -90,16 +92,21 @@ pub struct SnapshotDisk {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
+    /// The version of this metadata's layout; another is refused.
     pub format: u32,
     /// Seconds since the epoch.
     pub created: u64,
     /// The image the VM was started from (reference or path).
     pub image: String,
+    /// The image's manifest digest, when known.
     pub image_digest: Option<String>,
+    /// The ports the image exposes (`80/tcp`).
     pub exposed_ports: Vec<String>,
     /// Env, working directory and user of every exec in a restored VM.
     pub defaults: ExecDefaults,
+    /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// vCPUs.
     pub vcpus: u8,
     /// Root filesystem first.
     pub disks: Vec<SnapshotDisk>,
@@ -107,6 +114,7 @@ pub struct SnapshotMeta {
     pub key: Option<String>,
     /// The workload command started before the snapshot, if any.
     pub command: Vec<String>,
+    /// Size of the memory file (guest RAM).
     pub memory_bytes: u64,
     /// Bytes of memory actually stored (the rest are holes).
     pub memory_data_bytes: u64,
@@ -128,51 +136,113 @@ pub const MAX_VCPUS: u8 = 64;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotProblem {
+    /// The directory does not exist.
     #[error("no such snapshot")]
     NotFound,
+    /// The directory has no `meta.json`.
     #[error("not a snapshot (no meta.json)")]
     NoMeta,
     #[error(
         "made by another version (format {found}, this one reads {META_FORMAT}): build it again"
     )]
-    OtherFormat { found: u32 },
+    /// Made by a version with another metadata layout.
+    OtherFormat {
+        /// Its format.
+        found: u32,
+    },
+    /// `meta.json` does not parse.
     #[error("meta.json: {0}")]
     BadMeta(String),
     #[error(
         "meta.json is {size} bytes, more than the {cap} a snapshot's metadata can take: refused"
     )]
-    MetaTooLarge { size: u64, cap: u64 },
+    /// `meta.json` is larger than any real one.
+    MetaTooLarge {
+        /// Its size in bytes.
+        size: u64,
+        /// [`MAX_META_BYTES`].
+        cap: u64,
+    },
+    /// A file the snapshot needs is not there.
     #[error("{file} is missing: the snapshot is incomplete")]
-    Missing { file: String },
+    Missing {
+        /// Its name.
+        file: String,
+    },
+    /// A file of the snapshot is a symlink, directory or device.
     #[error("{file} is not a regular file (a symlink, directory or device): refused")]
-    NotRegular { file: String },
+    NotRegular {
+        /// Its name.
+        file: String,
+    },
+    /// A disk's file name would lead outside the snapshot directory.
     #[error("disk file name {name:?} is not a plain file name inside the snapshot: refused")]
-    BadDiskName { name: String },
+    BadDiskName {
+        /// The name as listed.
+        name: String,
+    },
+    /// A disk file is listed twice.
     #[error("disk file {name} is listed more than once: refused")]
-    DuplicateDisk { name: String },
+    DuplicateDisk {
+        /// Its name.
+        name: String,
+    },
     #[error(
         "disk {file} is not read-only: restored copies would write into the snapshot. Refused"
     )]
-    WritableDisk { file: String },
+    /// A disk is listed writable: restored copies would write into it.
+    WritableDisk {
+        /// Its file name.
+        file: String,
+    },
+    /// The snapshot lists no disk (it needs its root filesystem).
     #[error("the snapshot lists no disks")]
     NoDisks,
+    /// A vCPU count no restore makes.
     #[error("{vcpus} vCPUs: a snapshot has 1 to {max}")]
-    Vcpus { vcpus: u8, max: u8 },
+    Vcpus {
+        /// The count listed.
+        vcpus: u8,
+        /// [`MAX_VCPUS`].
+        max: u8,
+    },
+    /// More guest memory than this host has.
     #[error("{mib} MiB of guest memory: more than this host has ({cap} MiB)")]
-    Memory { mib: u64, cap: u64 },
+    Memory {
+        /// The memory listed, in MiB.
+        mib: u64,
+        /// This host's memory, in MiB.
+        cap: u64,
+    },
+    /// The memory file's size is not the one `meta.json` lists.
     #[error("the memory file is {found} bytes, meta.json says {expected} (truncated?): refused")]
-    MemorySize { expected: u64, found: u64 },
+    MemorySize {
+        /// The size listed.
+        expected: u64,
+        /// The file's size.
+        found: u64,
+    },
+    /// The path to snapshot into exists already.
     #[error("already exists: choose a new path or remove it")]
     Exists,
+    /// The path to snapshot into has no usable directory name.
     #[error("not a directory name")]
     BadName,
+    /// The VM was started by a version that did not record its disks.
     #[error("this VM's disks are unknown (started by an older supermachine): restart it")]
     UnknownDisks,
+    /// The VM has a writable disk, which would change under the snapshot.
     #[error("{} is a writable disk: it would keep changing under the snapshot. Snapshot VMs with read-only disks only", .path.display())]
-    VmDiskWritable { path: PathBuf },
+    VmDiskWritable {
+        /// The disk.
+        path: PathBuf,
+    },
+    /// A host file operation failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done, with the path.
         what: String,
+        /// The OS error.
         source: std::io::Error,
     },
     /// The worker refused or failed ([`ControlError::failure_kind`] says
@@ -224,12 +294,9 @@ fn open_member(dir: &OwnedFd, name: &str) -> Result<(std::fs::File, u64), Snapsh
 /// This host's memory in MiB: no snapshot may ask for more.
 fn host_memory_mib() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if pages <= 0 || page <= 0 {
         return u64::MAX;
     }

@@ -632,8 +632,11 @@ impl<R: Restore> Lease<R> {
         }
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "only `release` and `drop` take the member, and both consume the lease"
+    )]
     fn member(&self) -> &R::Member {
-        // Only `release` and `drop` take the member, and both consume `self`.
         self.member
             .as_ref()
             .expect("a lease always holds its member until released")

@@ -69,9 +69,13 @@ impl CopyOptions {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyReport {
+    /// Regular files copied.
     pub files: u64,
+    /// Directories created.
     pub dirs: u64,
+    /// Symlinks created.
     pub symlinks: u64,
+    /// Bytes of file data copied.
     pub bytes: u64,
     /// Entries not copied and why (`/dev/null: a character device`).
     pub skipped: Vec<String>,

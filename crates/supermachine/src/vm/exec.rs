@@ -31,8 +31,11 @@ const TIMEOUT_SLACK: Duration = Duration::from_secs(15);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Output {
+    /// How the process ended.
     pub status: ExitStatus,
+    /// Everything it wrote on stdout (up to the request's limit).
     pub stdout: Vec<u8>,
+    /// Everything it wrote on stderr (up to the request's limit).
     pub stderr: Vec<u8>,
 }
 

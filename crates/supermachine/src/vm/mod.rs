@@ -65,7 +65,9 @@ async fn read_ready(stream: tokio::net::UnixStream) -> Result<(), Error> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// vCPUs.
     pub vcpus: u8,
     /// Guest kernel; the cached build when `None`.
     pub kernel: Option<PathBuf>,
@@ -116,7 +118,9 @@ impl Default for VmConfig {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
+    /// The disk's file (or block device) on the host.
     pub path: PathBuf,
+    /// The guest may only read it.
     pub read_only: bool,
 }
 

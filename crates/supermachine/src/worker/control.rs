@@ -20,35 +20,50 @@ use tokio::io::AsyncWriteExt;
 /// Why a request on a worker's control socket failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// The control socket could not be reached.
     #[error("connecting to the VM's control socket {}: {source}", .socket.display())]
     Connect {
+        /// The socket.
         socket: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
     /// The socket is served by another user's process.
     #[error(transparent)]
     Peer(Box<Error>),
+    /// The request could not be sent.
     #[error("sending the {request} request: {detail}")]
     Send {
+        /// Which request.
         request: &'static str,
+        /// What failed.
         detail: String,
     },
+    /// No reply came (the worker ended, or it timed out).
     #[error("the worker did not answer the {request} request: {detail}")]
     NoAnswer {
+        /// Which request.
         request: &'static str,
+        /// What failed.
         detail: String,
     },
     /// The worker said no, and why.
     #[error("{failure}")]
     Refused {
+        /// Which request.
         request: &'static str,
+        /// The worker's kind of failure and its message.
         failure: WorkerFailure,
     },
+    /// The worker answered with a reply that does not fit the request.
     #[error("unexpected answer to a {request} request: {reply}")]
     Unexpected {
+        /// Which request.
         request: &'static str,
+        /// The reply.
         reply: String,
     },
+    /// A standby worker ended before a restore was asked of it.
     #[error("the standby worker ended before it was used")]
     WorkerEnded,
 }

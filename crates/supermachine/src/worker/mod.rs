@@ -206,12 +206,15 @@ impl Worker {
                 let file = crate::paths::create_private_file(path)
                     .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
                 cmd.stderr(file);
-                // SAFETY: only async-signal-safe calls between fork and exec.
+                // SAFETY: the hook runs between fork and exec and makes only
+                // a raw setsid system call (rustix), allocating nothing.
                 unsafe {
                     cmd.pre_exec(|| {
                         // Its own session: the terminal's Ctrl-C and hangup
-                        // must not reach a VM the user detached from.
-                        libc::setsid();
+                        // must not reach a VM the user detached from. It
+                        // fails only when already a group leader, which a
+                        // fresh child is not.
+                        let _ = rustix::process::setsid();
                         Ok(())
                     });
                 }

@@ -14,14 +14,21 @@ use supermachine_protocol::worker_exit;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmOutcome {
+    /// The guest powered off.
     PowerOff,
+    /// The guest rebooted (the VM ends; it is not restarted).
     Reboot,
+    /// The guest kernel panicked.
     Panic,
     /// The worker's account of it (where the guest was), if it gave one.
     Crash(Option<String>),
+    /// The VM was stopped from the host.
     Stopped,
+    /// The guest agent could not boot the VM (details on the console).
     BootFailed,
+    /// The worker failed; its account of why.
     Error(String),
+    /// The worker was killed by this signal.
     Killed(i32),
 }
 

@@ -90,12 +90,15 @@ const MAX_INFO_BYTES: u64 = 1 << 20;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmInfo {
+    /// The VM's id (what `supermachine ps` lists).
     pub id: String,
     /// Worker process id.
     pub pid: u32,
     /// Seconds since the epoch.
     pub started: u64,
+    /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// vCPUs.
     pub vcpus: u8,
     /// What the VM runs from: an image reference or a root filesystem path.
     pub image: String,
@@ -110,6 +113,7 @@ pub struct VmInfo {
     pub defaults: crate::image::defaults::ExecDefaults,
     /// The detached command, if one was started with the VM.
     pub command: Vec<String>,
+    /// The VM's serial log (the guest console).
     pub serial_log: PathBuf,
     /// Started by `supermachine start` (outlives the process that started it).
     pub detached: bool,
@@ -270,14 +274,26 @@ pub(crate) fn runtime_root() -> Result<PathBuf, Error> {
 /// Why a runtime directory is not safe to use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeDirProblem {
+    /// It is a symlink (which another user may have planted).
     #[error("it is a symlink")]
     Symlink,
+    /// It is not a directory.
     #[error("it is not a directory")]
     NotADirectory,
+    /// Another user owns it.
     #[error("it belongs to uid {owner}, not to you (uid {you})")]
-    Owner { owner: u32, you: u32 },
+    Owner {
+        /// Its owner.
+        owner: u32,
+        /// This process's uid.
+        you: u32,
+    },
+    /// Group or others may write to it.
     #[error("others may write to it (mode {mode:o})")]
-    Writable { mode: u32 },
+    Writable {
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// Creates `dir` 0700 (with its missing parents) or, if it exists, makes

@@ -24,7 +24,9 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use supermachine_protocol::worker_control::{self, WorkerReply, WorkerRequest};
+use supermachine_protocol::worker_control::{
+    self, FailureKind, WorkerFailure, WorkerReply, WorkerRequest,
+};
 use supermachine_protocol::{disk_spec, read_frame, worker_exit, write_frame};
 use supermachine_vmm::capped_log::{self, StderrLog};
 use supermachine_vmm::outcome::ExitSender;
@@ -128,19 +130,21 @@ fn parse_disk(spec: &str) -> DiskConfig {
 /// interrupted by them) and waits for them on a dedicated thread, which
 /// calls `on_stop` with the first one.
 fn watch_stop_signals(on_stop: impl FnOnce(i32) + Send + 'static) -> std::io::Result<()> {
-    // SAFETY: plain sigset manipulation on a zeroed, owned set.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        let owner_gone = worker_exit::OWNER_GONE_SIGNAL;
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, owner_gone] {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        set
-    };
+    // SAFETY: sigset_t is plain data; all-zero is a valid value.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t the call only writes.
+    unsafe { libc::sigemptyset(&mut set) };
+    let owner_gone = worker_exit::OWNER_GONE_SIGNAL;
+    for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, owner_gone] {
+        // SAFETY: as above; every signal number here is valid.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    // SAFETY: a valid set to block; the old mask is not asked for (null).
+    let failed = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if failed != 0 {
+        // pthread_sigmask returns its error instead of setting errno.
+        return Err(std::io::Error::from_raw_os_error(failed));
+    }
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -336,24 +340,34 @@ fn standby(args: &Args, listener: &UnixListener) -> Result<Vm, String> {
                 let restored = Vm::restore_into(empty, &restore_config(args, snapshot_dir, &disks));
                 let reply = match &restored {
                     Ok(_) => WorkerReply::Restored,
-                    Err(e) => WorkerReply::Failed(e.to_string()),
+                    Err(e) => WorkerReply::Refused(e.failure()),
                 };
                 let _ = write_frame(&mut stream, &reply);
                 return restored.map_err(|e| e.to_string());
             }
             Ok(other) => {
-                let reply = WorkerReply::Failed(format!("on standby, nothing to do for {other:?}"));
+                let reply = refused(
+                    FailureKind::BadRequest,
+                    format!("on standby, nothing to do for {other:?}"),
+                );
                 let _ = write_frame(&mut stream, &reply);
             }
             Err(e) => {
-                let _ = write_frame(
-                    &mut stream,
-                    &WorkerReply::Failed(format!("bad request: {e}")),
-                );
+                let _ = write_frame(&mut stream, &bad_frame(e));
             }
         }
     }
     Err("the control socket closed".into())
+}
+
+/// A refusal of `kind`, with what to tell a person.
+fn refused(kind: FailureKind, message: impl Into<String>) -> WorkerReply {
+    WorkerReply::Refused(WorkerFailure::new(kind, message))
+}
+
+/// The answer to a connection whose request did not decode.
+fn bad_frame(e: impl std::fmt::Display) -> WorkerReply {
+    refused(FailureKind::BadRequest, format!("bad request: {e}"))
 }
 
 /// An accepted control connection, if it is from this worker's user (or
@@ -387,16 +401,13 @@ fn serve_control(
         let request = match read_frame::<WorkerRequest, _>(&mut stream) {
             Ok(r) => r,
             Err(e) => {
-                let _ = write_frame(
-                    &mut stream,
-                    &WorkerReply::Failed(format!("bad request: {e}")),
-                );
+                let _ = write_frame(&mut stream, &bad_frame(e));
                 continue;
             }
         };
         match request {
             WorkerRequest::Restore { .. } => {
-                let reply = WorkerReply::Failed("this worker already runs a VM".into());
+                let reply = refused(FailureKind::BadRequest, "this worker already runs a VM");
                 let _ = write_frame(&mut stream, &reply);
             }
             WorkerRequest::RecordHotPages => {
@@ -406,10 +417,13 @@ fn serve_control(
                             touched: hot.touched_pages(),
                             written: hot.written_pages(),
                         },
-                        Err(e) => WorkerReply::Failed(format!("recording hot pages: {e}")),
+                        Err(e) => {
+                            refused(FailureKind::HotPages, format!("recording hot pages: {e}"))
+                        }
                     },
-                    None => WorkerReply::Failed(
-                        "no hot pages to record: not restored, or the snapshot has a list".into(),
+                    None => refused(
+                        FailureKind::HotPages,
+                        "no hot pages to record: not restored, or the snapshot has a list",
                     ),
                 };
                 let _ = write_frame(&mut stream, &reply);
@@ -419,7 +433,7 @@ fn serve_control(
                 let stop = stop_after && result.is_ok();
                 let reply = match result {
                     Ok(report) => WorkerReply::Snapshotted(report),
-                    Err(e) => WorkerReply::Failed(e),
+                    Err(e) => WorkerReply::Refused(e.failure()),
                 };
                 let _ = write_frame(&mut stream, &reply);
                 drop(stream);

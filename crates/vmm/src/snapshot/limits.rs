@@ -36,16 +36,15 @@ impl HostLimits {
     /// This host's limits, asking KVM through `vm`.
     pub fn of_this_host(vm: &kvm_ioctls::VmFd) -> HostLimits {
         let kvm_max = vm.check_extension_raw(kvm_bindings::KVM_CAP_MAX_VCPUS.into());
-        // SAFETY: sysconf and sysinfo only fill in what they are given.
-        let (cpus, ram) = unsafe {
-            let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN);
-            let mut info: libc::sysinfo = std::mem::zeroed();
-            let ram = if libc::sysinfo(&mut info) == 0 {
-                (info.totalram as u64).saturating_mul(info.mem_unit.max(1) as u64)
-            } else {
-                u64::MAX
-            };
-            (cpus, ram)
+        // SAFETY: sysconf takes a plain integer and touches no memory of ours.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        // SAFETY: sysinfo is plain data; all-zero is a valid value.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live sysinfo the call only fills in.
+        let ram = if unsafe { libc::sysinfo(&mut info) } == 0 {
+            (info.totalram as u64).saturating_mul(info.mem_unit.max(1) as u64)
+        } else {
+            u64::MAX
         };
         HostLimits {
             // Before KVM_CAP_MAX_VCPUS existed, KVM documented 4 as the floor

@@ -310,16 +310,15 @@ pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<()> {
     } else {
         let extra = &state.xsave[XSAVE_LEGACY_WORDS..];
         let mut xs = Xsave::from_entries(extra).map_err(fam("XSAVE"))?;
+        // SAFETY: only the fixed header is written, through the wrapper's
+        // own accessor; the entry count it keeps is left as made.
+        unsafe { xs.as_mut_fam_struct() }
+            .xsave
+            .region
+            .copy_from_slice(&state.xsave[..XSAVE_LEGACY_WORDS]);
         // SAFETY: the FAM wrapper owns the header plus `extra.len()` words,
         // which is the size KVM_SET_XSAVE reads with KVM_CAP_XSAVE2 enabled.
-        unsafe {
-            xs.as_mut_fam_struct()
-                .xsave
-                .region
-                .copy_from_slice(&state.xsave[..XSAVE_LEGACY_WORDS]);
-            vcpu.set_xsave2(&xs)
-        }
-        .map_err(StateError::ioctl("KVM_SET_XSAVE"))?;
+        unsafe { vcpu.set_xsave2(&xs) }.map_err(StateError::ioctl("KVM_SET_XSAVE"))?;
     }
     vcpu.set_xcrs(&state.xcrs)
         .map_err(StateError::ioctl("KVM_SET_XCRS"))?;

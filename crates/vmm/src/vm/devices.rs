@@ -2,7 +2,7 @@
 //! the legacy ports, and the virtio-mmio devices. (Guest memory is
 //! `crate::memory`.)
 
-use super::{io, kvm_call, DiskConfig, VmError, VsockConfig};
+use super::{io, kvm_call, DiskConfig, SnapshotError, VmError, VsockConfig};
 use crate::arch::x86_64::layout::*;
 use crate::bus::{lock, Bus};
 use crate::capped_log::CappedLog;
@@ -86,8 +86,9 @@ pub(super) fn add_legacy_devices(
     let log = io("serial log", log)?;
     let sink = ConsoleSink::new(log, console.echo, reset.panicked.clone());
     let serial = match saved_serial {
-        Some(state) => SerialDevice::restore(state, IrqTrigger(irq), sink)
-            .map_err(|e| VmError::Snapshot(e.to_string()))?,
+        Some(state) => {
+            SerialDevice::restore(state, IrqTrigger(irq), sink).map_err(SnapshotError::from)?
+        }
         None => SerialDevice(Serial::new(IrqTrigger(irq), sink)),
     };
     let serial = Arc::new(Mutex::new(serial));

@@ -4,12 +4,17 @@
 //!
 //! - `devices`: what both assemble alike (KVM VM, memory, devices);
 //! - `snapshot`: pausing a running VM and writing its snapshot;
-//! - `restore`: rebuilding a VM from one.
+//! - `restore`: rebuilding a VM from one;
+//! - `error`: why a build, restore or snapshot failed, and which
+//!   [`FailureKind`](supermachine_protocol::worker_control::FailureKind)
+//!   the worker reports for it.
 
 mod devices;
+mod error;
 mod restore;
 mod snapshot;
 
+pub use error::{SnapshotError, VmError};
 pub use restore::{EmptyVm, RestoreConfig};
 
 use crate::arch::x86_64::{self as arch, layout::*};
@@ -70,32 +75,6 @@ pub struct VmConfig {
     pub serial_log_cap: u64,
     /// Also copy the console to our stderr.
     pub console_echo: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    #[error("/dev/kvm: {0}")]
-    Kvm(String),
-    #[error("{what}: {source}")]
-    KvmCall {
-        what: &'static str,
-        source: kvm_ioctls::Error,
-    },
-    #[error(transparent)]
-    Memory(#[from] crate::memory::MemoryError),
-    #[error("setting up a vCPU: {0}")]
-    Vcpu(#[from] arch::vcpu::VcpuSetupError),
-    #[error(transparent)]
-    Boot(#[from] arch::boot::BootError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("snapshot: {0}")]
-    Snapshot(String),
 }
 
 fn kvm_call<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmError> {
@@ -310,7 +289,7 @@ impl Vm {
                 Ok(Event::Exit(outcome)) => return Ok(outcome),
                 Ok(Event::Snapshot(request)) => {
                     let result = self.snapshot_to(&request.dir, request.stay_paused);
-                    let _ = request.reply.send(result.map_err(|e| e.to_string()));
+                    let _ = request.reply.send(result);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.panicked.load(Ordering::SeqCst) {

@@ -10,7 +10,7 @@
 //! once vCPU 0 is restored, the guest's mappings of them through it.
 
 use super::devices::{self, ConsoleConfig};
-use super::{DiskConfig, Vm, VmError, VsockConfig, Wiring};
+use super::{DiskConfig, SnapshotError, Vm, VmError, VsockConfig, Wiring};
 use crate::arch::x86_64::host;
 use crate::bus::lock;
 use crate::devices::serial::SerialDevice;
@@ -68,10 +68,6 @@ impl EmptyVm {
     }
 }
 
-fn snapshot_err(e: impl std::fmt::Display) -> VmError {
-    VmError::Snapshot(e.to_string())
-}
-
 impl Vm {
     /// Builds the VM saved in `config.snapshot_dir`, ready to [`Vm::run`]
     /// from the instruction it was paused at.
@@ -85,19 +81,19 @@ impl Vm {
         // The snapshot may come from anywhere: its files are opened
         // without following symlinks and only if regular, and the machine
         // it describes must be one this host can carry (`limits`).
-        let snapshot = SnapshotDir::open(dir).map_err(snapshot_err)?;
-        let state = snapshot.read_state().map_err(snapshot_err)?;
+        let (snapshot, state) = read_snapshot(dir)?;
         let EmptyVm {
             vm,
             serial_log: opened_log,
         } = empty;
-        limits::check(&state, &HostLimits::of_this_host(&vm))
-            .map_err(|e| snapshot_err(format!("{}: {e}", dir.display())))?;
+        limits::check(&state, &HostLimits::of_this_host(&vm)).map_err(|source| {
+            SnapshotError::Refused {
+                dir: dir.clone(),
+                source,
+            }
+        })?;
         let vcpu_count = state.machine.vcpus.len();
-        let memory_path = dir.join(MEMORY_FILE);
-        let memory_file = snapshot.open_file(MEMORY_FILE).map_err(snapshot_err)?;
-        let mem = map_memory(&memory_file, &state.memory)
-            .map_err(|e| snapshot_err(format!("{}: {e}", memory_path.display())))?;
+        let (memory_file, mem) = map_snapshot_memory(&snapshot, dir, &state)?;
         crate::memory::register(&vm, &mem, false)?;
         let hot = hot_pages::load(dir);
         // Made before anything touches guest memory, so that everything
@@ -105,7 +101,10 @@ impl Vm {
         let recorder = hot
             .is_none()
             .then(|| hot_pages::Recorder::new(mem.clone(), dir.clone()));
-        restore_vm(&vm, &state.machine.vm).map_err(snapshot_err)?;
+        restore_vm(&vm, &state.machine.vm).map_err(|source| SnapshotError::State {
+            what: "restoring the VM".into(),
+            source,
+        })?;
         let under_tcg = host::under_qemu_tcg();
         let serial_log = match (&config.serial_log, opened_log) {
             (Some(wanted), Some((path, file))) if *wanted == path => Some(file),
@@ -159,12 +158,36 @@ impl Vm {
         for transport in &transports {
             lock(transport)
                 .resume_after_restore()
-                .map_err(|e| snapshot_err(format!("reactivating a device: {e}")))?;
+                .map_err(SnapshotError::Reactivate)?;
         }
         let mut vm = Vm::assemble(vm, mem, state.memory_mib, vcpus, transports, serial, w);
         vm.hot_pages_recorder = recorder;
         Ok(vm)
     }
+}
+
+/// Opens the snapshot directory `dir` and reads its state (nothing of
+/// KVM's yet): refused if the state is not a regular file, too large,
+/// damaged, or of another format version.
+fn read_snapshot(dir: &Path) -> Result<(SnapshotDir, SnapshotState), SnapshotError> {
+    let snapshot = SnapshotDir::open(dir)?;
+    let state = snapshot.read_state()?;
+    Ok((snapshot, state))
+}
+
+/// Maps the snapshot's memory file copy-on-write as its state lays it out:
+/// refused if it is not a regular file or is shorter than the layout.
+fn map_snapshot_memory(
+    snapshot: &SnapshotDir,
+    dir: &Path,
+    state: &SnapshotState,
+) -> Result<(File, vm_memory::GuestMemoryMmap), SnapshotError> {
+    let memory_file = snapshot.open_file(MEMORY_FILE)?;
+    let mem = map_memory(&memory_file, &state.memory).map_err(|source| SnapshotError::Memory {
+        path: dir.join(MEMORY_FILE),
+        source,
+    })?;
+    Ok((memory_file, mem))
 }
 
 /// Puts each vCPU into its saved state.
@@ -176,7 +199,10 @@ fn restore_vcpu_states(
     for (id, (fd, saved)) in vcpu_fds.iter().zip(&state.machine.vcpus).enumerate() {
         let mut saved = saved.clone();
         saved.sregs.tr.type_ = host::restored_tr_type(saved.sregs.tr.type_, under_tcg);
-        restore_vcpu(fd, &saved).map_err(|e| snapshot_err(format!("restoring vCPU {id}: {e}")))?;
+        restore_vcpu(fd, &saved).map_err(|source| SnapshotError::State {
+            what: format!("restoring vCPU {id}"),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -260,17 +286,18 @@ fn restore_devices(
         devices::add_legacy_devices(vm, &mut w.pio, console, &w.reset, Some(&state.serial))?;
     let virtio = devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng)?;
     if virtio.len() != state.devices.len() {
-        return Err(snapshot_err(format!(
-            "the snapshot has {} virtio devices, this restore would make {} \
-             (give it the same disks as the snapshotted VM)",
-            state.devices.len(),
-            virtio.len()
-        )));
+        return Err(SnapshotError::DeviceCount {
+            saved: state.devices.len(),
+            made: virtio.len(),
+        }
+        .into());
     }
     let mut transports = Vec::with_capacity(virtio.len());
     for (index, (device, saved)) in virtio.into_iter().zip(&state.devices).enumerate() {
         let transport = devices::add_virtio_device(vm, mem, &mut w.mmio, index, device)?;
-        lock(&transport).restore(saved).map_err(snapshot_err)?;
+        lock(&transport)
+            .restore(saved)
+            .map_err(SnapshotError::from)?;
         transports.push(transport);
     }
     Ok((serial, transports))
@@ -298,4 +325,87 @@ fn build_guest_mappings(
 ) {
     let pages = hot_pages::prefault(vcpu, mem, hot);
     tracing::debug!(pages, "hot pages: guest mappings built ahead");
+}
+
+#[cfg(test)]
+mod tests {
+    //! The restore's steps that need no KVM, and the kind of failure the
+    //! worker reports for each refusal.
+
+    use super::*;
+    use crate::snapshot::bundle::{write_state, STATE_FILE};
+    use crate::snapshot::FORMAT_VERSION;
+    use supermachine_protocol::worker_control::FailureKind;
+
+    /// A snapshot directory with a valid state of `memory_mib` MiB and a
+    /// (sparse) memory file of `memory_bytes`.
+    fn snapshot_dir(memory_mib: u64, memory_bytes: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        write_state(
+            dir.path(),
+            &crate::test_support::snapshot_state(1, memory_mib),
+        )
+        .unwrap();
+        let memory = File::create(dir.path().join(MEMORY_FILE)).unwrap();
+        memory.set_len(memory_bytes).unwrap();
+        dir
+    }
+
+    /// The kind of failure the worker reports when the restore of `dir`
+    /// fails before it needs KVM (`None` if those steps succeed).
+    fn refusal_kind(dir: &Path) -> Option<FailureKind> {
+        let refused = |e: SnapshotError| Some(VmError::from(e).kind());
+        let (snapshot, state) = match read_snapshot(dir) {
+            Ok(read) => read,
+            Err(e) => return refused(e),
+        };
+        match map_snapshot_memory(&snapshot, dir, &state) {
+            Ok(_) => None,
+            Err(e) => refused(e),
+        }
+    }
+
+    #[test]
+    fn a_whole_snapshot_passes_the_steps_before_kvm() {
+        let dir = snapshot_dir(64, 64 << 20);
+        assert_eq!(refusal_kind(dir.path()), None);
+    }
+
+    #[test]
+    fn a_damaged_state_file_is_a_format_failure() {
+        let dir = snapshot_dir(64, 64 << 20);
+        let path = dir.path().join(STATE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(refusal_kind(dir.path()), Some(FailureKind::SnapshotFormat));
+    }
+
+    #[test]
+    fn a_state_file_of_another_version_is_a_format_failure() {
+        let dir = snapshot_dir(64, 64 << 20);
+        let path = dir.path().join(STATE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The version, then the header checksum made good again: only the
+        // version is wrong.
+        bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..28]);
+        bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(refusal_kind(dir.path()), Some(FailureKind::SnapshotFormat));
+    }
+
+    #[test]
+    fn a_truncated_memory_file_is_a_memory_failure() {
+        let dir = snapshot_dir(64, 1 << 20);
+        assert_eq!(refusal_kind(dir.path()), Some(FailureKind::SnapshotMemory));
+    }
+
+    #[test]
+    fn a_missing_memory_file_is_an_io_failure() {
+        let dir = snapshot_dir(64, 64 << 20);
+        std::fs::remove_file(dir.path().join(MEMORY_FILE)).unwrap();
+        assert_eq!(refusal_kind(dir.path()), Some(FailureKind::Io));
+    }
 }

@@ -7,7 +7,7 @@
 //! frozen machine. The devices are released and the vCPUs resumed only
 //! after that; the memory file is synced while the guest already runs again.
 
-use super::{Vm, VmError};
+use super::{SnapshotError, Vm, VmError};
 use crate::bus::lock;
 use crate::snapshot::bundle::{write_state, SnapshotState, MEMORY_FILE};
 use crate::snapshot::memory::write_memory;
@@ -28,24 +28,23 @@ impl Vm {
         let started = Instant::now();
         self.gate
             .pause(self.vcpu_count)
-            .map_err(|e| VmError::Snapshot(e.to_string()))?;
+            .map_err(SnapshotError::from)?;
         let written = self.write_frozen(dir);
         if !stay_paused || written.is_err() {
             self.gate.resume();
         }
         let paused_us = started.elapsed().as_micros() as u64;
         let (mut report, memory) = written?;
-        memory
-            .sync_all()
-            .map_err(|e| VmError::Snapshot(format!("syncing the memory file: {e}")))?;
+        memory.sync_all().map_err(|source| SnapshotError::Io {
+            what: "syncing the memory file".into(),
+            source,
+        })?;
         report.paused_us = paused_us;
         tracing::info!(?report, "snapshot written to {}", dir.display());
         Ok(report)
     }
 
     fn write_frozen(&self, dir: &Path) -> Result<(SnapshotReport, File), VmError> {
-        let fail =
-            |what: &str, e: &dyn std::fmt::Display| VmError::Snapshot(format!("{what}: {e}"));
         let transports: Vec<_> = self.transports.iter().map(|t| lock(t)).collect();
         let devices: Vec<_> = transports.iter().map(|t| t.device()).collect();
         let held: Vec<_> = devices.iter().map(|d| lock(d)).collect();
@@ -57,15 +56,24 @@ impl Vm {
         let vcpus = self
             .gate
             .save_all(self.vcpu_count)
-            .map_err(|e| VmError::Snapshot(e.to_string()))?;
-        let vm = save_vm(&self.vm).map_err(|e| fail("saving the VM state", &e))?;
+            .map_err(SnapshotError::from)?;
+        let vm = save_vm(&self.vm).map_err(|source| SnapshotError::State {
+            what: "saving the VM state".into(),
+            source,
+        })?;
         let serial = lock(&self.serial).save();
 
         let memory_path = dir.join(MEMORY_FILE);
-        let memory = crate::files::create_new(&memory_path)
-            .map_err(|e| fail(&format!("creating {}", memory_path.display()), &e))?;
+        let memory =
+            crate::files::create_new(&memory_path).map_err(|source| SnapshotError::Io {
+                what: format!("creating {}", memory_path.display()),
+                source,
+            })?;
         let (layout, written) =
-            write_memory(&self.mem, &memory).map_err(|e| fail("guest memory", &e))?;
+            write_memory(&self.mem, &memory).map_err(|source| SnapshotError::Memory {
+                path: memory_path.clone(),
+                source,
+            })?;
         drop(held);
         drop(transports);
 
@@ -76,7 +84,7 @@ impl Vm {
             serial,
             devices: device_states,
         };
-        let state_bytes = write_state(dir, &state).map_err(|e| fail("state file", &e))?;
+        let state_bytes = write_state(dir, &state).map_err(SnapshotError::from)?;
         Ok((
             SnapshotReport {
                 memory_bytes: written.total_bytes,

@@ -131,30 +131,31 @@ struct VsockListener(OwnedFd);
 
 impl VsockListener {
     fn bind(port: u32) -> std::io::Result<Self> {
-        // SAFETY: plain socket calls on a fresh fd; the address is a valid sockaddr_vm.
-        unsafe {
-            let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let fd = OwnedFd::from_raw_fd(fd);
-            let mut addr: libc::sockaddr_vm = std::mem::zeroed();
-            addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-            addr.svm_cid = libc::VMADDR_CID_ANY;
-            addr.svm_port = port;
-            let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-            use std::os::fd::AsRawFd;
-            if libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_vm).cast(),
-                len,
-            ) != 0
-                || libc::listen(fd.as_raw_fd(), 16) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(VsockListener(fd))
+        use std::os::fd::AsRawFd;
+        // SAFETY: socket takes plain integers.
+        let raw =
+            unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        // SAFETY: a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_cid = libc::VMADDR_CID_ANY;
+        addr.svm_port = port;
+        let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        let addr_ptr = (&addr as *const libc::sockaddr_vm).cast();
+        // SAFETY: `addr_ptr` points to a live sockaddr_vm of `len` bytes.
+        if unsafe { libc::bind(fd.as_raw_fd(), addr_ptr, len) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: listen takes plain integers.
+        if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(VsockListener(fd))
     }
 
     fn accept_ready(&self, timeout: Duration) -> Result<(), BoxError> {
