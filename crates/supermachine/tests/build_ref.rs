@@ -5,6 +5,10 @@
 //!
 //! One test function: the data and cache directories are process-wide.
 
+// A test binary: a helper that cannot do its job panics, which fails the
+// test that called it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use supermachine::{BuildImage, BuildOptions, Error};

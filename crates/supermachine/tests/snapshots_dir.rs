@@ -2,6 +2,10 @@
 //! (`~/.local/supermachine-snapshots`), unless the environment names a
 //! place. Its own test binary: it sets process-wide environment variables.
 
+// A test binary: a helper that cannot do its job panics, which fails the
+// test that called it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 #[test]

@@ -97,6 +97,7 @@ pub struct ExtraFile {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildImage {
+    /// An image already in hand (pulled, built or from a snapshot).
     Image(Image),
     /// A registry reference (`alpine:latest`), `oci:DIR[:TAG]` or
     /// `docker-archive:FILE`: taken from the local image store when it is
