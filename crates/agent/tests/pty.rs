@@ -16,6 +16,22 @@ fn with_pty(mut req: ExecRequest, rows: u16, cols: u16) -> ExecRequest {
     req
 }
 
+/// Waits (up to 120 s: a loaded host is slow) until `pid` runs `sleep`.
+fn wait_until_it_is_sleep(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .as_deref()
+        != Some("sleep\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} never became sleep"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn send(s: &mut std::os::unix::net::UnixStream, msg: HostMessage) {
     write_frame(s, &msg).expect("send frame");
 }
@@ -89,22 +105,35 @@ fn ctrl_c_interrupts_the_foreground_process() {
     };
     let mut out = Vec::new();
     read_until(&mut s, &mut out, "go\r\n");
-    // dash catches SIGINT while it runs a `-c` script and only acts on it
-    // between commands: a ^C that lands after `echo` but before `exec`
-    // has replaced sh is swallowed, and sleep runs on. Send it once the
-    // process is sleep (a loaded host can take seconds to get there).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .as_deref()
-        != Some("sleep\n")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid {pid} never became sleep"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    // A ^C that lands before `exec` has replaced sh is sh's to handle;
+    // the test is about the foreground process, so it waits for sleep.
+    wait_until_it_is_sleep(pid);
+    send(&mut s, HostMessage::Stdin(vec![0x03]));
+    let r = common::collect(&mut s);
+    assert_eq!((r.code, r.signal), (None, Some(2)), "{r:?}");
+}
+
+#[test]
+fn ctrl_c_works_even_when_the_agent_was_started_ignoring_it() {
+    // Ignored signals survive exec: an agent started in the background of
+    // a script (SIGINT and SIGQUIT ignored) must not pass that on.
+    let agent = Agent::start_ignoring("INT QUIT HUP");
+    let r = agent.exec(exec_req(&["grep", "SigIgn", "/proc/self/status"]));
+    let ignored = r
+        .stdout_str()
+        .strip_prefix("SigIgn:\t")
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("{r:?}"));
+    // Bits 0-2: SIGHUP, SIGINT, SIGQUIT.
+    assert_eq!(ignored & 0b111, 0, "SigIgn {ignored:#x}");
+    let mut req = with_pty(exec_req(&["sleep", "100"]), 24, 80);
+    req.stdin = true;
+    let mut s = agent.request(Request::Exec(req));
+    let pid = match read_frame::<AgentMessage, _>(&mut s) {
+        Ok(AgentMessage::Started { pid }) => pid,
+        other => panic!("expected Started, got {other:?}"),
+    };
+    wait_until_it_is_sleep(pid);
     send(&mut s, HostMessage::Stdin(vec![0x03]));
     let r = common::collect(&mut s);
     assert_eq!((r.code, r.signal), (None, Some(2)), "{r:?}");

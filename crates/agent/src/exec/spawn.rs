@@ -279,8 +279,11 @@ struct ChildSetup<'a> {
 /// `s` prepared before the fork: every pointer in it valid and every
 /// string NUL-terminated. Nothing here allocates or takes a lock.
 unsafe fn exec_child(s: &ChildSetup<'_>) -> ! {
-    // The agent blocks signals and ignores SIGPIPE; both are inherited
-    // across exec and would break ordinary programs.
+    // The agent blocks signals and ignores SIGPIPE, and whoever started
+    // it may have ignored more (a background job of a script ignores
+    // SIGINT and SIGQUIT); a blocked mask and ignored signals are
+    // inherited across exec and would break ordinary programs (^C that
+    // does nothing).
     // SAFETY: sigset_t is plain data; all-zero is a valid value.
     let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `empty` is a live sigset_t the call only writes.
@@ -290,8 +293,12 @@ unsafe fn exec_child(s: &ChildSetup<'_>) -> ! {
     // SAFETY: sigaction is plain data; all-zero is a valid value.
     let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     dfl.sa_sigaction = libc::SIG_DFL;
-    // SAFETY: a valid action (the default); the old one is not asked for.
-    unsafe { libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut()) };
+    // Every signal number Linux has (1..=64); SIGKILL and SIGSTOP, whose
+    // action cannot change, just fail, as do numbers libc keeps.
+    for signal in 1..=64 {
+        // SAFETY: a valid action (the default); the old one is not asked for.
+        unsafe { libc::sigaction(signal, &dfl, std::ptr::null_mut()) };
+    }
     // Own session and process group, so the agent can kill the whole
     // tree with one kill(-pid) when the host goes away.
     // SAFETY: setsid takes no arguments.

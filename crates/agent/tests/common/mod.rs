@@ -22,6 +22,13 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
+        Agent::start_ignoring("")
+    }
+
+    /// Starts the agent with the signals named (as for the shell's `trap`,
+    /// e.g. "INT QUIT") ignored, as a background job of a non-interactive
+    /// shell or `nohup` starts a program.
+    pub fn start_ignoring(signals: &str) -> Agent {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "sm-agent-test-{}-{}",
@@ -37,7 +44,16 @@ impl Agent {
         // The agent's stdout stands for the guest console (detached execs
         // write there).
         let console = std::fs::File::create(dir.join("console.log")).expect("console file");
-        let process = Command::new(&bin)
+        let mut command = if signals.is_empty() {
+            Command::new(&bin)
+        } else {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("trap '' {signals}; exec \"$0\" \"$@\""))
+                .arg(&bin);
+            sh
+        };
+        let process = command
             .arg("--serve-unix")
             .arg(&sock)
             .stdin(Stdio::null())
