@@ -89,7 +89,7 @@ fn main() {
 /// Lab attempts: a lab that fails as a whole (frozen, crashed, or gone bad
 /// under a stalled command) is replaced by a fresh one that runs only the
 /// tests not finished yet (see [`progress`]).
-const ATTEMPTS: u32 = 3;
+const ATTEMPTS: u32 = 4;
 
 /// Runs the suite in the lab, again in a fresh lab after a lab failure,
 /// and returns the exit code.
@@ -144,7 +144,7 @@ fn run_in_lab(args: &Arguments) -> i32 {
         eprintln!(
             "e2e: lab attempt {attempt} of {ATTEMPTS} failed after {attempt_secs}s: {failure}"
         );
-        match ledger.lab_failed() {
+        match ledger.lab_failed(ATTEMPTS) {
             Some((name, ran)) => {
                 eprintln!(
                     "e2e: {name} was running (for {}s: the work lost); {} tests had finished",
@@ -183,7 +183,7 @@ fn summary(ledger: &progress::Ledger, lost: &[String], attempts: u32, last_code:
     );
     for (name, outcome) in &failures {
         let why = match outcome {
-            progress::Outcome::LostTwice => "running when the lab failed, twice",
+            progress::Outcome::LostEveryTime => "running when the lab failed, every time",
             _ => "failed",
         };
         eprintln!("  {name}: {why}");

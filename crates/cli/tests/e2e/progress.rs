@@ -6,9 +6,9 @@
 //! froze or crashed. When a lab attempt fails as a whole, the next one
 //! skips every test that finished (passed or failed: wrong results are
 //! never retried) and runs only the rest, the one that was in flight
-//! first. A test that was in flight when the lab failed twice is counted
-//! as failed, so one test that keeps taking the lab down cannot use up
-//! every attempt.
+//! last: the lab failures seen so far (2026-12-07) came during the longest
+//! test, and the tests after it should not wait on it. A test in flight at
+//! a lab failure in every attempt is counted as failed.
 
 use libtest_mimic::{Failed, Trial};
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,17 +65,21 @@ fn record(event: &str, name: &str) {
     }
 }
 
-/// Drops the tests named in the [`SKIP_ENV`] file (one name a line).
+/// Drops the tests named in the [`SKIP_ENV`] file (one name a line) and
+/// moves those it names with a leading `+` to the end.
 pub fn without_skipped(trials: Vec<Trial>) -> Vec<Trial> {
     let Some(path) = std::env::var_os(SKIP_ENV) else {
         return trials;
     };
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let skip: BTreeSet<&str> = text.lines().collect();
-    trials
+    let last: BTreeSet<&str> = text.lines().filter_map(|l| l.strip_prefix('+')).collect();
+    let skip: BTreeSet<&str> = text.lines().filter(|l| !l.starts_with('+')).collect();
+    let (mut now, later): (Vec<Trial>, Vec<Trial>) = trials
         .into_iter()
         .filter(|t| !skip.contains(t.name()))
-        .collect()
+        .partition(|t| !last.contains(t.name()));
+    now.extend(later);
+    now
 }
 
 /// How a test ended, as far as the host knows.
@@ -83,8 +87,8 @@ pub fn without_skipped(trials: Vec<Trial>) -> Vec<Trial> {
 pub enum Outcome {
     Passed,
     Failed,
-    /// In flight when the lab failed twice.
-    LostTwice,
+    /// In flight when the lab failed, in every attempt.
+    LostEveryTime,
 }
 
 /// The host's view of the progress log across lab attempts.
@@ -129,24 +133,33 @@ impl Ledger {
     }
 
     /// Counts a lab failure against the test in flight, if any; returns
-    /// it and how long it had been running.
-    pub fn lab_failed(&mut self) -> Option<(String, Duration)> {
+    /// it and how long it had been running. After `limit` such failures
+    /// the test counts as failed.
+    pub fn lab_failed(&mut self, limit: u32) -> Option<(String, Duration)> {
         let (name, started) = self.in_flight.take()?;
         let ran = Duration::from_millis(now_ms().saturating_sub(started) as u64);
         let count = self.lost.entry(name.clone()).or_default();
         *count += 1;
-        if *count >= 2 {
-            self.finished.insert(name.clone(), Outcome::LostTwice);
+        if *count >= limit {
+            self.finished.insert(name.clone(), Outcome::LostEveryTime);
         }
         Some((name, ran))
     }
 
-    /// Writes the names the next attempt skips.
+    /// Writes what the next attempt skips (a name a line) and what it runs
+    /// last (`+` and a name: the tests a lab failure caught).
     pub fn write_skip(&self, path: &Path) -> std::io::Result<()> {
         let mut text = String::new();
         for name in self.finished.keys() {
             text.push_str(name);
             text.push('\n');
+        }
+        for name in self.lost.keys() {
+            if !self.finished.contains_key(name) {
+                text.push('+');
+                text.push_str(name);
+                text.push('\n');
+            }
         }
         std::fs::write(path, text)
     }
