@@ -238,7 +238,11 @@ fn save_encode_decode_restore_into_a_fresh_vm() {
     );
 }
 
+/// A benchmark, not a test: it times and prints, asserting nothing but that
+/// each step works (which the other tests check). Run it with
+/// `cargo test --release -p supermachine-vmm --test snapshot_state -- --ignored --nocapture bench`.
 #[test]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
 fn bench_save_restore_one_vcpu() {
     let Some(m) = machine(true) else { return };
     let iters = 200;
