@@ -82,6 +82,34 @@ fn test_files(package: &Path, given: &[String]) -> Result<Vec<OsString>, String>
     Ok(files)
 }
 
+/// `SUPERMACHINE_KERNEL` for the tests, naming the kernel `cargo xtask
+/// setup` built, unless the caller named one: each test file gives the
+/// library a cache directory of its own, where no kernel is built.
+fn kernel_env() -> Result<Vec<(OsString, OsString)>, String> {
+    if std::env::var_os("SUPERMACHINE_KERNEL").is_some() {
+        return Ok(Vec::new());
+    }
+    let cli = release_dir().join("supermachine");
+    let out = Command::new(&cli)
+        .args(["kernel", "path"])
+        .output()
+        .map_err(|e| {
+            format!(
+                "{} kernel path: {e} (run `cargo xtask setup` first)",
+                cli.display()
+            )
+        })?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || path.is_empty() || !Path::new(&path).is_file() {
+        return Err(format!(
+            "no guest kernel built (`{} kernel path` said {:?}): run `cargo xtask setup` first",
+            cli.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(vec![("SUPERMACHINE_KERNEL".into(), path.into())])
+}
+
 pub fn node(given: &[String]) -> Result<i32, String> {
     let root = workspace_root();
     let package = root.join("node");
@@ -147,6 +175,7 @@ pub fn node(given: &[String]) -> Result<i32, String> {
     // test, and the lab's heartbeat tells a frozen lab from a slow one.
     let opts = supermachine_lab::LabOptions {
         cwd: Some(package.clone()),
+        env: kernel_env()?,
         ..supermachine_lab::LabOptions::default()
     };
     supermachine_lab::run(&argv, &opts).map_err(|e| format!("the lab: {e}"))
