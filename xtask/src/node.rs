@@ -12,7 +12,7 @@
 //! it; `SUPERMACHINE_KERNEL` names another). `cargo xtask test` runs it
 //! after the Rust tests.
 
-use crate::setup::{build_agent, release_dir, workspace_root};
+use crate::setup::{build_agent, cargo, release_dir, run, workspace_root};
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
@@ -48,21 +48,6 @@ fn ensure_node() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let status = cmd
-        .status()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({status})"))
-    }
 }
 
 /// The test files: those given, else every `*.test.mjs` in `node/test`.
