@@ -215,6 +215,8 @@ fn wait_for(dev: &str) -> Result<(), String> {
     }
 }
 
+/// Sets the guest's hostname (the UTS name every process sees). The kernel
+/// refuses names longer than 64 bytes with `EINVAL`.
 pub fn set_hostname(name: &str) -> io::Result<()> {
     // SAFETY: passes a live buffer with its length (no NUL needed).
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {

@@ -14,6 +14,8 @@ pub struct BootConfig {
     pub root: Option<String>,
     /// Filesystem of `root`; `None` means try erofs, then ext4.
     pub rootfstype: Option<String>,
+    /// From `supermachine.hostname`; [`DEFAULT_HOSTNAME`] when absent or
+    /// empty.
     pub hostname: String,
 }
 

@@ -22,11 +22,15 @@ use supermachine_protocol::{
 /// A failed file operation, as sent to the host.
 #[derive(Debug)]
 pub struct OpError {
+    /// What kind of failure the host sees (not found, permission, ...).
     pub kind: ErrorKind,
+    /// Names the operation and the path, e.g. `mkdir /x/y: No such file or
+    /// directory`.
     pub message: String,
 }
 
 impl OpError {
+    /// An error that did not come from an errno, such as a refused request.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> OpError {
         OpError {
             kind,
@@ -40,6 +44,7 @@ impl OpError {
         OpError::new(kind_of(e), message)
     }
 
+    /// The `Error` frame that answers the request with this error.
     pub fn into_message(self) -> AgentMessage {
         AgentMessage::Error {
             kind: self.kind,
@@ -132,6 +137,8 @@ fn lstat(op: &str, path: &Path) -> Result<FileStat, OpError> {
     Ok(file_stat(&meta, target))
 }
 
+/// Answers `Stat` with one `Stat` frame, or an `Error`. A symlink is
+/// described itself, not followed, with its target filled in.
 pub fn stat(stream: &Stream, path: &str) {
     answer(
         stream,
@@ -188,6 +195,10 @@ fn open_for_reading(path: &Path) -> Result<(File, Metadata), OpError> {
     Ok((file, meta))
 }
 
+/// Answers `Mkdir` with `Done { count: 0 }`, or an `Error`. The directory
+/// gets exactly the permission bits of `mode`, whatever the umask; with
+/// `parents`, missing parents are made 0755 and an existing directory is
+/// no error.
 pub fn mkdir(stream: &Stream, path: &str, mode: u32, parents: bool) {
     let result = absolute(path).and_then(|p| make_dir(p, mode & 0o7777, parents));
     answer(stream, result.map(|()| AgentMessage::Done { count: 0 }));
@@ -214,6 +225,9 @@ fn make_dir(path: &Path, mode: u32, parents: bool) -> Result<(), OpError> {
     }
 }
 
+/// Answers `Remove` with `Done { count: 0 }`, or an `Error`. Symlinks are
+/// removed, never followed, and the root is refused; a directory must be
+/// empty unless `recursive`.
 pub fn remove(stream: &Stream, path: &str, recursive: bool) {
     let result = absolute(path).and_then(|p| remove_path(p, recursive));
     answer(stream, result.map(|()| AgentMessage::Done { count: 0 }));

@@ -9,6 +9,8 @@
 //! Rule for the whole crate: nothing here may panic or exit on bad input. A
 //! dying PID 1 panics the guest kernel, and the agent profile aborts on panic.
 
+#![warn(missing_docs)]
+
 pub mod boot;
 pub mod cmdline;
 pub mod env;

@@ -12,9 +12,15 @@ use supermachine_protocol::power_port::{self, PORT as PM_PORT};
 /// How long processes get between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(1);
 
+/// What [`run`] does once every process is stopped; each has its own value
+/// on the power port, so the VMM learns which one it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Stop the VM for good: the host's `Shutdown`, or `poweroff`/`halt`
+    /// inside the guest.
     PowerOff,
+    /// Restart the guest: `Shutdown { reboot: true }`, or `reboot` inside
+    /// the guest.
     Reboot,
     /// Boot could not complete: power off, telling the VMM it was a failure.
     BootFailed,

@@ -8,6 +8,11 @@ use crate::transport::Stream;
 use std::time::Instant;
 use supermachine_protocol::{write_frame, AgentMessage, ErrorKind, ExecRequest, MAX_SPAWN_PROBES};
 
+/// Answers a `MeasureSpawn` request: starts `argv` `iterations` times, one
+/// after the other, and sends the nanoseconds from spawn to reaped for
+/// each run in one `SpawnTimes` frame, or an `Error` frame (more than
+/// `MAX_SPAWN_PROBES` iterations, or a run that failed). Blocks until
+/// every run has exited.
 pub fn measure_spawn(stream: &Stream, argv: Vec<String>, iterations: u32) {
     let reply = match measure(argv, iterations) {
         Ok(times) => AgentMessage::SpawnTimes(times),

@@ -46,8 +46,11 @@ pub enum Forked {
     /// In the agent. `status` yields the child's raw wait status once;
     /// `reaped` reads EOF once that status is there.
     Parent {
+        /// The child's pid, already registered with the reaper.
         pid: libc::pid_t,
+        /// Yields the raw wait status once, when the reaper has reaped it.
         status: Receiver<WaitStatus>,
+        /// Read end of the "reaped" pipe: EOF once `status` has the status.
         reaped: OwnedFd,
     },
 }

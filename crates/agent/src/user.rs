@@ -15,19 +15,28 @@
 
 use std::path::Path;
 
+/// The user database [`resolve`] reads, in the guest's root.
 pub const PASSWD: &str = "/etc/passwd";
+/// The group database [`resolve`] reads for supplementary groups and
+/// `user:group` names.
 pub const GROUP: &str = "/etc/group";
 
 /// Credentials a child switches to before exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
+    /// User id for `setuid`.
     pub uid: u32,
+    /// Primary group id for `setgid`.
     pub gid: u32,
     /// Supplementary groups (for `setgroups`), deduplicated.
     pub groups: Vec<u32>,
+    /// Home directory from passwd, `/` when passwd gives none; becomes the
+    /// child's `HOME` (see [`crate::env::build_env`]).
     pub home: String,
 }
 
+/// Why a user spec could not be resolved; the string is the message for
+/// the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserError {
     /// A named user or group does not exist.
@@ -104,6 +113,8 @@ fn numeric(s: &str, spec: &str) -> Result<Option<u32>, UserError> {
     }
 }
 
+/// [`resolve`] against the given contents of /etc/passwd and /etc/group
+/// instead of the files, so the rules can be tested without a guest.
 pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<User, UserError> {
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),

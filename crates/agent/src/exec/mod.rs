@@ -54,6 +54,8 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Wraps the exec's socket (a clone of the one its frames are read
+    /// from) for the exec's threads to share.
     pub fn new(stream: Stream) -> Writer {
         Arc::new(Mutex::new(Outbox {
             stream,
@@ -191,6 +193,8 @@ impl Group {
         }
     }
 
+    /// The main process was reaped: from now on signals are no longer
+    /// sent (its pid may be reused), but the group can still be killed.
     pub fn reaped(&self) {
         let mut state = self.state();
         if *state == State::Running {

@@ -11,6 +11,7 @@ use supermachine_protocol::WindowSize;
 
 /// Both ends of a new terminal, close-on-exec.
 pub struct Pty {
+    /// The agent's end: reads what the child writes, takes its input.
     pub master: OwnedFd,
     /// Opened without becoming anyone's controlling terminal; the child
     /// makes it its own with TIOCSCTTY.

@@ -32,18 +32,27 @@ pub struct Ended {
     /// The main process's raw status; `None` if the exec was aborted
     /// before it was reaped.
     pub status: Option<WaitStatus>,
+    /// The deadline passed and the session's groups were killed.
     pub timed_out: bool,
+    /// Output read but not sent because of the request's limits.
     pub dropped: Dropped,
 }
 
 /// The exec's fds and where it stands.
 pub struct Quiet<'a> {
+    /// The connection, read here for the host's control frames.
     pub stream: &'a Stream,
+    /// The same connection's write side, for output and errors.
     pub writer: &'a Writer,
+    /// The child's process groups, to signal and kill.
     pub group: &'a Group,
+    /// The child's stdout and stderr.
     pub outputs: Vec<Output>,
+    /// Reads EOF once the reaper has the main process's status.
     pub reaped: OwnedFd,
+    /// Yields that status.
     pub status: &'a Receiver<WaitStatus>,
+    /// When the request's timeout kills the child; `None` for no timeout.
     pub deadline: Option<Instant>,
 }
 

@@ -21,7 +21,9 @@ use supermachine_protocol::{ErrorKind, ExecRequest};
 
 /// A started process. Its pid is also its process group and session id.
 pub struct Child {
+    /// The process, also the id of its process group and session.
     pub pid: libc::pid_t,
+    /// The agent's ends of its stdio.
     pub io: ChildIo,
     /// Yields the raw wait status once, from the reaper.
     pub status: Receiver<WaitStatus>,
@@ -31,13 +33,19 @@ pub struct Child {
 
 /// The agent's ends of the child's stdio. Every fd here is non-blocking.
 pub enum ChildIo {
+    /// Without a terminal: a pipe per stream.
     Pipes {
         /// Write end of the child's stdin; `None` when stdin is /dev/null.
         stdin: Option<OwnedFd>,
+        /// Read end of the child's stdout.
         stdout: OwnedFd,
+        /// Read end of the child's stderr.
         stderr: OwnedFd,
     },
+    /// With `ExecRequest::pty`: the child's fds 0-2 are one terminal, so
+    /// its stdout and stderr arrive merged on the master.
     Pty {
+        /// The terminal's master: the child's output, its input, resizes.
         master: OwnedFd,
         /// The agent's copy of the terminal, held until the child is
         /// reaped: the master only reports EOF (EIO) once no slave is

@@ -35,10 +35,15 @@ pub struct Output {
 }
 
 impl Output {
+    /// The child's stdout (or the PTY master), sent as `Stdout` frames.
+    /// After `limit` bytes the rest is read and dropped, not sent, so the
+    /// child never stalls on a full pipe.
     pub fn stdout(fd: Arc<OwnedFd>, limit: Option<u64>) -> Output {
         Output::new(fd, true, limit)
     }
 
+    /// The child's stderr, sent as `Stderr` frames; `limit` as for
+    /// [`Output::stdout`].
     pub fn stderr(fd: Arc<OwnedFd>, limit: Option<u64>) -> Output {
         Output::new(fd, false, limit)
     }
@@ -54,10 +59,12 @@ impl Output {
         }
     }
 
+    /// False once the fd reached EOF or failed: stop polling it.
     pub fn is_open(&self) -> bool {
         self.open
     }
 
+    /// The fd to poll for readability before calling [`Output::pump`].
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -103,7 +110,9 @@ impl Output {
 /// Output bytes read but not sent because of the limits.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Dropped {
+    /// Bytes of stdout (or of the terminal's output) past `stdout_limit`.
     pub stdout: u64,
+    /// Bytes of stderr past `stderr_limit`.
     pub stderr: u64,
 }
 
@@ -153,6 +162,7 @@ pub fn pump_output(
     counts(&outputs)
 }
 
+/// What `outputs` have dropped so far, summed per stream, for `Exited`.
 pub fn counts(outputs: &[Output]) -> Dropped {
     let mut d = Dropped::default();
     for o in outputs {
@@ -171,7 +181,13 @@ pub enum Input {
     Pipe(Option<OwnedFd>),
     /// The PTY master; `enabled` is the request's `stdin` (a PTY's input
     /// is otherwise never written, but resizes still apply).
-    Pty { master: Arc<OwnedFd>, enabled: bool },
+    Pty {
+        /// Shared with the output side, which reads the same fd.
+        master: Arc<OwnedFd>,
+        /// Whether stdin frames are written (the request's `stdin`); cleared
+        /// when the input ends or the terminal stops taking it.
+        enabled: bool,
+    },
 }
 
 impl Input {
@@ -255,9 +271,15 @@ pub fn pump_input(
 
 /// What the host may send while an exec runs.
 pub enum Control {
+    /// Bytes for the child's stdin.
     Stdin(Vec<u8>),
+    /// The host has no more stdin: close the pipe, or send the terminal's
+    /// EOF character.
     CloseStdin,
+    /// A signal number for the child (the terminal's foreground group with
+    /// a PTY); numbers that are no signal are ignored.
     Signal(i32),
+    /// The host's terminal changed size; applies only with a PTY.
     Resize(WindowSize),
 }
 
