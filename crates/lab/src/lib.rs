@@ -16,6 +16,8 @@
 //! # Ok::<(), supermachine_lab::LabError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod assets;
 mod error;
 mod heartbeat;
@@ -90,8 +92,11 @@ impl Default for LabOptions {
 /// A finished command's exit code and output, from [`run_captured`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Captured {
+    /// The exit code, as [`run`] would have returned it.
     pub code: i32,
+    /// Everything the command wrote to stdout, byte for byte.
     pub stdout: Vec<u8>,
+    /// Everything the command wrote to stderr, kept apart from stdout.
     pub stderr: Vec<u8>,
 }
 
