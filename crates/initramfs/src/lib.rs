@@ -18,6 +18,8 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -46,6 +48,9 @@ struct Entry<'a> {
 }
 
 impl<W: Write> Writer<W> {
+    /// Starts an empty archive that writes into `out`. Entries go out in
+    /// many small writes (header, name, padding), so give it a `BufWriter`
+    /// around a file rather than the file itself.
     pub fn new(out: W) -> Self {
         Writer {
             out,
