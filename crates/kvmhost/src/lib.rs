@@ -12,6 +12,8 @@
 //! assert!(!explain(host).is_empty());
 //! ```
 
+#![warn(missing_docs)]
+
 use std::path::Path;
 
 /// The kind of /dev/kvm this host has.
