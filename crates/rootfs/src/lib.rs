@@ -23,6 +23,8 @@
 //! every name an error shows is escaped ([`Escaped`]). [`archive`] indexes a
 //! tar file on disk with the same bounded reader.
 
+#![warn(missing_docs)]
+
 pub mod archive;
 mod compress;
 pub mod erofs;
