@@ -5,14 +5,16 @@
 //! 2. `node/native/` assembled from them (`node/scripts/assemble.mjs`);
 //! 3. `tsc --noEmit --strict` of `node/types-check` (TypeScript from npm,
 //!    installed into `node/node_modules` by `npm ci` when missing);
-//! 4. `node --test` of `node/test/*.test.mjs` (or the FILES given), in the
-//!    lab on hosts without VT-x/AMD-V, since the tests boot VMs.
+//! 4. `node --test` of `node/test/*.test.mjs` (or the FILES given), one
+//!    file at a time, in the lab on hosts without VT-x/AMD-V, since the
+//!    tests boot VMs. A file whose lab froze or crashed runs again in a
+//!    fresh one (up to [`LAB_ATTEMPTS`] times); a test failure is final.
 //!
 //! The guest kernel is the library's usual one (`cargo xtask setup` builds
 //! it; `SUPERMACHINE_KERNEL` names another). `cargo xtask test` runs it
 //! after the Rust tests.
 
-use crate::setup::{build_agent, cargo, release_dir, run, workspace_root};
+use crate::setup::{cargo, install_agent, release_dir, run, workspace_root};
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
@@ -102,10 +104,7 @@ pub fn node(given: &[String]) -> Result<i32, String> {
         .map_err(|e| format!("the Node tests' tools: {e}"))?;
     ensure_node()?;
 
-    let agent = build_agent(&root)?;
-    let dest = release_dir().join("supermachine-agent-static");
-    std::fs::copy(&agent, &dest)
-        .map_err(|e| format!("copying {} to {}: {e}", agent.display(), dest.display()))?;
+    install_agent(&root)?;
     eprintln!("node: building the worker and the addon (release)");
     // One cargo run for both, so their dependencies are built with one
     // set of features (two runs would rebuild the library each time).
@@ -147,14 +146,6 @@ pub fn node(given: &[String]) -> Result<i32, String> {
         "the TypeScript check",
     )?;
 
-    // A test that hangs fails after 15 minutes instead of holding the lab.
-    let mut argv: Vec<OsString> = vec![
-        "node".into(),
-        "--test".into(),
-        "--test-timeout=900000".into(),
-    ];
-    argv.extend(test_files(&package, given)?);
-    eprintln!("node: node --test (booting VMs, in the lab when this host needs it)");
     // The lab passes this environment on (SUPERMACHINE_KERNEL and the
     // like). No overall time limit: node's per-test timeout bounds a hung
     // test, and the lab's heartbeat tells a frozen lab from a slow one.
@@ -163,5 +154,46 @@ pub fn node(given: &[String]) -> Result<i32, String> {
         env: kernel_env()?,
         ..supermachine_lab::LabOptions::default()
     };
-    supermachine_lab::run(&argv, &opts).map_err(|e| format!("the lab: {e}"))
+    let mut failed = Vec::new();
+    for file in test_files(&package, given)? {
+        if !run_test_file(&file, &opts)? {
+            failed.push(file.to_string_lossy().into_owned());
+        }
+    }
+    if failed.is_empty() {
+        Ok(0)
+    } else {
+        eprintln!("node: failed: {}", failed.join(", "));
+        Ok(1)
+    }
+}
+
+/// Lab attempts per test file: a lab that fails as a whole (frozen, or its
+/// kernel crashed) says nothing about the tests, so the file runs again in
+/// a fresh lab; only the file that was running is rerun.
+const LAB_ATTEMPTS: u32 = 3;
+
+/// Runs one test file (in a lab of its own when this host needs one);
+/// whether it passed.
+fn run_test_file(file: &OsString, opts: &supermachine_lab::LabOptions) -> Result<bool, String> {
+    // A test that hangs fails after 15 minutes instead of holding the lab.
+    let argv: Vec<OsString> = vec![
+        "node".into(),
+        "--test".into(),
+        "--test-timeout=900000".into(),
+        file.clone(),
+    ];
+    let name = file.to_string_lossy();
+    for attempt in 1..=LAB_ATTEMPTS {
+        eprintln!("node: node --test {name} (booting VMs, in the lab when this host needs it)");
+        let failure = match supermachine_lab::run(&argv, opts) {
+            Ok(code) => return Ok(code == 0),
+            Err(e @ supermachine_lab::LabError::Frozen { .. }) => format!("STALL: {e}"),
+            Err(e @ supermachine_lab::LabError::NoExitCode { .. }) => format!("LAB CRASH: {e}"),
+            Err(e) => return Err(format!("the lab: {e}")),
+        };
+        eprintln!("node: lab attempt {attempt} of {LAB_ATTEMPTS} for {name} failed: {failure}");
+    }
+    eprintln!("node: {name}: the lab failed in every attempt");
+    Ok(false)
 }

@@ -38,8 +38,22 @@ pub fn release_dir() -> PathBuf {
     target.join("release")
 }
 
+/// Builds the static agent and copies it to `target/release/` (creating
+/// that directory: in a fresh checkout nothing else may have yet), where
+/// the library finds it next to the `supermachine` binary.
+pub fn install_agent(root: &Path) -> Result<(), String> {
+    let agent = build_agent(root)?;
+    let dir = release_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    // Not `supermachine-agent`: cargo writes its dynamic host build there.
+    let dest = dir.join("supermachine-agent-static");
+    std::fs::copy(&agent, &dest)
+        .map_err(|e| format!("copying {} to {}: {e}", agent.display(), dest.display()))?;
+    Ok(())
+}
+
 /// Builds the static agent and returns its path.
-pub fn build_agent(root: &Path) -> Result<PathBuf, String> {
+fn build_agent(root: &Path) -> Result<PathBuf, String> {
     eprintln!("setup: building the guest agent (static)");
     // `--target` keeps the static flag off build scripts and proc macros.
     run(
@@ -69,7 +83,7 @@ pub fn build_agent(root: &Path) -> Result<PathBuf, String> {
 
 pub fn setup() -> Result<(), String> {
     let root = workspace_root();
-    let agent = build_agent(&root)?;
+    install_agent(&root)?;
     eprintln!("setup: building supermachine (release)");
     run(
         cargo()
@@ -77,10 +91,6 @@ pub fn setup() -> Result<(), String> {
             .args(["build", "--release", "--workspace", "--bins"]),
         "cargo build --release",
     )?;
-    // Not `supermachine-agent`: cargo writes its dynamic host build there.
-    let dest = release_dir().join("supermachine-agent-static");
-    std::fs::copy(&agent, &dest)
-        .map_err(|e| format!("copying {} to {}: {e}", agent.display(), dest.display()))?;
     eprintln!("setup: guest kernel");
     run(
         Command::new(release_dir().join("supermachine")).args(["kernel", "build"]),

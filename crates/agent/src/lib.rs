@@ -52,7 +52,7 @@ pub fn log(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// `log!("...", args)`: see [`log`].
+/// `log!("...", args)`: see [`log()`].
 #[macro_export]
 macro_rules! log {
     ($($arg:tt)*) => { $crate::log(format_args!($($arg)*)) };

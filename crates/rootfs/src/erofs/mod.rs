@@ -52,7 +52,7 @@ pub fn write(tree: &Tree, dest: &Path) -> Result<WriteStats> {
     write_with(tree, dest, &WriteOptions::default())
 }
 
-/// [`write`] with explicit options.
+/// [`write()`] with explicit options.
 pub fn write_with(tree: &Tree, dest: &Path, options: &WriteOptions) -> Result<WriteStats> {
     tree.check()?;
     let view = tree.view();
