@@ -150,6 +150,7 @@ pub fn node(given: &[String]) -> Result<i32, String> {
     // like). No overall time limit: node's per-test timeout bounds a hung
     // test, and the lab's heartbeat tells a frozen lab from a slow one.
     let opts = supermachine_lab::LabOptions {
+        cpus: supermachine_lab::test_cpus(),
         cwd: Some(package.clone()),
         env: kernel_env()?,
         ..supermachine_lab::LabOptions::default()

@@ -65,6 +65,21 @@ pub struct LabOptions {
     pub freeze_after: Duration,
 }
 
+/// Lab vCPUs for the test suites: one unless `SUPERMACHINE_LAB_CPUS` says
+/// otherwise. With two, QEMU's emulation of nested SVM (one host thread per
+/// lab vCPU) now and then runs the microVM with the lab kernel's own page
+/// tables and instruction pointer: the microVM triple-faults or loops on a
+/// nested page fault at an address outside its memory, and the lab kernel
+/// itself can die of recursive faults (traced on 2026-12-07, see the
+/// README). With one vCPU none of that has been seen.
+pub fn test_cpus() -> u32 {
+    std::env::var("SUPERMACHINE_LAB_CPUS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
 /// The default of [`LabOptions::freeze_after`].
 fn freeze_after_from_env() -> Duration {
     let secs = std::env::var("SUPERMACHINE_LAB_FREEZE_SECS")

@@ -201,18 +201,21 @@ fn shares_list(shares: &[PathBuf]) -> Vec<u8> {
     list
 }
 
+/// QEMU's TCG accelerator options: one host thread per lab vCPU unless
+/// `SUPERMACHINE_LAB_TCG=single` asks for one thread for all of them.
+fn tcg_accel() -> OsString {
+    match std::env::var("SUPERMACHINE_LAB_TCG").as_deref() {
+        Ok("single") => "tcg,thread=single".into(),
+        _ => "tcg".into(),
+    }
+}
+
 fn qemu_args(assets: &Assets, run: &Path, opts: &LabOptions, shares: &[PathBuf]) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |parts: &[&OsStr]| a.extend(parts.iter().map(|p| p.to_os_string()));
     let s = |x: &'static str| OsStr::new(x);
-    push(&[
-        s("-accel"),
-        s("tcg"),
-        s("-M"),
-        s("q35"),
-        s("-cpu"),
-        s("EPYC,+svm,+npt"),
-    ]);
+    push(&[s("-accel"), &tcg_accel(), s("-M")]);
+    push(&[s("q35"), s("-cpu"), s("EPYC,+svm,+npt")]);
     let smp = OsString::from(opts.cpus.max(1).to_string());
     let mem = OsString::from(opts.memory_mib.max(256).to_string());
     push(&[s("-smp"), &smp, s("-m"), &mem]);

@@ -103,7 +103,7 @@ fn run_in_lab(args: &Arguments) -> i32 {
     };
     let argv: Vec<OsString> = std::env::args_os().collect();
     let options = supermachine_lab::LabOptions {
-        cpus: lab_cpus(),
+        cpus: supermachine_lab::test_cpus(),
         shares: vec![share.dir.clone()],
         env: vec![
             (progress::LOG_ENV.into(), share.log().into()),
@@ -193,13 +193,4 @@ fn summary(ledger: &progress::Ledger, lost: &[String], attempts: u32, last_code:
     } else {
         last_code
     }
-}
-
-/// Lab vCPUs: one by default (the freezes above look like a race in QEMU's
-/// multi-threaded emulation), `SUPERMACHINE_LAB_CPUS` to change it.
-fn lab_cpus() -> u32 {
-    std::env::var("SUPERMACHINE_LAB_CPUS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
 }
