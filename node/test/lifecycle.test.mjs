@@ -99,12 +99,13 @@ function allWorkers() {
 // child's workers exist failed: /proc showed no supermachine-worker at all
 // while the child held three VMs (it had run a command in one), so the
 // test cannot yet tell "no worker left" from "workers not seen". Looked at
-// again the same day in two lab runs of this scenario with `ps`: once the
-// only worker left was a zombie of the child, though the child had just
-// run a command in one of its VMs; once all three workers were there,
-// with the argv this check expects. So the check sees workers when they
-// exist, and the workers themselves sometimes go early: that is the bug
-// to find, not the check.
+// again the same day in five lab runs of this scenario with `ps`: in one
+// the only worker left was a zombie of the child, though the child had
+// just run a command in one of its VMs; in the other four all three
+// workers were there, with the argv this check expects, and still served
+// commands seconds later. So the check sees workers when they exist, and
+// the workers themselves sometimes go early: that is the bug to find, not
+// the check.
 test('a process that exits with live VMs leaves no worker behind', {
   todo: 'the lab did not show the child\'s workers in /proc (unexplained): the check cannot yet see them',
 }, async () => {
