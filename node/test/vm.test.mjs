@@ -152,6 +152,42 @@ describe('a built image and its pool', () => {
     }
   });
 
+  test('with max VMs out, acquire gives up after acquireTimeoutMs with SUPERMACHINE_POOL_TIMEOUT', async () => {
+    // No restore on release: the VM handed back is idle at once, so the
+    // acquire after it cannot wait on a restore longer than 300 ms.
+    const p = await image.pool({ min: 0, max: 1, acquireTimeoutMs: 300, restoreOnRelease: false });
+    try {
+      const held = await p.acquire();
+      await held.writeFile('/tmp/mark', 'held');
+      await assert.rejects(p.acquire(), hasCode(ErrorCodes.POOL_TIMEOUT));
+      await held.release();
+      await withVm(p, async (vm) => {
+        assert.equal((await vm.readFile('/tmp/mark')).toString(), 'held');
+      });
+    } finally {
+      await p.shutdown();
+    }
+  });
+
+  test('a VM whose kernel panicked answers SUPERMACHINE_VM_DIED, and the pool goes on', async () => {
+    const p = await image.pool({ min: 0, max: 1 });
+    try {
+      const vm = await p.acquire();
+      // The guest kernel panics at once: the command never answers.
+      await assert.rejects(
+        vm.exec(['sh', '-c', 'echo c > /proc/sysrq-trigger']),
+        hasCode(ErrorCodes.VM_DIED),
+      );
+      await assert.rejects(vm.readFile('/etc/hostname'), hasCode(ErrorCodes.VM_DIED));
+      await vm.release().catch(() => {});
+      await withVm(p, async (next) => {
+        assert.equal((await next.exec(['echo', 'alive'])).stdout.toString(), 'alive\n');
+      });
+    } finally {
+      await p.shutdown();
+    }
+  });
+
   test('after shutdown, acquire fails with SUPERMACHINE_POOL_CLOSED', async () => {
     const p = await image.pool({ min: 0, max: 1 });
     await p.shutdown();
@@ -175,4 +211,22 @@ test('a warmup that throws fails the build with what it threw', async () => {
     }),
     (err) => err === thrown,
   );
+});
+
+test('a WarmupVm kept past its warmup answers SUPERMACHINE_WARMUP_OVER', async () => {
+  let kept;
+  await Image.build({
+    ref: 'alpine:latest',
+    source: env.source('alpine'),
+    memoryMib: 256,
+    snapshotsDir: env.snapshotsDir,
+    name: 'kept-warmup-vm',
+    warmup: async (vm) => {
+      kept = vm;
+      await vm.exec(['true']);
+    },
+  });
+  await assert.rejects(kept.exec(['true']), hasCode(ErrorCodes.WARMUP_OVER));
+  await assert.rejects(kept.readFile('/etc/hostname'), hasCode(ErrorCodes.WARMUP_OVER));
+  await assert.rejects(kept.writeFile('/tmp/x', 'x'), hasCode(ErrorCodes.WARMUP_OVER));
 });
