@@ -6,6 +6,8 @@
 // test that called it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_clock_data, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -31,7 +33,7 @@ fn machine(cpuid: bool) -> Option<Machine> {
     let kvm = match Kvm::new() {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("SKIP: cannot open /dev/kvm: {e}");
+            support::skip_without_kvm(format!("cannot open /dev/kvm: {e}"));
             return None;
         }
     };
@@ -158,12 +160,16 @@ fn save_encode_decode_restore_into_a_fresh_vm() {
     };
     let vm_state = match save_vm(&src.vm) {
         Ok(s) => s,
-        Err(e) if unsupported(&e) => return eprintln!("SKIP: host KVM lacks {e}"),
+        Err(e) if unsupported(&e) => {
+            return support::skip_without_kvm(format!("host KVM lacks {e}"))
+        }
         Err(e) => panic!("save_vm: {e}"),
     };
     let vcpu_state = match save_vcpu(&src.vcpu) {
         Ok(s) => s,
-        Err(e) if unsupported(&e) => return eprintln!("SKIP: host KVM lacks {e}"),
+        Err(e) if unsupported(&e) => {
+            return support::skip_without_kvm(format!("host KVM lacks {e}"))
+        }
         Err(e) => panic!("save_vcpu: {e}"),
     };
     let state = MachineState {
@@ -295,7 +301,7 @@ fn bench_save_restore_one_vcpu() {
 #[test]
 fn msr_list_has_kvmclock_and_puts_tsc_deadline_after_tsc() {
     if Kvm::new().is_err() {
-        eprintln!("SKIP: cannot open /dev/kvm");
+        support::skip_without_kvm("cannot open /dev/kvm");
         return;
     }
     let l = supermachine_vmm::snapshot::msr_index_list().unwrap();

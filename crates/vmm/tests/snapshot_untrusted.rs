@@ -8,6 +8,8 @@
 // test that called it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
 use supermachine_protocol::worker_control::FailureKind;
 use supermachine_vmm::capped_log::DEFAULT_SERIAL_LOG_CAP;
@@ -31,7 +33,7 @@ fn refusal(dir: &Path) -> Option<(String, FailureKind)> {
     let empty = match EmptyVm::new() {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("SKIP: {e}");
+            support::skip_without_kvm(e);
             return None;
         }
     };

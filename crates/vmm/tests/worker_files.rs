@@ -10,6 +10,8 @@
 // test that called it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -59,7 +61,9 @@ fn standby() -> Option<Standby> {
     // The serial log is opened once the empty VM exists, after the socket.
     while !(socket.exists() && serial_log.exists()) {
         if let Some(status) = child.try_wait().unwrap() {
-            eprintln!("SKIP: the standby worker ended ({status}): no usable /dev/kvm?");
+            support::skip_without_kvm(format!(
+                "the standby worker ended ({status}): no usable /dev/kvm?"
+            ));
             return None;
         }
         assert!(Instant::now() < deadline, "no control socket within 20 s");
