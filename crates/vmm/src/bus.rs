@@ -5,25 +5,41 @@ use std::sync::{Arc, Mutex};
 /// A device reachable through guest port I/O or MMIO. `offset` is relative
 /// to the start of the device's range.
 pub trait BusDevice: Send {
+    /// Fills `data` (1, 2, 4 or 8 bytes, as wide as the guest's access) from
+    /// the register at `offset`. Runs on the vCPU thread that exited, so it
+    /// must not block.
     fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Takes the guest's write of `data` to the register at `offset`; runs on
+    /// the vCPU thread, like [`read`](Self::read).
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// A device as the buses hold it, shared with the VM (which keeps the
+/// serial port and the virtio transports to snapshot them) and locked for
+/// each access.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// Address ranges and the devices that own them: one bus for port I/O, one
+/// for MMIO, each vCPU with its own clone.
 #[derive(Default, Clone)]
 pub struct Bus {
     ranges: Vec<(u64, u64, SharedDevice)>,
 }
 
+/// [`Bus::insert`] refused a range that overlaps one already taken.
 #[derive(Debug, thiserror::Error)]
 #[error("bus range {base:#x}+{len:#x} overlaps an existing device")]
 pub struct Overlap {
+    /// Start of the refused range.
     pub base: u64,
+    /// Length of the refused range, in bytes.
     pub len: u64,
 }
 
 impl Bus {
+    /// Gives `device` the `len` bytes from `base` on; its accesses arrive with
+    /// offsets relative to `base`. Fails, changing nothing, if any byte is
+    /// taken already.
     pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), Overlap> {
         if self
             .ranges

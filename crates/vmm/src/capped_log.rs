@@ -38,6 +38,8 @@ fn marker(dropped: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Length in bytes of the marker line between head and tail (the dropped
+/// count is right-aligned in 20 columns, so the length never changes).
 pub const MARKER_LEN: u64 = 101;
 
 /// A log file written under a cap (see the module doc).

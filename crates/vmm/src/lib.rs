@@ -15,6 +15,8 @@
 //! connects that never block), [`capped_log`] (logs that cannot outgrow a
 //! cap) and [`log_limit`] (rate-limited log lines).
 
+#![warn(missing_docs)]
+
 pub mod arch;
 pub mod bus;
 pub mod capped_log;

@@ -31,6 +31,8 @@ struct Bucket {
 }
 
 impl LogLimit {
+    /// A full bucket, made lazily on the first line (so this is `const`, for
+    /// the `static` each [`limited!`] site holds).
     pub const fn new() -> LogLimit {
         LogLimit {
             bucket: Mutex::new(None),

@@ -7,13 +7,23 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
+/// Guest memory could not be mapped or handed to KVM.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// The host would not map guest memory (or give a region's address).
     #[error("guest memory of {mib} MiB: {reason}")]
-    Map { mib: u64, reason: String },
+    Map {
+        /// The guest memory asked for, in MiB.
+        mib: u64,
+        /// vm-memory's error.
+        reason: String,
+    },
+    /// KVM refused a memory slot.
     #[error("guest memory slot {slot}: KVM_SET_USER_MEMORY_REGION: {source}")]
     Register {
+        /// The slot: the region's index in guest memory.
         slot: u32,
+        /// KVM's error.
         source: kvm_ioctls::Error,
     },
 }

@@ -5,6 +5,8 @@ use crate::control::SnapshotRequest;
 use std::sync::mpsc::{Receiver, Sender};
 use supermachine_protocol::worker_exit;
 
+/// Why a VM run ended; [`Vm::run`](crate::Vm::run) returns it and the
+/// worker exits with its [`exit_code`](Self::exit_code).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The guest asked to power off.
@@ -22,6 +24,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The worker's exit status for this outcome, as the host side reads it
+    /// ([`worker_exit`]).
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::PowerOff => worker_exit::POWER_OFF,
@@ -36,7 +40,9 @@ impl Outcome {
 
 /// What the thread running the VM waits for.
 pub enum Event {
+    /// The run is over.
     Exit(Outcome),
+    /// A snapshot request from a [`ControlHandle`](crate::ControlHandle).
     Snapshot(SnapshotRequest),
 }
 
@@ -46,11 +52,15 @@ pub enum Event {
 pub struct ExitSender(pub(crate) Sender<Event>);
 
 impl ExitSender {
+    /// Reports `outcome`; the first one sent is the one the run returns.
+    /// Never blocks.
     pub fn send(&self, outcome: Outcome) {
         let _ = self.0.send(Event::Exit(outcome));
     }
 }
 
+/// A new channel: the sender for devices and vCPUs (clone it freely), the
+/// receiver for the thread running the VM.
 pub fn channel() -> (ExitSender, Receiver<Event>) {
     let (tx, rx) = std::sync::mpsc::channel();
     (ExitSender(tx), rx)

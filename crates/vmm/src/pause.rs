@@ -19,17 +19,33 @@ use std::time::{Duration, Instant};
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
 
+/// A pause or a save on a paused machine did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum PauseError {
+    /// Not every vCPU parked (or answered a save request) within five
+    /// seconds; a failed pause resumes the ones that did.
     #[error("{parked} of {total} vCPUs paused within {} s (did the VM just end?)", PAUSE_TIMEOUT.as_secs())]
-    Timeout { parked: usize, total: usize },
+    Timeout {
+        /// vCPUs that parked (or answered) in time.
+        parked: usize,
+        /// vCPUs the machine has.
+        total: usize,
+    },
+    /// A parked vCPU failed to read its own state.
     #[error("saving vCPU {id}: {message}")]
-    Save { id: u8, message: String },
+    Save {
+        /// The vCPU's index.
+        id: u8,
+        /// What failed, as text (the error came from the vCPU's thread).
+        message: String,
+    },
 }
 
 /// A parked vCPU, lent to the gate while its thread waits.
 pub struct ParkedVcpu<'a> {
+    /// The vCPU's index (its KVM vCPU id).
     pub id: u8,
+    /// The vCPU, to read its state on its own thread.
     pub fd: &'a VcpuFd,
 }
 

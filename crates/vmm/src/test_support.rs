@@ -51,6 +51,9 @@ pub struct OtherUser {
 }
 
 impl OtherUser {
+    /// Forks the child, which switches to `uid` (so the test must run as
+    /// root: [`can_switch_user`]) and connects. Panics if the fork fails; a
+    /// child that cannot connect reports it through [`closed`](Self::closed).
     pub fn connect(uid: u32, path: &Path, bytes: &[u8]) -> OtherUser {
         // Everything the child needs is made before the fork: after it,
         // only raw system calls (this test binary has many threads).

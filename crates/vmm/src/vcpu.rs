@@ -12,12 +12,20 @@ const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 
+/// One vCPU and everything its thread needs to serve the guest's exits;
+/// [`run`](Self::run) consumes it on that thread.
 pub struct VcpuRunner {
+    /// The vCPU's index, which is its KVM vCPU id and APIC id.
     pub id: u8,
+    /// The KVM vCPU, set up for boot or restored from a snapshot.
     pub fd: VcpuFd,
+    /// Port I/O devices (a clone of the bus every vCPU shares).
     pub pio: Bus,
+    /// MMIO devices: the virtio-mmio transports.
     pub mmio: Bus,
+    /// Where a triple fault or a reset request goes.
     pub reset: ResetReporter,
+    /// Where the thread parks when the VMM pauses the machine.
     pub gate: PauseGate,
 }
 

@@ -35,6 +35,9 @@ pub struct ConsoleSink {
 }
 
 impl ConsoleSink {
+    /// Console output goes to `log` (if any) and, with `echo`, to the
+    /// worker's own log; `panicked` is set when the kernel's panic banner goes
+    /// by.
     pub fn new(log: Option<CappedLog>, echo: bool, panicked: Arc<AtomicBool>) -> Self {
         ConsoleSink {
             log: log.map(BufWriter::new),
@@ -88,15 +91,25 @@ impl Write for ConsoleSink {
 /// The 8250 UART's registers and unread input, for a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialState {
+    /// Divisor latch, low byte.
     pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
     pub baud_divisor_high: u8,
+    /// Interrupt enable register.
     pub interrupt_enable: u8,
+    /// Interrupt identification register.
     pub interrupt_identification: u8,
+    /// Line control register.
     pub line_control: u8,
+    /// Line status register.
     pub line_status: u8,
+    /// Modem control register.
     pub modem_control: u8,
+    /// Modem status register.
     pub modem_status: u8,
+    /// Scratch register.
     pub scratch: u8,
+    /// Input the guest has not read yet.
     pub in_buffer: Vec<u8>,
 }
 
@@ -139,6 +152,8 @@ impl From<vm_superio::serial::SerialState> for SerialState {
 #[error("serial port: {0:?}")]
 pub struct SerialRestoreError(vm_superio::serial::Error<io::Error>);
 
+/// COM1 on the port I/O bus: vm-superio's 8250 wired to the guest's
+/// interrupt line and the console sink.
 pub struct SerialDevice(pub Serial<IrqTrigger, NoEvents, ConsoleSink>);
 
 impl SerialDevice {

@@ -26,7 +26,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Name of the state file in a snapshot directory.
 pub const STATE_FILE: &str = "state";
+/// Name of the guest memory file in a snapshot directory.
 pub const MEMORY_FILE: &str = "memory";
 /// The largest state file a restore reads. A machine of 64 vCPUs saves a
 /// few hundred KiB (CPUID, MSRs and XSAVE per vCPU); a state file far
@@ -37,25 +39,48 @@ pub const MAX_STATE_BYTES: u64 = 16 << 20;
 /// Everything but guest memory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnapshotState {
+    /// Guest RAM in MiB, as the machine was made with; the restore checks
+    /// that `memory` is the layout a boot of this size makes.
     pub memory_mib: u64,
+    /// Where each RAM region sits in the guest and in [`MEMORY_FILE`].
     pub memory: Vec<RegionLayout>,
+    /// The KVM state: the VM's interrupt controllers and timer, and each vCPU.
     pub machine: MachineState,
+    /// The serial port's registers and unread input.
     pub serial: SerialState,
     /// The virtio transports, in MMIO slot order.
     pub devices: Vec<TransportState>,
 }
 
+/// A snapshot's state file could not be written, read or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// Creating, opening, reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file (or directory) concerned.
         path: PathBuf,
+        /// The system's error.
         source: std::io::Error,
     },
+    /// The state could not be encoded, or what was read failed the
+    /// envelope's checks or did not decode.
     #[error("{}: {source}", path.display())]
-    Format { path: PathBuf, source: FormatError },
+    Format {
+        /// The state file.
+        path: PathBuf,
+        /// What the envelope or the encoding found wrong.
+        source: FormatError,
+    },
+    /// The state file is larger than [`MAX_STATE_BYTES`]; nothing of it
+    /// was decoded.
     #[error("{}: {size} bytes, more than a state file can be ({MAX_STATE_BYTES})", path.display())]
-    TooLarge { path: PathBuf, size: u64 },
+    TooLarge {
+        /// The state file.
+        path: PathBuf,
+        /// Its size in bytes (or the bytes read, if it grew meanwhile).
+        size: u64,
+    },
 }
 
 /// Writes the state file into `dir`, synced; returns its size.
@@ -87,6 +112,8 @@ pub struct SnapshotDir {
 }
 
 impl SnapshotDir {
+    /// Opens the directory at `path` (the path itself may be a symlink; what
+    /// is in it is then opened only through this handle).
     pub fn open(path: &Path) -> Result<SnapshotDir, BundleError> {
         let dir = std::fs::OpenOptions::new()
             .read(true)
@@ -102,6 +129,7 @@ impl SnapshotDir {
         })
     }
 
+    /// The path the directory was opened by, for messages.
     pub fn path(&self) -> &Path {
         &self.path
     }

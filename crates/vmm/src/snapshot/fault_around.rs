@@ -49,8 +49,14 @@ struct UffdioRegister {
     ioctls: u64,
 }
 
-vmm_sys_util::ioctl_iowr_nr!(UFFDIO_API, 0xaa, 0x3f, UffdioApi);
-vmm_sys_util::ioctl_iowr_nr!(UFFDIO_REGISTER, 0xaa, 0x00, UffdioRegister);
+/// The ioctl numbers, in a module of their own: the macro makes their
+/// functions `pub`, and they are no API of this crate.
+mod ioctls {
+    use super::{UffdioApi, UffdioRegister};
+    vmm_sys_util::ioctl_iowr_nr!(UFFDIO_API, 0xaa, 0x3f, UffdioApi);
+    vmm_sys_util::ioctl_iowr_nr!(UFFDIO_REGISTER, 0xaa, 0x00, UffdioRegister);
+}
+use ioctls::{UFFDIO_API, UFFDIO_REGISTER};
 
 /// Fault-around is off over the guest memory it was made for until this is
 /// dropped (closing the userfaultfd ends the registration). Ending it has

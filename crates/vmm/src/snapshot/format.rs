@@ -23,30 +23,76 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+/// The first eight bytes of every state blob.
 pub const MAGIC: [u8; 8] = *b"SMSTATE\0";
+/// The envelope and state layout this build writes and reads (see the
+/// module doc for when to bump it).
 pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of header before the body.
 pub const HEADER_LEN: usize = 32;
 
+/// Why a blob is not a state this build can read, or a state could not be
+/// encoded; the checks come in the order of the variants.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
+    /// Fewer bytes than a header.
     #[error("state blob too short for a header: {len} bytes, need {HEADER_LEN}")]
-    TooShort { len: usize },
+    TooShort {
+        /// The blob's length in bytes.
+        len: usize,
+    },
+    /// The blob does not start with [`MAGIC`]: not a state blob at all.
     #[error("not a supermachine state blob (bad magic {found:02x?})")]
-    BadMagic { found: [u8; 8] },
+    BadMagic {
+        /// The blob's first eight bytes.
+        found: [u8; 8],
+    },
+    /// The header's checksum does not match: its length and version fields
+    /// cannot be trusted.
     #[error(
         "state header is corrupted (header checksum {found:#010x}, computed {computed:#010x})"
     )]
-    HeaderChecksum { found: u32, computed: u32 },
+    HeaderChecksum {
+        /// The checksum stored in the header.
+        found: u32,
+        /// The checksum of the header's bytes as read.
+        computed: u32,
+    },
+    /// Written by a build with another [`FORMAT_VERSION`].
     #[error("state blob has format version {found}; this build reads only version {expected}")]
-    UnsupportedVersion { found: u32, expected: u32 },
+    UnsupportedVersion {
+        /// The blob's version.
+        found: u32,
+        /// The one this build reads.
+        expected: u32,
+    },
+    /// Fewer body bytes than the header says.
     #[error("state blob truncated: header promises {expected} body bytes, {found} present")]
-    Truncated { expected: u64, found: u64 },
+    Truncated {
+        /// Body bytes the header promises.
+        expected: u64,
+        /// Body bytes present.
+        found: u64,
+    },
+    /// More bytes after the body than the header says.
     #[error("state blob has {extra} unexpected bytes after the body")]
-    TrailingBytes { extra: u64 },
+    TrailingBytes {
+        /// Bytes past the promised body.
+        extra: u64,
+    },
+    /// The body's checksum does not match.
     #[error("state body is corrupted (checksum {found:#010x}, computed {computed:#010x})")]
-    BodyChecksum { found: u32, computed: u32 },
+    BodyChecksum {
+        /// The checksum stored in the header.
+        found: u32,
+        /// The checksum of the body as read.
+        computed: u32,
+    },
+    /// The body passed its checksum but is not a state of the expected type
+    /// (or has bytes left over); postcard's error, as text.
     #[error("state body does not parse: {0}")]
     Body(String),
+    /// The state could not be serialized; postcard's error, as text.
     #[error("state does not serialize: {0}")]
     Encode(String),
 }

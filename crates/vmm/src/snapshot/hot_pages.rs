@@ -56,7 +56,9 @@ const PAGEMAP_CHUNK: u64 = 1 << 16;
 /// Consecutive guest pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRun {
+    /// Guest physical address of the first page.
     pub guest_addr: u64,
+    /// Number of 4 KiB pages.
     pub pages: u64,
 }
 
@@ -70,10 +72,13 @@ pub struct HotPages {
 }
 
 impl HotPages {
+    /// The number of pages in [`touched`](Self::touched), for logs and the
+    /// plausibility cap.
     pub fn touched_pages(&self) -> u64 {
         self.touched.iter().map(|r| r.pages).sum()
     }
 
+    /// The number of pages in [`written`](Self::written).
     pub fn written_pages(&self) -> u64 {
         self.written.iter().map(|r| r.pages).sum()
     }
@@ -287,13 +292,17 @@ fn host_range(mem: &GuestMemoryMmap, run: &PageRun) -> Option<(*mut u8, usize)> 
 }
 
 // KVM_PRE_FAULT_MEMORY: _IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory).
-// kvm-ioctls has no wrapper for it yet.
-vmm_sys_util::ioctl_iowr_nr!(
-    KVM_PRE_FAULT_MEMORY,
-    kvm_bindings::KVMIO,
-    0xd5,
-    kvm_bindings::kvm_pre_fault_memory
-);
+// kvm-ioctls has no wrapper for it yet. In a module of its own: the macro
+// makes the function `pub`, and it is no API of this crate.
+mod ioctls {
+    vmm_sys_util::ioctl_iowr_nr!(
+        KVM_PRE_FAULT_MEMORY,
+        kvm_bindings::KVMIO,
+        0xd5,
+        kvm_bindings::kvm_pre_fault_memory
+    );
+}
+use ioctls::KVM_PRE_FAULT_MEMORY;
 
 /// How often one run may be retried before it is left to the guest.
 const MAX_PREFAULT_RETRIES: u32 = 64;

@@ -28,7 +28,9 @@ pub const VCPUS_PER_HOST_CPU: usize = 4;
 pub struct HostLimits {
     /// vCPUs per VM KVM accepts here (`KVM_CAP_MAX_VCPUS`).
     pub kvm_max_vcpus: usize,
+    /// CPUs online on this host.
     pub host_cpus: usize,
+    /// This host's RAM in MiB (all of it, not what is free).
     pub ram_mib: u64,
 }
 
@@ -78,25 +80,43 @@ impl HostLimits {
     }
 }
 
+/// Why a restore here refuses to make the machine a snapshot describes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refused {
+    /// The state lists no vCPU at all.
     #[error("the snapshot has no vCPU")]
     NoVcpus,
+    /// More vCPUs than this host takes.
     #[error("the snapshot has {saved} vCPUs; a restore here may make at most {max} ({why})")]
     TooManyVcpus {
+        /// vCPUs in the snapshot.
         saved: usize,
+        /// The most a restore here may make.
         max: usize,
+        /// Which limit `max` is, in words.
         why: String,
     },
+    /// The guest has more memory than this host has RAM.
     #[error(
         "the snapshot's guest has {mib} MiB of memory, more than this host's {host_mib} MiB of RAM"
     )]
-    TooMuchMemory { mib: u64, host_mib: u64 },
+    TooMuchMemory {
+        /// Guest memory in the snapshot, in MiB.
+        mib: u64,
+        /// This host's RAM, in MiB.
+        host_mib: u64,
+    },
+    /// The memory layout is not [`layout_for`] the saved size.
     #[error(
         "the snapshot's memory layout ({found:?}) is not the one this VMM makes for {mib} MiB \
          (a state file from elsewhere, or damaged)"
     )]
-    Layout { mib: u64, found: Vec<RegionLayout> },
+    Layout {
+        /// Guest memory in the snapshot, in MiB.
+        mib: u64,
+        /// The layout the state file has.
+        found: Vec<RegionLayout>,
+    },
 }
 
 /// Whether a restore here may make the machine `state` describes.

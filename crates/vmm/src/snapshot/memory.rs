@@ -19,8 +19,11 @@ const PAGE: usize = 4096;
 /// Where one RAM region lives in the guest and in the memory file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionLayout {
+    /// Guest physical address of the region's first byte.
     pub guest_addr: u64,
+    /// Length in bytes; a whole number of pages.
     pub len: u64,
+    /// Offset of the region's first byte in the memory file; page-aligned.
     pub file_offset: u64,
 }
 
@@ -33,14 +36,27 @@ pub struct MemoryWritten {
     pub data_bytes: u64,
 }
 
+/// Guest memory could not be written to, or mapped back from, the memory
+/// file.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryFileError {
+    /// Writing (or sizing) the memory file failed.
     #[error("writing the memory file: {0}")]
     Write(io::Error),
+    /// The memory file is shorter than the layout: mapping it would leave
+    /// guest pages that fault with SIGBUS.
     #[error("the memory file is {found} bytes; the snapshot's layout needs {needed} (truncated?)")]
-    TooShort { found: u64, needed: u64 },
+    TooShort {
+        /// Size of the memory file in bytes.
+        found: u64,
+        /// Where the layout's last region ends in the file.
+        needed: u64,
+    },
+    /// The layout is unusable: a region not page-aligned, empty, overflowing
+    /// or overlapping another.
     #[error("the snapshot's memory layout is invalid: {0}")]
     Layout(String),
+    /// The host would not map the file (or report its size).
     #[error("mapping the memory file: {0}")]
     Map(String),
 }

@@ -34,24 +34,43 @@ pub use vm::{restore_vm, save_vm, VmState};
 /// the machine could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// An ioctl failed.
     #[error("{ioctl} failed: {source}")]
     Ioctl {
+        /// The ioctl's name, e.g. `"KVM_GET_SREGS"`.
         ioctl: &'static str,
+        /// KVM's error.
         #[source]
         source: kvm_ioctls::Error,
     },
     /// `KVM_SET_MSRS` stops at the first MSR it rejects; this names it.
     #[error("KVM_SET_MSRS rejected MSR {index:#x} (value {data:#x})")]
-    MsrRejected { index: u32, data: u64 },
+    MsrRejected {
+        /// The MSR's index.
+        index: u32,
+        /// The value it was given.
+        data: u64,
+    },
+    /// The host's list of MSRs could not be read (the error, as text: the list
+    /// is read once per process and its failure kept).
     #[error("cannot read the host's MSR index list (KVM_GET_MSR_INDEX_LIST): {0}")]
     MsrIndexList(String),
+    /// A variable-length KVM buffer (CPUID entries, MSRs, XSAVE) could not
+    /// be built: more entries than it can hold.
     #[error("building a KVM {what} buffer: {source:?}")]
     Fam {
+        /// Which buffer, e.g. `"CPUID"`.
         what: &'static str,
+        /// The buffer's error.
         source: vmm_sys_util::fam::Error,
     },
+    /// The saved XSAVE area is shorter than the 4 KiB legacy region, which
+    /// this VMM always saves: the state is damaged or not ours.
     #[error("saved xsave area is {words} u32 words; at least 1024 are required")]
-    XsaveTooSmall { words: usize },
+    XsaveTooSmall {
+        /// The saved area's length in u32 words.
+        words: usize,
+    },
     /// The guest's TSC ran at another rate where the snapshot was taken,
     /// and this host's KVM cannot scale it (no TSC scaling support).
     #[error(
@@ -60,8 +79,11 @@ pub enum StateError {
          with the same TSC rate, or take it again here"
     )]
     TscRate {
+        /// The guest TSC rate where the snapshot was taken.
         saved_khz: u32,
+        /// This host's TSC rate.
         host_khz: u32,
+        /// KVM's error from `KVM_SET_TSC_KHZ`.
         #[source]
         source: kvm_ioctls::Error,
     },
@@ -82,12 +104,15 @@ impl StateError {
     }
 }
 
+/// Saving or restoring machine state.
 pub type Result<T> = std::result::Result<T, StateError>;
 
 /// The KVM-held state of a whole machine: the VM plus each vCPU, in vCPU id
 /// order. Device states and the memory file sit beside it in a snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MachineState {
+    /// The VM-wide state: interrupt controllers, PIT, clock.
     pub vm: VmState,
+    /// Each vCPU, in id order.
     pub vcpus: Vec<VcpuState>,
 }

@@ -67,14 +67,23 @@ const XSAVE_LEGACY_WORDS: usize = 1024;
 /// restored after it, so this is belt and braces for hosts without XSAVE.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FpuState {
+    /// The x87 registers ST0-ST7, 16 bytes each (80 bits used).
     pub fpr: [[u8; 16]; 8],
+    /// x87 control word.
     pub fcw: u16,
+    /// x87 status word.
     pub fsw: u16,
+    /// x87 tag word, abridged (one bit per register, as FXSAVE stores it).
     pub ftwx: u8,
+    /// Opcode of the last x87 instruction.
     pub last_opcode: u16,
+    /// Address of the last x87 instruction.
     pub last_ip: u64,
+    /// Address of the last x87 instruction's memory operand.
     pub last_dp: u64,
+    /// XMM0-XMM15.
     pub xmm: [[u8; 16]; 16],
+    /// SSE control and status register.
     pub mxcsr: u32,
 }
 
@@ -116,19 +125,27 @@ impl From<&FpuState> for kvm_fpu {
 pub struct VcpuState {
     /// The CPUID the vCPU was given (restored first).
     pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// Whether the vCPU runs, halts or waits for INIT/SIPI.
     pub mp_state: kvm_mp_state,
+    /// General-purpose registers, RIP and RFLAGS.
     pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers, EFER and the APIC base.
     pub sregs: kvm_sregs,
+    /// The legacy FPU/SSE state.
     pub fpu: FpuState,
     /// The XSAVE area as u32 words: the 4 KiB legacy region, plus any
     /// `KVM_CAP_XSAVE2` tail (empty unless the VMM enabled e.g. AMX).
     pub xsave: Vec<u32>,
+    /// Extended control registers (XCR0: which XSAVE features are on).
     pub xcrs: kvm_xcrs,
+    /// Debug registers DR0-DR3, DR6 and DR7.
     pub debug_regs: kvm_debugregs,
+    /// The local APIC's register page.
     pub lapic: kvm_lapic_state,
     /// Every MSR of the host's `KVM_GET_MSR_INDEX_LIST` this vCPU accepted
     /// (kvmclock's included), `IA32_TSC_DEADLINE` last.
     pub msrs: Vec<kvm_msr_entry>,
+    /// Pending exceptions, interrupts, NMIs and SMIs (restored last).
     pub vcpu_events: kvm_vcpu_events,
     /// The guest TSC frequency, if KVM reports it. A restore on a host with
     /// another TSC frequency scales the guest TSC to this.

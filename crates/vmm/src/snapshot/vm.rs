@@ -14,9 +14,13 @@ use super::{Result, StateError};
 /// `KVM_CREATE_IRQCHIP` and `KVM_CREATE_PIT2`, on save and on restore.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VmState {
+    /// The primary 8259 PIC (IRQs 0-7).
     pub pic_master: kvm_irqchip,
+    /// The secondary 8259 PIC (IRQs 8-15).
     pub pic_slave: kvm_irqchip,
+    /// The IOAPIC: its pins' routing and state.
     pub ioapic: kvm_irqchip,
+    /// The 8254 timer's channels.
     pub pit: kvm_pit_state2,
     /// kvmclock at save time. Restored as is: the guest sees no time pass
     /// while it was snapshotted (wall-clock correction is the agent's job,

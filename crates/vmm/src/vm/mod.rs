@@ -44,31 +44,48 @@ const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quie
 /// the machine before we call it a panic ourselves (for `panic=0` guests).
 const PANIC_GRACE: Duration = Duration::from_secs(2);
 
+/// A host file the guest sees as a virtio-blk disk.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
+    /// The disk image: a regular file whose size is a whole number of 512-byte
+    /// sectors; it is never grown.
     pub path: PathBuf,
+    /// Offer the disk read-only and refuse the guest's writes (the file is
+    /// then opened for reading only).
     pub read_only: bool,
 }
 
+/// The guest's virtio-vsock device and the host socket its streams meet.
 #[derive(Debug, Clone)]
 pub struct VsockConfig {
+    /// The guest's context id: 3 to 2^32 - 1 (0-2 are reserved).
     pub guest_cid: u64,
     /// Host muxer socket; guest-initiated streams go to `<uds_path>_<port>`.
     pub uds_path: PathBuf,
 }
 
+/// What a cold boot ([`Vm::build`]) makes.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    /// An uncompressed x86_64 vmlinux (ELF), not a bzImage.
     pub kernel: PathBuf,
+    /// The initramfs, loaded at the top of RAM below 3 GiB.
     pub initrd: Option<PathBuf>,
     /// Appended to the base command line.
     pub extra_cmdline: String,
+    /// Guest RAM in MiB, at least 64.
     pub memory_mib: u64,
+    /// vCPUs, 1 to 64.
     pub vcpus: u8,
     /// In order: the first is /dev/vda.
     pub disks: Vec<DiskConfig>,
+    /// A vsock device, if any (after the disks in MMIO slot order).
     pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device (the last in slot order), so the guest's entropy
+    /// pool is seeded at once.
     pub rng: bool,
+    /// Where the guest's console goes: created 0600 if missing, appended to
+    /// if present, never through a symlink. `None`: nowhere (except the echo).
     pub serial_log: Option<PathBuf>,
     /// The most the serial log keeps (`capped_log::DEFAULT_SERIAL_LOG_CAP`
     /// unless the host says otherwise).

@@ -32,11 +32,17 @@ pub struct RestoreConfig {
     pub snapshot_dir: PathBuf,
     /// The same disks, in the same order, as the snapshotted VM had.
     pub disks: Vec<DiskConfig>,
+    /// The vsock device, with the guest CID the snapshot has; its socket may
+    /// be another path.
     pub vsock: Option<VsockConfig>,
+    /// Whether the snapshotted VM had a virtio-rng device.
     pub rng: bool,
+    /// Where the restored guest's console goes (appended to; see
+    /// `VmConfig::serial_log`).
     pub serial_log: Option<PathBuf>,
     /// The most the serial log keeps (see `VmConfig::serial_log_cap`).
     pub serial_log_cap: u64,
+    /// Also copy the console to the worker's log.
     pub console_echo: bool,
 }
 
@@ -50,6 +56,8 @@ pub struct EmptyVm {
 }
 
 impl EmptyVm {
+    /// Opens KVM and creates the VM (with its interrupt controllers and PIT).
+    /// Fails if this host has no usable KVM.
     pub fn new() -> Result<EmptyVm, VmError> {
         let kvm = devices::open_kvm()?;
         Ok(EmptyVm {

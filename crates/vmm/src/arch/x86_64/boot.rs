@@ -19,33 +19,53 @@ const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
 const PAGE_SIZE: u64 = 4096;
 
+/// The kernel, initramfs or command line could not be put in guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// The kernel file could not be opened.
     #[error("cannot open kernel {path}: {source}")]
     OpenKernel {
+        /// The kernel's path, for the message.
         path: String,
+        /// The system's error.
         source: std::io::Error,
     },
+    /// The kernel is not a vmlinux ELF for x86_64 (a bzImage, say), or does
+    /// not fit in guest memory.
     #[error("cannot load kernel {path} (expected an uncompressed x86_64 vmlinux ELF): {source}")]
     LoadKernel {
+        /// The kernel's path, for the message.
         path: String,
+        /// The loader's error.
         source: linux_loader::loader::Error,
     },
+    /// The initramfs could not be opened or read.
     #[error("cannot open initramfs {path}: {source}")]
     OpenInitrd {
+        /// The initramfs's path, for the message.
         path: String,
+        /// The system's error.
         source: std::io::Error,
     },
+    /// The initramfs does not fit between the kernel's end and the top of low
+    /// RAM.
     #[error("initramfs of {size} bytes does not fit in guest memory above the kernel; give the VM more memory")]
-    InitrdTooLarge { size: u64 },
+    InitrdTooLarge {
+        /// The initramfs's size in bytes.
+        size: u64,
+    },
+    /// The command line could not be written into guest memory;
+    /// linux-loader's error, as text.
     #[error("kernel command line: {0}")]
     Cmdline(String),
+    /// Writing to guest memory failed (an address outside it).
     #[error("writing boot data into guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 
 /// Where the kernel was put; the vCPU starts at `entry`.
 pub struct LoadedKernel {
+    /// Guest physical address of the kernel's 64-bit entry point.
     pub entry: u64,
 }
 

@@ -18,6 +18,9 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRRs enabled, default type write-back.
 const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
 
+/// The MSR values every vCPU of a cold boot starts with (see the module
+/// doc). Fails only if the list outgrows a KVM MSR buffer, which a fixed
+/// list of ten cannot.
 pub fn boot_msrs() -> Result<Msrs, vmm_sys_util::fam::Error> {
     let entry = |index, data| kvm_msr_entry {
         index,

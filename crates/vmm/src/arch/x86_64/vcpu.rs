@@ -13,13 +13,18 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
+/// A vCPU could not be set up for a cold boot.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuSetupError {
+    /// A KVM ioctl failed.
     #[error("{ioctl} failed: {source}")]
     Kvm {
+        /// The ioctl's name, e.g. `"KVM_SET_CPUID2"`.
         ioctl: &'static str,
+        /// KVM's error.
         source: kvm_ioctls::Error,
     },
+    /// The boot MSR list did not fit a KVM buffer.
     #[error("building the boot MSR list: {0:?}")]
     MsrList(vmm_sys_util::fam::Error),
 }
@@ -35,6 +40,8 @@ pub struct HostCpu {
 }
 
 impl HostCpu {
+    /// Asks KVM for the CPUID it supports and whether it emulates the LAPIC's
+    /// TSC-deadline timer.
     pub fn query(kvm_fd: &Kvm) -> Result<HostCpu, VcpuSetupError> {
         Ok(HostCpu {
             supported_cpuid: kvm(

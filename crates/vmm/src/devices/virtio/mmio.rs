@@ -29,6 +29,10 @@ const STATUS_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
 const STATUS_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
 const STATUS_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
 
+/// One virtio device's 4 KiB register window on the MMIO bus: feature
+/// negotiation, queue setup and the interrupt status, as the guest driver
+/// sees them. On DRIVER_OK it activates the device and starts its event
+/// thread (named `virtio-<name>`); an active device cannot be reset.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
     name: &'static str,

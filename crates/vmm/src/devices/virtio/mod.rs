@@ -50,6 +50,9 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
+    /// A line with nothing pending and the device not broken; it raises the
+    /// guest interrupt by writing to `irqfd` (registered with KVM for the
+    /// device's IOAPIC pin).
     pub fn new(irqfd: EventFd) -> Self {
         Interrupt {
             status: Arc::new(AtomicU32::new(0)),
@@ -130,14 +133,19 @@ impl Poller {
     pub fn new() -> io::Result<Poller> {
         Ok(Poller(Arc::new(Epoll::new()?)))
     }
+    /// Watches `fd` for `events`; readiness arrives as
+    /// [`VirtioDevice::handle_fd`] with `token`, which must be at least
+    /// [`FIRST_DEVICE_TOKEN`]. The fd must stay open until removed.
     pub fn add(&self, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
         self.0
             .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
     }
+    /// Changes what a watched `fd` is watched for (and its token).
     pub fn modify(&self, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
         self.0
             .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
     }
+    /// Stops watching `fd`; do it before closing the fd.
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
         self.0
             .ctl(ControlOperation::Delete, fd, EpollEvent::default())
@@ -157,22 +165,44 @@ impl Poller {
 
 /// What a device receives when the driver has set it up.
 pub struct Activation {
+    /// Guest memory, where the queues and their buffers live.
     pub mem: GuestMemoryMmap,
+    /// The queues as the driver set them up, one per
+    /// [`queue_max_sizes`](VirtioDevice::queue_max_sizes) entry; from now on
+    /// the device's copies are the ones that advance.
     pub queues: Vec<Queue>,
+    /// The device's interrupt line, to signal used buffers (or mark the device
+    /// broken).
     pub interrupt: Arc<Interrupt>,
+    /// The event thread's epoll set, for host fds the device wants to wait on.
     pub poller: Poller,
+    /// The feature bits the driver accepted: a subset of what was offered,
+    /// which is the device's [`features`](VirtioDevice::features) plus
+    /// [`FEATURE_VERSION_1`].
     pub acked_features: u64,
 }
 
+/// A virtio device model behind an [`MmioTransport`]: the transport keeps
+/// the registers and queue setup, the device the queues' work once active.
+/// Every method is called with the device locked, from a vCPU thread
+/// (config reads), the device's event thread (queues, fds) or the VMM
+/// (snapshot and restore, while the vCPUs are paused).
 pub trait VirtioDevice: Send + 'static {
     /// Short name for thread names and logs.
     fn name(&self) -> &'static str;
     /// The virtio device id (`virtio_bindings::virtio_ids`).
     fn device_type(&self) -> u32;
+    /// The largest size of each queue; also how many queues the device has.
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits offered to the driver; [`FEATURE_VERSION_1`] is added by the transport.
     fn features(&self) -> u64;
+    /// The guest reads the device's configuration space at `offset` (see
+    /// [`read_config_bytes`]). The config space is read-only: writes are
+    /// dropped by the transport.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver set DRIVER_OK: take the queues and start serving them. An
+    /// error leaves the device inactive and the driver sees
+    /// DEVICE_NEEDS_RESET. Called again on a restore, with the saved queues.
     fn activate(&mut self, activation: Activation) -> io::Result<()>;
     /// The driver kicked queue `index`.
     fn handle_queue(&mut self, index: usize);

@@ -45,8 +45,11 @@ pub trait Persist {
 /// Rng 1, Vsock 2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
+    /// A virtio-blk device.
     Block(BlockState),
+    /// A virtio-rng device.
     Rng(RngState),
+    /// A virtio-vsock device.
     Vsock(VsockState),
 }
 
@@ -64,18 +67,26 @@ impl DeviceState {
 /// Why a device refused a saved state.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceRestoreError {
+    /// The saved state is another kind of device's: the restore was given
+    /// other devices, or the same ones in another order.
     #[error("a virtio-{device} device cannot take the saved state of a virtio-{saved} device (give the restore the devices the snapshotted VM had, in the same order)")]
     WrongKind {
+        /// The kind of the device being restored, e.g. `"blk"`.
         device: &'static str,
+        /// The kind the state belongs to.
         saved: &'static str,
     },
+    /// The block device refused its saved state.
     #[error(transparent)]
     Block(#[from] BlockRestoreError),
+    /// The vsock device refused its saved state.
     #[error(transparent)]
     Vsock(#[from] VsockRestoreError),
 }
 
 impl DeviceRestoreError {
+    /// [`WrongKind`](Self::WrongKind) for a device of kind `device` handed
+    /// `saved`.
     pub fn wrong_kind(device: &'static str, saved: &DeviceState) -> Self {
         DeviceRestoreError::WrongKind {
             device,
@@ -87,14 +98,24 @@ impl DeviceRestoreError {
 /// A virtqueue as the driver configured it and as far as the device got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueState {
+    /// The largest size the device allows.
     pub max_size: u16,
+    /// The size the driver chose.
     pub size: u16,
+    /// Whether the driver marked the queue ready.
     pub ready: bool,
+    /// Guest physical address of the descriptor table.
     pub desc_table: u64,
+    /// Guest physical address of the available ring.
     pub avail_ring: u64,
+    /// Guest physical address of the used ring.
     pub used_ring: u64,
+    /// The next available-ring entry the device will take.
     pub next_avail: u16,
+    /// The next used-ring entry the device will fill.
     pub next_used: u16,
+    /// Whether `VIRTIO_F_EVENT_IDX` was negotiated (interrupt suppression by
+    /// index).
     pub event_idx: bool,
 }
 
@@ -141,33 +162,52 @@ impl QueueState {
 /// The virtio-mmio registers plus the device behind them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransportState {
+    /// `DeviceFeaturesSel`: which 32-bit half of the offered features the
+    /// driver reads.
     pub device_features_sel: u32,
+    /// `DriverFeaturesSel`: which half of the accepted features it writes.
     pub driver_features_sel: u32,
+    /// The features the driver accepted.
     pub acked_features: u64,
+    /// `QueueSel`: the queue the queue registers address.
     pub queue_sel: u32,
+    /// The device status the driver wrote (NEEDS_RESET included if the device
+    /// was broken).
     pub status: u32,
+    /// Whether the device was active (DRIVER_OK reached and activation done).
     pub activated: bool,
+    /// Interrupt status bits the driver had not acknowledged.
     pub interrupt_status: u32,
     /// The queues as the device uses them once active, else as configured.
     pub queues: Vec<QueueState>,
+    /// The device's own state.
     pub device: DeviceState,
 }
 
 /// Why a transport could not be put into a saved state.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportRestoreError {
+    /// The snapshot has another number of queues than the device.
     #[error("virtio-{device}: the snapshot has {saved} queues, the device {actual}")]
     QueueCount {
+        /// The device's kind.
         device: &'static str,
+        /// Queues in the snapshot.
         saved: usize,
+        /// Queues the device has.
         actual: usize,
     },
+    /// A saved queue is one no device could have had.
     #[error("virtio-{device}: queue {index}: {source}")]
     Queue {
+        /// The device's kind.
         device: &'static str,
+        /// The queue's index.
         index: usize,
+        /// What is wrong with it.
         source: InvalidQueue,
     },
+    /// The device refused its own saved state.
     #[error(transparent)]
     Device(#[from] DeviceRestoreError),
 }

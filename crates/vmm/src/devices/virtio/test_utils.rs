@@ -41,13 +41,16 @@ const DATA_START: u64 = 0x10_0000;
 /// One buffer of a descriptor chain.
 #[derive(Debug, Clone, Copy)]
 pub struct Buf {
+    /// Guest address of the buffer.
     pub addr: u64,
+    /// Its length in bytes.
     pub len: u32,
     /// The device writes it (`VRING_DESC_F_WRITE`); else it reads it.
     pub writable: bool,
 }
 
 impl Buf {
+    /// A buffer the device reads (the driver's data).
     pub fn read(addr: u64, len: u32) -> Buf {
         Buf {
             addr,
@@ -55,6 +58,7 @@ impl Buf {
             writable: false,
         }
     }
+    /// A buffer the device writes (room for its answer).
     pub fn write(addr: u64, len: u32) -> Buf {
         Buf {
             addr,
@@ -72,6 +76,7 @@ pub fn memory() -> GuestMemoryMmap {
 
 /// The driver side of a device's queues.
 pub struct MockDriver<'m> {
+    /// The guest memory the queues and buffers live in.
     pub mem: &'m GuestMemoryMmap,
     queues: Vec<MockSplitQueue<'m, GuestMemoryMmap>>,
     sizes: Vec<u16>,
@@ -147,12 +152,14 @@ impl<'m> MockDriver<'m> {
         Buf::write(self.alloc(len), len)
     }
 
+    /// Writes `bytes` into guest memory at `addr`; panics outside it.
     pub fn write(&self, addr: u64, bytes: &[u8]) {
         self.mem
             .write_slice(bytes, GuestAddress(addr))
             .expect("write guest memory");
     }
 
+    /// Reads `len` bytes of guest memory at `addr`; panics outside it.
     pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut out = vec![0u8; len];
         self.mem
@@ -197,6 +204,8 @@ impl<'m> MockDriver<'m> {
         self.mock(queue).avail().idx().store(idx);
     }
 
+    /// The available index of `queue`: how many chains the driver has made
+    /// available (wrapping at 2^16).
     pub fn avail_idx(&self, queue: usize) -> u16 {
         self.mock(queue).avail().idx().load()
     }

@@ -30,6 +30,8 @@ const QUEUE_SIZE: u16 = 256;
 /// Segments per request we accept (config `seg_max`).
 const SEG_MAX: u32 = 126;
 
+/// A virtio-blk device: one request queue served on its event thread,
+/// against one host file ([`Disk`]).
 pub struct Block {
     disk: Disk,
     config: Vec<u8>,
@@ -53,6 +55,7 @@ impl Block {
         Ok(Block::new(disk))
     }
 
+    /// A device for `disk`, not yet active.
     pub fn new(disk: Disk) -> Block {
         let mut config = (disk.capacity_bytes() / SECTOR_SIZE).to_le_bytes().to_vec();
         config.extend_from_slice(&0u32.to_le_bytes()); // size_max (unused)

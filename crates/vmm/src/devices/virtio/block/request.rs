@@ -18,6 +18,8 @@ pub const SECTOR_SIZE: u64 = 512;
 const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
 const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+/// Length of the disk's serial number (`VIRTIO_BLK_ID_BYTES`): a longer
+/// id is cut, a shorter one padded with NULs.
 pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Data moves through a buffer of this size, so a request of any length
 /// costs the host no more memory than this.
@@ -68,14 +70,19 @@ impl Disk {
         })
     }
 
+    /// Whether the guest may only read: offered as `VIRTIO_BLK_F_RO`, and a
+    /// write request fails with an I/O error status.
     pub fn read_only(&self) -> bool {
         self.read_only
     }
 
+    /// The disk's size in bytes, as it was when opened: a whole number of
+    /// sectors.
     pub fn capacity_bytes(&self) -> u64 {
         self.capacity_bytes
     }
 
+    /// The serial number the guest reads: 20 bytes, NUL-padded.
     pub fn id(&self) -> &[u8] {
         &self.id
     }

@@ -10,24 +10,37 @@ use serde::{Deserialize, Serialize};
 /// disk it is given still says the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockState {
+    /// Whether the guest saw the disk read-only.
     pub read_only: bool,
+    /// The disk's size in bytes.
     pub capacity_bytes: u64,
     /// The serial number the guest read (`VIRTIO_BLK_T_GET_ID`).
     pub id: Vec<u8>,
 }
 
+/// Why the disk a restore was given cannot stand in for the saved one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BlockRestoreError {
     /// A disk of another size is surely another disk.
     #[error("disk {disk}: {now} bytes now, {saved} when snapshotted")]
-    Capacity { disk: String, now: u64, saved: u64 },
+    Capacity {
+        /// The disk's id, for the message.
+        disk: String,
+        /// The size of the disk given, in bytes.
+        now: u64,
+        /// The size when snapshotted.
+        saved: u64,
+    },
     /// A guest that mounted its disk writable must not find it read-only
     /// (its writes would fail), nor one it saw read-only writable (the
     /// host meant it to stay unchanged).
     #[error("disk {disk}: read-only {now} now, {saved} when snapshotted")]
     ReadOnly {
+        /// The disk's id, for the message.
         disk: String,
+        /// Whether the disk given is read-only.
         now: bool,
+        /// Whether the saved one was.
         saved: bool,
     },
 }

@@ -18,6 +18,8 @@ use virtio_queue::Writer;
 const MAX_PER_REQUEST: usize = 64 * 1024;
 const QUEUE_SIZE: u16 = 256;
 
+/// A virtio-rng device: one request queue, no features, no config space.
+/// [`Default`] gives one not yet active.
 #[derive(Default)]
 pub struct Rng {
     active: Option<SingleQueue>,

@@ -45,6 +45,8 @@ struct Active {
     interrupt: Arc<Interrupt>,
 }
 
+/// A virtio-vsock device whose guest streams end at host Unix sockets
+/// (see the module doc); its event thread also serves the muxer's sockets.
 pub struct Vsock {
     guest_cid: u64,
     muxer: Muxer,

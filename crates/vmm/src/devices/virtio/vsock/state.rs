@@ -7,17 +7,25 @@ use super::Vsock;
 use crate::devices::virtio::persist::Persist;
 use serde::{Deserialize, Serialize};
 
+/// The vsock device as the guest knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockState {
+    /// The guest's context id.
     pub guest_cid: u64,
 }
 
+/// Why a vsock device cannot stand in for the saved one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VsockRestoreError {
     /// The guest kernel read its CID at boot and keeps it; the host must
     /// reach it at the same one.
     #[error("vsock: CID {now} now, {saved} when snapshotted")]
-    Cid { now: u64, saved: u64 },
+    Cid {
+        /// The CID the restore was given.
+        now: u64,
+        /// The CID the guest has.
+        saved: u64,
+    },
 }
 
 impl Persist for Vsock {
