@@ -36,8 +36,14 @@ const LISTENER_TOKEN: u64 = FIRST_DEVICE_TOKEN;
 /// tokens start above it.
 const HOLD_TIMER_TOKEN: u64 = FIRST_DEVICE_TOKEN + 1;
 /// How long host connections wait for the guest to acknowledge a transport
-/// reset before they are sent anyway.
-const HOLD_FALLBACK: Duration = Duration::from_secs(1);
+/// reset before they are sent anyway. A live Linux guest acknowledges in
+/// milliseconds, but the clock starts when the device is restored, before
+/// the vCPU runs: on a slow or busy host one second was not enough (a lab
+/// run on 2026-12-07 released the held restore fixup early, the guest then
+/// reset the next connection, and a `readFile` failed with "connection reset
+/// by peer"). Five seconds stays under the host library's 10 s handshake
+/// limit, and only a guest that never acknowledges ever waits for it.
+const HOLD_FALLBACK: Duration = Duration::from_secs(5);
 /// Host-side ports for host-initiated streams start here, far above the
 /// ports guests listen on.
 const FIRST_EPHEMERAL_PORT: u32 = 1 << 30;
