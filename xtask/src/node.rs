@@ -189,9 +189,7 @@ fn run_test_file(file: &OsString, opts: &supermachine_lab::LabOptions) -> Result
         eprintln!("node: node --test {name} (booting VMs, in the lab when this host needs it)");
         let failure = match supermachine_lab::run(&argv, opts) {
             Ok(code) => return Ok(code == 0),
-            Err(e @ supermachine_lab::LabError::Frozen { .. }) => format!("STALL: {e}"),
-            Err(e @ supermachine_lab::LabError::NoExitCode { .. }) => format!("LAB CRASH: {e}"),
-            Err(e) => return Err(format!("the lab: {e}")),
+            Err(e) => e.lab_failed().ok_or_else(|| format!("the lab: {e}"))?,
         };
         eprintln!("node: lab attempt {attempt} of {LAB_ATTEMPTS} for {name} failed: {failure}");
     }

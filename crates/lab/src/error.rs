@@ -129,8 +129,45 @@ pub enum LabError {
 }
 
 impl LabError {
+    /// When the emulated machine itself failed (its heartbeat stopped, or it
+    /// died without reporting an exit code), a one-line label and the
+    /// message: the command may pass when run again in a new lab. `None`
+    /// for every other error, which a rerun would only repeat.
+    pub fn lab_failed(&self) -> Option<String> {
+        match self {
+            LabError::Frozen { .. } => Some(format!("STALL: {self}")),
+            LabError::NoExitCode { .. } => Some(format!("LAB CRASH: {self}")),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
         let what = what.into();
         move |source| LabError::Io { what, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LabError;
+
+    #[test]
+    fn only_a_failed_machine_is_worth_a_rerun() {
+        let frozen = LabError::Frozen {
+            silent_secs: 60,
+            beats: 3,
+            console: String::new(),
+        };
+        let crashed = LabError::NoExitCode {
+            status: "exit status: 1".into(),
+            console: String::new(),
+        };
+        assert!(frozen
+            .lab_failed()
+            .unwrap()
+            .starts_with("STALL: the lab froze"));
+        assert!(crashed.lab_failed().unwrap().starts_with("LAB CRASH: "));
+        assert_eq!(LabError::NoCommand.lab_failed(), None);
+        assert_eq!(LabError::NoCacheDir.lab_failed(), None);
     }
 }

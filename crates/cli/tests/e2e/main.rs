@@ -126,19 +126,20 @@ fn run_in_lab(args: &Arguments) -> i32 {
                 return summary(&ledger, &lost, attempt, code);
             }
             Ok(_) => "a command stalled twice in it (LAB WENT BAD)".to_string(),
-            Err(e @ supermachine_lab::LabError::Frozen { .. }) => format!("STALL: {e}"),
-            Err(e @ supermachine_lab::LabError::NoExitCode { .. }) => format!("LAB CRASH: {e}"),
-            Err(e) => {
-                eprintln!("e2e: the lab could not run: {e}");
-                if std::env::var_os("SUPERMACHINE_REQUIRE_KVM").is_some() {
-                    return 1;
+            Err(e) => match e.lab_failed() {
+                Some(failure) => failure,
+                None => {
+                    eprintln!("e2e: the lab could not run: {e}");
+                    if std::env::var_os("SUPERMACHINE_REQUIRE_KVM").is_some() {
+                        return 1;
+                    }
+                    let ignored = trials()
+                        .into_iter()
+                        .map(|t| t.with_ignored_flag(true))
+                        .collect();
+                    libtest_mimic::run(args, ignored).exit();
                 }
-                let ignored = trials()
-                    .into_iter()
-                    .map(|t| t.with_ignored_flag(true))
-                    .collect();
-                libtest_mimic::run(args, ignored).exit();
-            }
+            },
         };
         let attempt_secs = started.elapsed().as_secs();
         eprintln!(
