@@ -191,13 +191,17 @@ pub enum Error {
         /// The cap, in bytes.
         limit: u64,
     },
-    /// [`crate::Vm::list_dir`] of a directory with more entries than its cap.
-    #[error("{path} has more than {limit} entries, the most list_dir keeps in memory: raise the cap with list_dir_limited")]
+    /// [`crate::Vm::list_dir`] of a directory with more entries than its
+    /// cap, or whose names and link targets need more memory than the cap
+    /// allows ([`crate::LIST_DIR_BYTES_PER_ENTRY`] per entry).
+    #[error("{path} has more than {limit} entries or {byte_limit} bytes of names and link targets, the most list_dir keeps in memory: raise the cap with list_dir_limited")]
     ListLimit {
         /// The directory in the guest.
         path: String,
         /// The cap, in entries.
         limit: usize,
+        /// The memory the cap allows, in bytes.
+        byte_limit: usize,
     },
     /// The runtime directory (where VM sockets live) is not safe to use.
     #[error("the runtime directory {} is not safe to keep VM sockets in: {problem}. Remove it, or set SUPERMACHINE_RUNTIME_DIR (or XDG_RUNTIME_DIR) to a directory of your own with mode 0700", .path.display())]

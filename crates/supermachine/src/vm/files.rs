@@ -5,7 +5,8 @@
 //! `Vec`, with [`Vm::read_file`]). What the host does hold is capped,
 //! since the guest decides how much there is: [`Vm::read_file`] at
 //! [`READ_FILE_LIMIT`] bytes and [`Vm::list_dir`] at [`LIST_DIR_LIMIT`]
-//! entries, each with a `_limited` variant to raise or lower the cap; the
+//! entries (and [`LIST_DIR_BYTES_PER_ENTRY`] bytes of memory per entry
+//! allowed), each with a `_limited` variant to raise or lower the cap; the
 //! streamed [`Vm::read_file_to`] has no cap.
 
 use crate::error::Error;
@@ -29,6 +30,45 @@ pub const READ_FILE_LIMIT: u64 = 64 << 20;
 /// assert_eq!(supermachine::LIST_DIR_LIMIT, 100_000);
 /// ```
 pub const LIST_DIR_LIMIT: usize = 100_000;
+
+/// Host memory [`Vm::list_dir`] allows per entry of its cap, on average:
+/// a listing may hold `limit × 640` bytes (64 MB at the default cap),
+/// counting each entry's own size, its name and its link target. Without
+/// it a guest could send the allowed number of entries each with a long
+/// name and link target, about 1.3 GB at the default cap.
+///
+/// ```
+/// assert_eq!(supermachine::LIST_DIR_BYTES_PER_ENTRY, 640);
+/// ```
+pub const LIST_DIR_BYTES_PER_ENTRY: usize = 640;
+
+/// The longest entry name a Linux guest can list: NAME_MAX (255) bytes,
+/// each of which may have become the three-byte U+FFFD on the way.
+const MAX_NAME_BYTES: usize = 3 * 255;
+
+/// The longest symlink target a Linux guest can list: PATH_MAX (4096)
+/// bytes, with the same allowance.
+const MAX_LINK_TARGET_BYTES: usize = 3 * 4096;
+
+/// What one listed entry costs the host, or why the guest could not have
+/// listed it: a name that is not one component, or longer than any Linux
+/// file system allows.
+fn entry_cost(entry: &DirEntry) -> Result<usize, String> {
+    let name = &entry.name;
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(format!(
+            "an entry named {name:?}, which is not one path component"
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!("an entry name of {} bytes", name.len()));
+    }
+    let target = entry.stat.link_target.as_deref().unwrap_or("");
+    if target.len() > MAX_LINK_TARGET_BYTES {
+        return Err(format!("a symlink target of {} bytes", target.len()));
+    }
+    Ok(std::mem::size_of::<DirEntry>() + name.len() + target.len())
+}
 
 impl Vm {
     /// Creates or replaces `path` (mode 0644) with `contents`. The file
@@ -268,14 +308,23 @@ impl Vm {
                 path: path.to_string(),
             })
             .await?;
+        let byte_limit = limit.saturating_mul(LIST_DIR_BYTES_PER_ENTRY);
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
         loop {
             match self.reply(&mut conn).await? {
                 AgentMessage::Entries(batch) => {
-                    if entries.len() + batch.len() > limit {
+                    for entry in &batch {
+                        let cost = entry_cost(entry).map_err(|what| {
+                            Error::Protocol(format!("the guest listed {what} in {path}"))
+                        })?;
+                        bytes = bytes.saturating_add(cost);
+                    }
+                    if entries.len() + batch.len() > limit || bytes > byte_limit {
                         return Err(Error::ListLimit {
                             path: path.to_string(),
                             limit,
+                            byte_limit,
                         });
                     }
                     entries.extend(batch)
@@ -379,5 +428,77 @@ mod tests {
         let e = vm.list_dir_limited("/d", 60).await.unwrap_err();
         assert!(matches!(&e, Error::ListLimit { limit: 60, .. }), "{e}");
         assert_eq!(vm.list_dir_limited("/d", 100).await.unwrap().len(), 100);
+    }
+
+    /// Failed before the fix: under the entry cap, a guest could still
+    /// make the host hold a long name and link target per entry.
+    #[tokio::test]
+    async fn list_dir_counts_the_bytes_of_names_and_link_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = vm_answering(dir.path(), |_| {
+            // 100 entries (the cap asked for is 1,000) of 12 KiB each:
+            // 1.2 MB against the 640 KB that 1,000 entries allow.
+            let batch = |from: usize| {
+                (from..from + 10)
+                    .map(|i| {
+                        let mut s = stat(0);
+                        s.link_target = Some("t".repeat(12_000));
+                        DirEntry {
+                            name: format!("{i}{}", "n".repeat(700)),
+                            stat: s,
+                        }
+                    })
+                    .collect()
+            };
+            let mut frames: Vec<_> = (0..10)
+                .map(|b| AgentMessage::Entries(batch(b * 10)))
+                .collect();
+            frames.push(AgentMessage::Done { count: 100 });
+            frames
+        });
+        let e = vm.list_dir_limited("/d", 1_000).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::ListLimit {
+                    limit: 1_000,
+                    byte_limit: 640_000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The same listing fits a cap that allows its bytes.
+        assert_eq!(vm.list_dir_limited("/d", 10_000).await.unwrap().len(), 100);
+    }
+
+    /// Names a Linux guest cannot list are a protocol error, not data.
+    #[tokio::test]
+    async fn list_dir_refuses_names_no_guest_could_list() {
+        for (name, target) in [
+            ("a/b".to_string(), None),
+            ("..".to_string(), None),
+            (String::new(), None),
+            ("n".repeat(766), None),
+            ("ok".to_string(), Some("t".repeat(3 * 4096 + 1))),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let vm = vm_answering(dir.path(), move |_| {
+                let mut s = stat(0);
+                s.link_target = target.clone();
+                vec![
+                    AgentMessage::Entries(vec![DirEntry {
+                        name: name.clone(),
+                        stat: s,
+                    }]),
+                    AgentMessage::Done { count: 1 },
+                ]
+            });
+            let e = vm.list_dir("/d").await.unwrap_err();
+            assert!(
+                matches!(&e, Error::Protocol(m) if m.contains("the guest listed")),
+                "{e}"
+            );
+        }
     }
 }
