@@ -270,6 +270,21 @@ fn an_avail_index_too_far_ahead_breaks_the_device_instead_of_spinning() {
 }
 
 #[test]
+fn a_chain_head_outside_the_descriptor_table_breaks_the_device() {
+    within_a_minute(|| {
+        let mem = memory();
+        let mut f = fixture(&mem, false);
+        let used = f.driver.used_idx(0);
+        // A head index no descriptor has: virtio-queue hands it out as it
+        // is, and a device that walked it would read past the table.
+        f.driver.publish(0, QUEUE_SIZE + 5);
+        f.block.handle_queue(0);
+        assert!(f.interrupt.is_broken(), "the device is marked broken");
+        assert_eq!(f.driver.used_idx(0), used, "nothing was served");
+    });
+}
+
+#[test]
 fn a_disk_that_is_not_a_regular_file_is_refused_without_blocking() {
     within_a_minute(|| {
         let dir = tempfile::tempdir().unwrap();

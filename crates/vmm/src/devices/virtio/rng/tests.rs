@@ -1,7 +1,7 @@
 //! virtio-rng against a mock driver.
 
 use super::*;
-use crate::devices::virtio::test_utils::{memory, Buf, MockDriver, MEM_SIZE};
+use crate::devices::virtio::test_utils::{memory, within_a_minute, Buf, MockDriver, MEM_SIZE};
 use vm_memory::GuestMemoryMmap;
 
 fn active(mem: &GuestMemoryMmap) -> (MockDriver<'_>, Rng) {
@@ -65,4 +65,37 @@ fn saves_and_restores_as_nothing() {
         ),
         "{err}"
     );
+}
+
+/// Every device drains through the same loop; rng must stop on a broken
+/// ring like block and vsock do, not spin on it.
+#[test]
+fn a_broken_ring_breaks_the_device_instead_of_spinning() {
+    within_a_minute(|| {
+        let mem = memory();
+        for how in ["avail index too far ahead", "head outside the table"] {
+            let mut driver = MockDriver::new(&mem, &[QUEUE_SIZE]);
+            let (activation, interrupt, _) = driver.activation();
+            let mut rng = Rng::default();
+            rng.activate(activation).unwrap();
+            let buf = driver.writable(16);
+            driver.add_chain(0, &[buf]);
+            rng.handle_queue(0);
+            assert_eq!(driver.used(0), vec![(0, 16)], "{how}: served before");
+            if how == "head outside the table" {
+                driver.publish(0, QUEUE_SIZE + 1);
+            } else {
+                let ahead = driver.avail_idx(0).wrapping_add(QUEUE_SIZE + 1);
+                driver.set_avail_idx(0, ahead);
+            }
+            rng.handle_queue(0);
+            assert!(interrupt.is_broken(), "{how}: the device is marked broken");
+            // And serves nothing more once broken, however often kicked.
+            let used = driver.used_idx(0);
+            let buf = driver.writable(16);
+            driver.add_chain(0, &[buf]);
+            rng.handle_queue(0);
+            assert_eq!(driver.used_idx(0), used, "{how}: nothing served after");
+        }
+    });
 }
