@@ -1,6 +1,7 @@
 //! Helpers for tests of this crate and its integration tests (behind the
 //! `test-utils` feature there): a watchdog for code that may loop, a
-//! connection made as another user, and snapshot states to write.
+//! connection made (or a socket served) as another user, and snapshot
+//! states to write.
 //!
 //! Test code: a helper that cannot do its job panics, which fails the test
 //! that called it, so `expect` is the right tool here.
@@ -37,10 +38,16 @@ pub fn within_a_minute<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'sta
 /// The uid of `nobody`, the other user the tests connect as.
 pub const NOBODY: u32 = 65534;
 
-/// Whether tests can act as another user here (they run as root).
+/// Whether tests can act as another user here (they run as root). Not
+/// root while `SUPERMACHINE_REQUIRE_ROOT` is set (`cargo xtask test` sets
+/// it in CI) panics instead: there a skipped check is a failure.
 pub fn can_switch_user() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root && std::env::var_os("SUPERMACHINE_REQUIRE_ROOT").is_some() {
+        panic!("SUPERMACHINE_REQUIRE_ROOT is set and this test needs root to act as another user: run the tests as root");
+    }
+    root
 }
 
 /// A child process that connects to the Unix socket at `path` as `uid`,
@@ -57,13 +64,7 @@ impl OtherUser {
     pub fn connect(uid: u32, path: &Path, bytes: &[u8]) -> OtherUser {
         // Everything the child needs is made before the fork: after it,
         // only raw system calls (this test binary has many threads).
-        let mut addr: libc::sockaddr_un = unsafe_zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let raw = path.as_os_str().as_bytes();
-        assert!(raw.len() < addr.sun_path.len(), "socket path too long");
-        for (dst, src) in addr.sun_path.iter_mut().zip(raw) {
-            *dst = *src as libc::c_char;
-        }
+        let addr = sockaddr(path);
         // SAFETY: fork in a test; the child below makes only system calls
         // on memory prepared before the fork, then _exits.
         let pid = unsafe { libc::fork() };
@@ -72,6 +73,36 @@ impl OtherUser {
             child_connect(uid, &addr, bytes);
         }
         OtherUser { pid }
+    }
+
+    /// Forks a child that switches to `uid` (the test must run as root:
+    /// [`can_switch_user`]), listens on `path` and accepts connections
+    /// until dropped: a socket served by another user. Returns once it
+    /// listens; panics if the child could not. `path`'s directory must be
+    /// writable by `uid`.
+    pub fn serve(uid: u32, path: &Path) -> OtherUser {
+        let addr = sockaddr(path);
+        let mut ready = [0 as libc::c_int; 2];
+        // SAFETY: `ready` has room for the two descriptors pipe writes.
+        let piped = unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(piped, 0, "pipe: {}", std::io::Error::last_os_error());
+        // SAFETY: as in `connect`: only system calls in the child.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            child_serve(uid, &addr, ready[1]);
+        }
+        // SAFETY: our copy of the write end; the child holds its own, so
+        // the read below ends when the child signals or dies.
+        unsafe { libc::close(ready[1]) };
+        let mut byte = [0u8; 1];
+        // SAFETY: `byte` is a live one-byte buffer.
+        let n = unsafe { libc::read(ready[0], byte.as_mut_ptr().cast(), 1) };
+        // SAFETY: the read end is ours and not used again.
+        unsafe { libc::close(ready[0]) };
+        let child = OtherUser { pid };
+        assert_eq!(n, 1, "the child serving as uid {uid} could not listen");
+        child
     }
 
     /// `Some(true)` once the child saw the connection closed unanswered,
@@ -135,6 +166,50 @@ fn child_connect(uid: u32, addr: &libc::sockaddr_un, bytes: &[u8]) -> ! {
     let reset = n < 0 && unsafe { *errno } == libc::ECONNRESET;
     // SAFETY: _exit takes a plain integer and ends the process.
     unsafe { libc::_exit(if n == 0 || reset { 0 } else { 1 }) }
+}
+
+/// The address of the Unix socket at `path`.
+fn sockaddr(path: &Path) -> libc::sockaddr_un {
+    let mut addr: libc::sockaddr_un = unsafe_zeroed();
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let raw = path.as_os_str().as_bytes();
+    assert!(raw.len() < addr.sun_path.len(), "socket path too long");
+    for (dst, src) in addr.sun_path.iter_mut().zip(raw) {
+        *dst = *src as libc::c_char;
+    }
+    addr
+}
+
+/// The forked child of [`OtherUser::serve`]: becomes `uid`, listens,
+/// writes a byte to `ready`, then accepts (and holds) connections until it
+/// is killed. Raw system calls only, as in [`child_connect`].
+fn child_serve(uid: u32, addr: &libc::sockaddr_un, ready: libc::c_int) -> ! {
+    // SAFETY: setgid and setuid take plain integers; the raw calls change
+    // this (the child's only) thread.
+    let switched = unsafe { libc::syscall(libc::SYS_setgid, uid as libc::c_long) } == 0
+        // SAFETY: as above.
+        && unsafe { libc::syscall(libc::SYS_setuid, uid as libc::c_long) } == 0;
+    // SAFETY: socket takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` points to a live sockaddr_un of `len` bytes.
+    let bound =
+        fd >= 0 && unsafe { libc::bind(fd, (addr as *const libc::sockaddr_un).cast(), len) } == 0;
+    // SAFETY: listen takes plain integers.
+    if !switched || !bound || unsafe { libc::listen(fd, 16) } != 0 {
+        // SAFETY: _exit takes a plain integer and ends the process.
+        unsafe { libc::_exit(2) };
+    }
+    // SAFETY: a live one-byte buffer.
+    unsafe { libc::write(ready, b"r".as_ptr().cast(), 1) };
+    loop {
+        // Accepted connections stay open (never read) until the kill.
+        // SAFETY: null address pointers are allowed.
+        if unsafe { libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut()) } < 0 {
+            // SAFETY: as above.
+            unsafe { libc::_exit(3) };
+        }
+    }
 }
 
 fn unsafe_zeroed() -> libc::sockaddr_un {

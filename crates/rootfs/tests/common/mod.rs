@@ -207,9 +207,17 @@ pub fn find_tool(name: &str) -> PathBuf {
     );
 }
 
+/// Whether the tests run as root (device nodes, mounting the image). Not
+/// root while `SUPERMACHINE_REQUIRE_ROOT` is set (CI) panics: there a
+/// check left out is a failure.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    assert!(
+        root || std::env::var_os("SUPERMACHINE_REQUIRE_ROOT").is_none(),
+        "SUPERMACHINE_REQUIRE_ROOT is set and these checks need root: run the tests as root"
+    );
+    root
 }
 
 /// What a reader of a filesystem can see at `root`, in listing form.

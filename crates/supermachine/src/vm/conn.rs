@@ -162,6 +162,21 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// Nothing is sent to a vsock muxer socket another user serves: the
+    /// hello could carry a command line and its environment.
+    #[tokio::test]
+    async fn a_muxer_socket_served_by_another_user_is_refused() {
+        let Some((_dir, path, _server)) =
+            crate::worker::control::tests::served_by_another_user("vsock.sock")
+        else {
+            return;
+        };
+        let Err(e) = connect(&path, Request::Ping).await else {
+            panic!("connected to a socket another user serves");
+        };
+        assert!(matches!(&e, Error::UntrustedPeer { uid: 65534, .. }), "{e}");
+    }
+
     /// `connect` against a fake muxer that answers `reply` (in one write),
     /// ends its side, and reads the host's hello if one comes.
     fn connect_to_muxer_saying(reply: impl AsRef<[u8]> + Send + 'static) -> Result<Conn, Error> {

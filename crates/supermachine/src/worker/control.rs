@@ -189,8 +189,44 @@ pub(crate) fn unexpected(request: &'static str, reply: &WorkerReply) -> ControlE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A socket at `name` in a directory anyone may write to, served by
+    /// `nobody`: what another local user could plant where a VM's socket
+    /// was expected. `None` unless the tests run as root.
+    pub(crate) fn served_by_another_user(
+        name: &str,
+    ) -> Option<(
+        tempfile::TempDir,
+        PathBuf,
+        supermachine_vmm::test_support::OtherUser,
+    )> {
+        use std::os::unix::fs::PermissionsExt;
+        use supermachine_vmm::test_support::{can_switch_user, OtherUser, NOBODY};
+        if !can_switch_user() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join(name);
+        let server = OtherUser::serve(NOBODY, &path);
+        Some((dir, path, server))
+    }
+
+    /// The library talks to no worker socket another user serves.
+    #[test]
+    fn a_control_socket_served_by_another_user_is_refused() {
+        let Some((_dir, path, _server)) = served_by_another_user("control.sock") else {
+            return;
+        };
+        let e = connect(&path).unwrap_err();
+        assert!(
+            matches!(&e, ControlError::Peer(inner)
+                if matches!(**inner, Error::UntrustedPeer { uid: 65534, .. })),
+            "{e}"
+        );
+    }
 
     /// A fake worker answering one request with `reply`.
     fn worker_answering(reply: WorkerReply) -> (tempfile::TempDir, PathBuf) {
