@@ -50,23 +50,35 @@ pub(crate) fn create_private_dir_all(path: &Path) -> std::io::Result<()> {
 
 /// Creates (or truncates) `path` with `mode` and writes `bytes`.
 pub(crate) fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    f.write_all(bytes)
+    open_for_writing(path, mode)?.write_all(bytes)
 }
 
 /// Creates (or truncates) a private (0600) file.
 pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
+    open_for_writing(path, PRIVATE_FILE)
+}
+
+/// Opens `path` to write it from the start, leaving it with exactly
+/// `mode`: a symlink planted at `path` is refused (not followed), so is
+/// anything but a regular file (a FIFO does not block the open), and an
+/// existing file's looser mode is narrowed, not kept.
+fn open_for_writing(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(PRIVATE_FILE)
-        .open(path)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(file)
 }
 
 fn home() -> PathBuf {
@@ -142,4 +154,41 @@ pub fn runtime_dir() -> PathBuf {
 /// ```
 pub fn exe_dir() -> Option<PathBuf> {
     std::env::current_exe().ok()?.parent().map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Failed before the fix: the write went through a planted symlink,
+    /// and an existing 0644 log stayed readable by everyone.
+    #[test]
+    fn files_are_written_with_exactly_their_mode_and_never_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "host data").unwrap();
+        let planted = dir.path().join("worker.log");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        assert!(create_private_file(&planted).is_err());
+        assert!(write_with_mode(&planted, b"x", PRIVATE_FILE).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host data");
+
+        let loose = dir.path().join("loose");
+        std::fs::write(&loose, "old").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_with_mode(&loose, b"new", PRIVATE_FILE).unwrap();
+        let mode = std::fs::metadata(&loose).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        assert_eq!(std::fs::read_to_string(&loose).unwrap(), "new");
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(
+            create_private_file(&fifo).is_err(),
+            "a FIFO is refused, without blocking"
+        );
+    }
 }

@@ -231,6 +231,12 @@ impl Vm {
         let ready_path = dir.path().join(format!("vsock.sock_{READY_PORT}"));
         let ready = std::os::unix::net::UnixListener::bind(&ready_path)
             .map_err(|e| Error::io(format!("binding {}", ready_path.display()), e))?;
+        // Private whatever the umask (the VM directory is 0700 too).
+        std::fs::set_permissions(
+            &ready_path,
+            std::os::unix::fs::PermissionsExt::from_mode(crate::paths::PRIVATE_FILE),
+        )
+        .map_err(|e| Error::io(format!("making {} private", ready_path.display()), e))?;
         ready
             .set_nonblocking(true)
             .map_err(|e| Error::io("ready socket", e))?;
