@@ -202,13 +202,30 @@ pub struct PulledImage {
 }
 
 impl PulledImage {
-    /// Everything about the image as pretty JSON (for `inspect`).
+    /// Everything about the image as pretty JSON (for `inspect`). Strings
+    /// from the image (its config's Env, Labels, Cmd...) are untrusted:
+    /// serde_json escapes C0 control characters, and this also writes DEL,
+    /// C1 controls and bidirectional overrides as `\uXXXX` escapes, so
+    /// printing the JSON cannot drive the terminal. Still valid JSON with
+    /// the same values.
     #[allow(
         clippy::expect_used,
         reason = "a derived Serialize of strings, numbers and string-keyed maps cannot fail"
     )]
     pub fn inspect_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("PulledImage serializes")
+        let json = serde_json::to_string_pretty(self).expect("PulledImage serializes");
+        let mut out = String::with_capacity(json.len());
+        for c in json.chars() {
+            // Raw C0 left in serde_json's output is its own layout (the
+            // newlines of pretty printing), never a string's content.
+            if u32::from(c) >= 0x7f && supermachine_rootfs::needs_escape(c) {
+                // All of these are in the BMP: one \uXXXX each.
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Sum of config and layer sizes (what the image takes in the store).

@@ -287,6 +287,33 @@ fn control_characters_from_images_never_reach_the_terminal() {
     no_control_chars(&e);
 }
 
+/// `supermachine inspect` prints the image's own strings: none of them
+/// may reach the terminal as a control or bidi character, and the JSON
+/// must still say what the image says.
+#[test]
+fn inspect_output_escapes_what_the_image_config_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let esc = "\u{1b}]0;owned\u{7}\u{7f}\u{9b}31m\u{202e}\u{2066}";
+    let cmd = format!("/a{esc}");
+    let img = TestImage::new("amd64", &[tar_of(&[("a", b"a")])], true, &[&cmd]);
+    let layout = tmp.path().join("layout");
+    write_layout(&layout, &[(None, &img.manifest)], &img.blobs());
+    let json = pull(&store, &format!("oci:{}", layout.display()))
+        .unwrap()
+        .inspect_json();
+    let hazard = json
+        .chars()
+        .find(|&c| c != '\n' && supermachine_rootfs::needs_escape(c));
+    assert_eq!(hazard, None, "{json:?}");
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        json.contains("\\u009b") && json.contains("\\u202e"),
+        "{json}"
+    );
+    assert_eq!(value["config"]["cmd"][0], cmd.as_str(), "{json}");
+}
+
 #[test]
 fn forget_image_drops_a_record_only_if_it_still_names_the_manifest() {
     let tmp = tempfile::tempdir().unwrap();

@@ -267,7 +267,16 @@ impl<'a> Escaped<'a> {
     }
 }
 
-fn needs_escape(c: char) -> bool {
+/// Whether `c` could act on a terminal rather than show on it: control
+/// characters (C0, DEL, C1) and the bidirectional overrides that reorder
+/// what a line seems to say. [`Escaped`] writes these as escapes.
+///
+/// ```
+/// use supermachine_rootfs::needs_escape;
+/// assert!(needs_escape('\u{1b}') && needs_escape('\u{9b}') && needs_escape('\u{202e}'));
+/// assert!(!needs_escape('a') && !needs_escape('é'));
+/// ```
+pub fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

@@ -40,7 +40,7 @@ mod ustar;
 mod whiteout;
 
 pub use compress::Compression;
-pub use error::{At, Error, Escaped, Result, UnsafeReason};
+pub use error::{needs_escape, At, Error, Escaped, Result, UnsafeReason};
 pub use layer::LayerStats;
 pub use limits::{Cap, Limits, LimitsEnvError, MAX_INODES_ENV, MAX_SPOOL_ENV, MAX_UNPACKED_ENV};
 pub use listing::{FileKind, ListingEntry};
