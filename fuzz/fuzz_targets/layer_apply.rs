@@ -1,7 +1,7 @@
 //! Arbitrary bytes applied as an image layer (gzip, zstd or plain tar,
 //! sniffed), then listed and written as an EROFS image when accepted.
 //! Whatever the input: no panic, no hang, memory and disk within the small
-//! caps below (run with `-rss_limit_mb=512 -malloc_limit_mb=128`: an
+//! caps below (`cargo xtask test` runs it with `-rss_limit_mb=1024 -malloc_limit_mb=256`: an
 //! unbounded buffer is a finding), and nothing written outside a scratch
 //! directory.
 

@@ -1,7 +1,7 @@
 //! Arbitrary bytes through the bounded tar reader, as the docker-archive
 //! indexer uses it (headers parsed, member data located, nothing followed).
 //! Whatever the input: no panic, no hang, and no buffer beyond the header
-//! budget (run with `-rss_limit_mb=512 -malloc_limit_mb=128`: a record
+//! budget (`cargo xtask test` runs it with `-rss_limit_mb=1024 -malloc_limit_mb=256`: a record
 //! buffered whole, as the `tar` crate did, is a finding).
 
 #![no_main]

@@ -1,6 +1,8 @@
 //! Timings and peak memory of hostile layer shapes at N and 10 N entries,
 //! to show that applying them grows linearly (no timing is asserted in the
-//! tests; this is where speed is looked at).
+//! tests; this is where speed is looked at). It ends with each case's CPU
+//! ratio at 10 N over N against a linear bound (20: linear work gives
+//! about 10, quadratic about 100) and exits 1 if a case is past it.
 //!
 //! ```text
 //! cargo run --release -p supermachine-rootfs --example hostile_bench [N]
@@ -218,7 +220,9 @@ fn main() {
     }
     let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let me = std::env::current_exe().expect("own path");
+    let mut verdicts = Vec::new();
     for case in ["opaque", "links", "tiny", "sparse", "xattrs"] {
+        let mut cpu = Vec::new();
         for size in [n, 10 * n] {
             let out = Command::new(&me)
                 .args(["--one", case, &size.to_string()])
@@ -226,6 +230,37 @@ fn main() {
                 .expect("child");
             std::io::stdout().write_all(&out.stdout).ok();
             std::io::stderr().write_all(&out.stderr).ok();
+            cpu.push(cpu_of(&String::from_utf8_lossy(&out.stdout)));
         }
+        verdicts.push((case, cpu[1] / cpu[0].max(1e-3)));
     }
+    // Linear work takes about 10 times as long at 10 N; quadratic work
+    // about 100 times. Twice the linear figure leaves room for noise and
+    // cache effects and still tells the two apart.
+    println!("\nCPU time at 10 N over N (linear ≈ 10, quadratic ≈ 100; bound {LINEAR_BOUND}):");
+    let mut superlinear = false;
+    for (case, ratio) in verdicts {
+        let verdict = if ratio <= LINEAR_BOUND {
+            "linear"
+        } else {
+            superlinear = true;
+            "SUPERLINEAR"
+        };
+        println!("{case:<7} {ratio:>6.1}×  {verdict}");
+    }
+    if superlinear {
+        std::process::exit(1);
+    }
+}
+
+/// Past this ratio of CPU time at 10 N over N a case is not linear.
+const LINEAR_BOUND: f64 = 20.0;
+
+/// The CPU seconds a `--one` child printed ("cpu   1.234 s").
+fn cpu_of(line: &str) -> f64 {
+    line.split("cpu")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a child's cpu figure")
 }
