@@ -104,7 +104,9 @@ enum Command {
     /// A destination that is an existing directory receives the source under its own name.
     Cp {
         /// Keep setuid, setgid and sticky bits (dropped by default: a
-        /// setuid file from a guest must not become one on the host).
+        /// setuid file from a guest must not become one on the host, and
+        /// a sticky directory such as a guest's /tmp loses its world
+        /// write with its sticky bit).
         #[arg(short = 'p', long)]
         preserve_mode: bool,
         /// Source: a host path or ID:/guest/path.

@@ -19,7 +19,9 @@
 //!   never followed; devices, FIFOs and sockets are skipped;
 //! * modes are copied without setuid, setgid and sticky bits unless
 //!   [`CopyOptions::preserve_mode`] asks for them (a setuid binary from a
-//!   guest is a gift to whoever can run it on the host).
+//!   guest is a gift to whoever can run it on the host); a sticky
+//!   directory (a guest's `/tmp`, 1777) loses its world write with its
+//!   sticky bit, so it does not become a 0777 directory on the host.
 //!
 //! The other way, a host tree into the guest: the source path the user
 //! names is followed if it is a symlink (as `cp` does), but inside the
@@ -54,6 +56,11 @@ impl CopyOptions {
     fn mode(&self, mode: u32) -> u32 {
         if self.preserve_mode {
             mode & 0o7777
+        } else if mode & 0o1000 != 0 {
+            // A world-writable directory is safe to share only with the
+            // sticky bit (each user may remove only their own files, as
+            // in /tmp): dropping that bit drops world write with it.
+            mode & 0o775
         } else {
             mode & 0o777
         }
@@ -856,7 +863,9 @@ mod tests {
         .unwrap();
         assert_eq!(mode_of(&host.path().join("plain/suid")), 0o755);
         assert_eq!(mode_of(&host.path().join("plain/sgid")), 0o755);
-        assert_eq!(mode_of(&host.path().join("plain")), 0o777);
+        // 1777 without its sticky bit would be writable by every local
+        // user with nothing to stop them removing each other's files.
+        assert_eq!(mode_of(&host.path().join("plain")), 0o775);
         let keep = CopyOptions {
             preserve_mode: true,
         };
