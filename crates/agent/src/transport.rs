@@ -318,4 +318,40 @@ mod tests {
         assert!(listener.accept().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// `accept` itself applies the check: a host-only listener closes a
+    /// connection whose peer is not the host's vsock address and waits on,
+    /// never handing it to the agent. (A Unix peer stands in for a guest
+    /// process here: its address is not the host CID either.)
+    #[test]
+    fn a_host_only_listener_closes_other_peers_and_waits_on() {
+        use std::io::Read;
+        let dir = std::env::temp_dir().join(format!("agent-host-only-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let mut listener = Listener::unix(&path).expect("bind");
+        listener.host_only = true;
+        let (handed, accepted) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Kept alive in the channel: a stream handed out stays open.
+            while let Ok(stream) = listener.accept() {
+                if handed.send(stream).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut client = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = [0u8; 1];
+        // Closed by the agent: end of stream, not a timeout.
+        assert_eq!(client.read(&mut buf).expect("closed, not timed out"), 0);
+        assert!(
+            accepted.try_recv().is_err(),
+            "the connection was handed out"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
