@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod frame;
+pub mod fs_spec;
 mod messages;
 pub mod worker_control;
 
