@@ -122,6 +122,9 @@ pub enum FailureKind {
     /// The snapshot describes a machine this host does not carry: more
     /// vCPUs than it allows, or more memory than it has.
     HostLimits,
+    /// The shared directories given do not match the snapshotted VM's
+    /// (another tag, symlink policy or read-only-ness).
+    MountMismatch,
 }
 
 /// What a snapshot wrote and what it cost the guest.
@@ -158,6 +161,7 @@ mod tests {
             FailureKind::Io,
             FailureKind::HotPages,
             FailureKind::HostLimits,
+            FailureKind::MountMismatch,
         ];
         for (position, kind) in kinds.into_iter().enumerate() {
             let bytes = postcard::to_allocvec(&kind).unwrap();

@@ -156,21 +156,28 @@ fn watch_stop_signals(on_stop: impl FnOnce(i32) + Send + 'static) -> std::io::Re
     Ok(())
 }
 
-/// The log filter: `SUPERMACHINE_LOG` as given, and virtio-queue's own
-/// lines off unless it names them. That crate logs an error on each bad
-/// register write or ring a guest hands it; the devices report what
-/// matters themselves, rate-limited.
+/// The log filter: `SUPERMACHINE_LOG` as given, and the lines of crates
+/// a guest can make log at will ([`GUEST_DRIVEN_LOGGERS`]) off unless it
+/// names them; the devices report what matters themselves, rate-limited.
 fn log_filter() -> tracing_subscriber::EnvFilter {
     let given = std::env::var("SUPERMACHINE_LOG").unwrap_or_default();
-    let directives = if given.contains("virtio_queue") {
-        given
-    } else if given.trim().is_empty() {
-        "error,virtio_queue=off".to_string()
+    let mut directives = if given.trim().is_empty() {
+        "error".to_string()
     } else {
-        format!("{given},virtio_queue=off")
+        given.clone()
     };
+    for chatty in GUEST_DRIVEN_LOGGERS {
+        if !given.contains(chatty) {
+            directives.push_str(&format!(",{chatty}=off"));
+        }
+    }
     tracing_subscriber::EnvFilter::builder().parse_lossy(directives)
 }
+
+/// Crates that log a line (at error level) for each malformed thing a
+/// guest hands them: virtio-queue for rings and registers, fuse-backend-rs
+/// for FUSE messages. Off unless named in SUPERMACHINE_LOG.
+const GUEST_DRIVEN_LOGGERS: [&str; 2] = ["virtio_queue", "fuse_backend_rs"];
 
 fn main() {
     let args = match Args::try_parse() {

@@ -192,6 +192,7 @@ fn transport_kind(e: &TransportRestoreError) -> FailureKind {
         // Another CID than when snapshotted: the worker's configuration,
         // not the snapshot.
         TransportRestoreError::Device(DeviceRestoreError::Vsock(_)) => FailureKind::Other,
+        TransportRestoreError::Device(DeviceRestoreError::Fs(_)) => FailureKind::MountMismatch,
         TransportRestoreError::QueueCount { .. } | TransportRestoreError::Queue { .. } => {
             FailureKind::SnapshotFormat
         }

@@ -7,6 +7,7 @@
 //! signals the guest through an irqfd. No thread ever polls.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod persist;
 mod queue;

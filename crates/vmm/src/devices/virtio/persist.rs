@@ -14,6 +14,7 @@
 //! format. Reordering either needs a new `FORMAT_VERSION`.
 
 use super::block::{BlockRestoreError, BlockState};
+use super::fs::{FsRestoreError, FsState};
 use super::rng::RngState;
 use super::vsock::{VsockRestoreError, VsockState};
 use serde::{Deserialize, Serialize};
@@ -42,7 +43,7 @@ pub trait Persist {
 ///
 /// Postcard stores a variant as its index followed by its fields, so the
 /// variant order below is fixed by every snapshot written so far: Block 0,
-/// Rng 1, Vsock 2.
+/// Rng 1, Vsock 2, Fs 3. A new device goes at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
     /// A virtio-blk device.
@@ -51,6 +52,8 @@ pub enum DeviceState {
     Rng(RngState),
     /// A virtio-vsock device.
     Vsock(VsockState),
+    /// A virtio-fs device (a shared host directory).
+    Fs(FsState),
 }
 
 impl DeviceState {
@@ -60,6 +63,7 @@ impl DeviceState {
             DeviceState::Block(_) => "blk",
             DeviceState::Rng(_) => "rng",
             DeviceState::Vsock(_) => "vsock",
+            DeviceState::Fs(_) => "fs",
         }
     }
 }
@@ -82,6 +86,9 @@ pub enum DeviceRestoreError {
     /// The vsock device refused its saved state.
     #[error(transparent)]
     Vsock(#[from] VsockRestoreError),
+    /// The virtio-fs device refused its saved state.
+    #[error(transparent)]
+    Fs(#[from] FsRestoreError),
 }
 
 impl DeviceRestoreError {
@@ -263,10 +270,20 @@ mod tests {
         rng_bytes.push(1);
         let mut vsock_bytes = head.to_vec();
         vsock_bytes.extend([2, 3]);
+        // Variant 3, tag "ab", Opaque (variant 1), read-only, not initialized.
+        let mut fs_bytes = head.to_vec();
+        fs_bytes.extend([3, 2, b'a', b'b', 1, 1, 0]);
+        let fs = DeviceState::Fs(super::super::fs::FsState {
+            tag: "ab".into(),
+            symlinks: supermachine_protocol::fs_spec::SymlinkPolicy::Opaque,
+            read_only: true,
+            initialized: false,
+        });
         for (state, bytes) in [
             (block, block_bytes),
             (DeviceState::Rng(RngState), rng_bytes),
             (DeviceState::Vsock(VsockState { guest_cid: 3 }), vsock_bytes),
+            (fs, fs_bytes),
         ] {
             let t = transport(state);
             assert_eq!(postcard::to_allocvec(&t).unwrap(), bytes, "{t:?}");
