@@ -15,12 +15,16 @@
 //! notification queue, which a 6.1 guest does not implement) and a config
 //! space of the tag and the number of request queues.
 
+mod inodes;
+#[cfg(test)]
+mod lookup_tests;
 mod request;
 mod shared_dir;
 mod state;
 #[cfg(test)]
 mod tests;
 
+pub use inodes::DEFAULT_MAX_INODES;
 pub use shared_dir::SharedDir;
 pub use state::{FsRestoreError, FsState};
 

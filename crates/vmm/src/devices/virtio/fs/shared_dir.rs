@@ -1,29 +1,44 @@
 //! [`SharedDir`]: the file system the guest sees, one host directory
 //! served through a descriptor of it, under a symlink policy.
 //!
-//! This first step answers INIT (the options below) and DESTROY; every
-//! other operation is fuse-backend-rs's default, ENOSYS, so a guest can
-//! mount the tag and sees an empty, unusable root. Lookups, I/O and the
-//! mutators follow, each resolved one component at a time beneath the
-//! root's descriptor (docs/design/virtio-fs.md).
+//! Every name the guest sends is resolved alone, one component relative
+//! to the descriptor of the directory it names (`openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, and without following a
+//! symlink unless the policy is `follow`); no path string is ever built or
+//! resolved again later, since each node keeps its own descriptor
+//! ([`inodes`](super::inodes)). `.` and `..` are answered from the table,
+//! never by the host: `..` of the root is the root.
+//!
+//! So far: INIT, DESTROY, LOOKUP, FORGET, BATCH_FORGET, GETATTR, READLINK
+//! and STATFS; every other operation is fuse-backend-rs's default, ENOSYS.
+//! I/O and the mutators follow (docs/design/virtio-fs.md).
 
+use super::inodes::{Inodes, DEFAULT_MAX_INODES, ROOT};
 use fuse_backend_rs::abi::fuse_abi::FsOptions;
-use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use supermachine_protocol::fs_spec::SymlinkPolicy;
 
 /// One shared host directory.
 pub struct SharedDir {
     /// The directory, opened once (`O_PATH`): every later lookup starts
     /// from this descriptor, never from its path.
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     symlinks: SymlinkPolicy,
     read_only: bool,
     /// Whether the guest has sent INIT (and not DESTROY since).
     initialized: AtomicBool,
+    inodes: Mutex<Inodes>,
+    /// How long the guest may trust an entry or attributes without asking
+    /// again: zero, so a host edit is seen on the guest's next access.
+    ttl: Duration,
 }
 
 /// What we take of the options the guest's kernel offers: reads may be in
@@ -45,19 +60,35 @@ impl SharedDir {
     /// Opens `path` (a directory; a symlink there is not followed) to
     /// share it under `symlinks`.
     pub fn open(path: &Path, symlinks: SymlinkPolicy, read_only: bool) -> io::Result<SharedDir> {
+        Self::open_with_limit(path, symlinks, read_only, DEFAULT_MAX_INODES)
+    }
+
+    /// [`SharedDir::open`] with a bound on the node ids the guest may hold
+    /// at once (the root included).
+    pub fn open_with_limit(
+        path: &Path,
+        symlinks: SymlinkPolicy,
+        read_only: bool,
+        max_inodes: usize,
+    ) -> io::Result<SharedDir> {
         let root = rustix::fs::open(
             path,
-            rustix::fs::OFlags::PATH
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
         )?;
+        let st = stat(&root)?;
+        let root = Arc::new(root);
         Ok(SharedDir {
+            inodes: Mutex::new(Inodes::new(
+                root.clone(),
+                (st.st_dev, st.st_ino),
+                max_inodes,
+            )),
             root,
             symlinks,
             read_only,
             initialized: AtomicBool::new(false),
+            ttl: Duration::ZERO,
         })
     }
 
@@ -85,6 +116,110 @@ impl SharedDir {
     pub fn root(&self) -> &OwnedFd {
         &self.root
     }
+
+    /// Node ids the guest holds now, the root included.
+    pub fn nodes(&self) -> usize {
+        self.inodes().len()
+    }
+
+    fn inodes(&self) -> MutexGuard<'_, Inodes> {
+        // A panic while the table was held leaves it consistent: every
+        // change to it is a single insert or remove.
+        self.inodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The descriptor and type of node `id`; ESTALE for an id the guest
+    /// does not hold (never issued, or forgotten).
+    fn node(&self, id: u64) -> io::Result<(Arc<OwnedFd>, u32)> {
+        let inodes = self.inodes();
+        let inode = inodes.get(id).ok_or_else(|| errno(libc::ESTALE))?;
+        Ok((inode.fd.clone(), inode.kind))
+    }
+
+    /// Opens `name` in the directory `dir` as the policy says, without
+    /// following anything out of the shared tree (except in `follow`).
+    fn open_child(&self, dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+        let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        let path_only = OFlags::PATH | OFlags::CLOEXEC;
+        let open = |oflags, resolve| {
+            rustix::fs::openat2(dir, name, oflags, Mode::empty(), resolve).map_err(io::Error::from)
+        };
+        match self.symlinks {
+            SymlinkPolicy::Deny => open(
+                path_only | OFlags::NOFOLLOW,
+                beneath | ResolveFlags::NO_SYMLINKS,
+            ),
+            SymlinkPolicy::Opaque => open(path_only | OFlags::NOFOLLOW, beneath),
+            // Trusted: a host symlink is followed wherever it leads; one
+            // that leads nowhere is shown as the symlink it is.
+            SymlinkPolicy::Follow => match open(path_only, ResolveFlags::NO_MAGICLINKS) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => {
+                    open(path_only | OFlags::NOFOLLOW, ResolveFlags::NO_MAGICLINKS)
+                }
+                other => other,
+            },
+        }
+    }
+
+    fn entry(&self, id: u64, attr: libc::stat64) -> Entry {
+        Entry {
+            inode: id,
+            generation: 0,
+            attr,
+            attr_flags: 0,
+            attr_timeout: self.ttl,
+            entry_timeout: self.ttl,
+        }
+    }
+
+    /// The entry of a node the guest holds, with one more reference.
+    fn existing_entry(&self, id: u64) -> io::Result<Entry> {
+        let (fd, _) = self.node(id)?;
+        let attr = stat(&fd)?;
+        self.inodes().add_lookup(id);
+        Ok(self.entry(id, attr))
+    }
+}
+
+/// The longest name a Linux file system holds.
+const NAME_MAX: usize = 255;
+
+/// A name the guest sent, if it can be one directory entry: not empty,
+/// no `/`, at most 255 bytes (a CStr holds no NUL).
+fn component(name: &CStr) -> io::Result<&CStr> {
+    let bytes = name.to_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') {
+        return Err(errno(libc::EINVAL));
+    }
+    if bytes.len() > NAME_MAX {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    Ok(name)
+}
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// The attributes of the file `fd` refers to (a symlink itself, for an
+/// `O_PATH | O_NOFOLLOW` descriptor of one).
+fn stat(fd: &impl AsFd) -> io::Result<libc::stat64> {
+    // SAFETY: stat64 is plain data; all-zero is a valid value.
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the call, the path is an empty C string
+    // (AT_EMPTY_PATH: the fd itself), and `st` is a live stat64.
+    let r = unsafe {
+        libc::fstatat64(
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
 }
 
 impl FileSystem for SharedDir {
@@ -98,5 +233,77 @@ impl FileSystem for SharedDir {
 
     fn destroy(&self) {
         self.initialized.store(false, Ordering::SeqCst);
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let (dir, kind) = self.node(parent)?;
+        if kind != libc::S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        match name.to_bytes() {
+            b"." => return self.existing_entry(parent),
+            b".." => {
+                let up = if parent == ROOT {
+                    ROOT
+                } else {
+                    let inodes = self.inodes();
+                    inodes.get(parent).map(|i| i.parent).unwrap_or(ROOT)
+                };
+                return self.existing_entry(up);
+            }
+            _ => {}
+        }
+        let fd = self.open_child(&dir, component(name)?)?;
+        let attr = stat(&fd)?;
+        let kind = attr.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK && self.symlinks == SymlinkPolicy::Deny {
+            return Err(errno(libc::EACCES));
+        }
+        let id = self
+            .inodes()
+            .looked_up(parent, fd, kind, (attr.st_dev, attr.st_ino))
+            .map_err(|_| errno(libc::ENFILE))?;
+        Ok(self.entry(id, attr))
+    }
+
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.inodes().forget(inode, count);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        let mut inodes = self.inodes();
+        for (inode, count) in requests {
+            inodes.forget(inode, count);
+        }
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: Option<u64>,
+    ) -> io::Result<(libc::stat64, Duration)> {
+        let (fd, _) = self.node(inode)?;
+        Ok((stat(&fd)?, self.ttl))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        let (fd, kind) = self.node(inode)?;
+        if kind != libc::S_IFLNK {
+            return Err(errno(libc::EINVAL));
+        }
+        // The link itself (an empty path on its O_PATH descriptor): its
+        // bytes as stored, for the guest to resolve.
+        Ok(rustix::fs::readlinkat(&*fd, c"", Vec::new())?.into_bytes())
+    }
+
+    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<libc::statvfs64> {
+        // SAFETY: statvfs64 is plain data; all-zero is a valid value.
+        let mut st: libc::statvfs64 = unsafe { std::mem::zeroed() };
+        // SAFETY: the root descriptor is open, `st` a live statvfs64.
+        if unsafe { libc::fstatvfs64(self.root.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st)
     }
 }

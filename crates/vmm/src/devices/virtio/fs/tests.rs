@@ -11,6 +11,7 @@ use vm_memory::ByteValued;
 const REQUEST: usize = 1;
 const OP_INIT: u32 = 26;
 const OP_FORGET: u32 = 2;
+const OP_LOOKUP: u32 = 1;
 
 struct Fixture<'m> {
     driver: MockDriver<'m>,
@@ -21,6 +22,7 @@ struct Fixture<'m> {
 
 fn fixture(mem: &GuestMemoryMmap) -> Fixture<'_> {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "hello").unwrap();
     let shared = SharedDir::open(dir.path(), SymlinkPolicy::Opaque, false).unwrap();
     let mut fs = Fs::new("share", shared).unwrap();
     let driver = MockDriver::new(mem, &[HIPRIO_SIZE, REQUEST_SIZE]);
@@ -265,4 +267,41 @@ fn saves_and_restores_only_into_the_same_mount() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn lookups_travel_as_fuse_messages() {
+    use fuse_backend_rs::abi::fuse_abi::EntryOut;
+    let mem = memory();
+    let mut f = fixture(&mem);
+    f.send(REQUEST, &message(OP_INIT, 1, &init_body(), None), 4096);
+    let (len, at) = f.send(REQUEST, &message(OP_LOOKUP, 2, b"file\0", None), 4096);
+    let (header, body) = f.reply(at, len);
+    assert_eq!((header.error, header.unique), (0, 2));
+    let mut entry = EntryOut::default();
+    entry
+        .as_mut_slice()
+        .copy_from_slice(&body[..std::mem::size_of::<EntryOut>()]);
+    assert_eq!((entry.nodeid, entry.attr.size), (2, 5));
+    // What no kernel sends: a name without its NUL, one holding a slash,
+    // one of 4,000 bytes, a parent never issued.
+    for (unique, name, nodeid, expected) in [
+        (3, &b"file"[..], 1, libc::EINVAL),
+        (4, b"a/b\0", 1, libc::EINVAL),
+        (5, &[b'n'; 4001][..], 1, libc::ENAMETOOLONG),
+        (6, b"file\0", 77, libc::ESTALE),
+    ] {
+        let mut request = message(OP_LOOKUP, unique, name, None);
+        request[16..24].copy_from_slice(&u64::to_le_bytes(nodeid));
+        if unique == 5 {
+            *request.last_mut().unwrap() = 0;
+        }
+        let (len, at) = f.send(REQUEST, &request, 4096);
+        let (header, _) = f.reply(at, len);
+        assert_eq!(
+            (header.error, header.unique),
+            (-expected, unique),
+            "{unique}"
+        );
+    }
 }
