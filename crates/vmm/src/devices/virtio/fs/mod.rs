@@ -15,7 +15,11 @@
 //! notification queue, which a 6.1 guest does not implement) and a config
 //! space of the tag and the number of request queues.
 
+mod handles;
 mod inodes;
+mod io;
+#[cfg(test)]
+mod io_tests;
 #[cfg(test)]
 mod lookup_tests;
 mod request;
@@ -24,6 +28,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use handles::DEFAULT_MAX_HANDLES;
 pub use inodes::DEFAULT_MAX_INODES;
 pub use shared_dir::SharedDir;
 pub use state::{FsRestoreError, FsState};

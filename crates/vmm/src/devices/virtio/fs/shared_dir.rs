@@ -9,13 +9,19 @@
 //! ([`inodes`](super::inodes)). `.` and `..` are answered from the table,
 //! never by the host: `..` of the root is the root.
 //!
-//! So far: INIT, DESTROY, LOOKUP, FORGET, BATCH_FORGET, GETATTR, READLINK
-//! and STATFS; every other operation is fuse-backend-rs's default, ENOSYS.
-//! I/O and the mutators follow (docs/design/virtio-fs.md).
+//! So far: INIT, DESTROY, LOOKUP, FORGET, BATCH_FORGET, GETATTR, READLINK,
+//! STATFS, and (in [`io`](super::io)) OPEN, READ, WRITE, FLUSH, FSYNC,
+//! RELEASE, OPENDIR, READDIR, READDIRPLUS, FSYNCDIR, RELEASEDIR, LSEEK;
+//! every other operation is fuse-backend-rs's default, ENOSYS. The
+//! mutators follow (docs/design/virtio-fs.md).
 
+use super::handles::{Handles, DEFAULT_MAX_HANDLES};
 use super::inodes::{Inodes, DEFAULT_MAX_INODES, ROOT};
 use fuse_backend_rs::abi::fuse_abi::FsOptions;
-use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
+use fuse_backend_rs::abi::fuse_abi::OpenOptions;
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, ZeroCopyReader, ZeroCopyWriter,
+};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use std::ffi::CStr;
 use std::io;
@@ -36,6 +42,13 @@ pub struct SharedDir {
     /// Whether the guest has sent INIT (and not DESTROY since).
     initialized: AtomicBool,
     inodes: Mutex<Inodes>,
+    handles: Mutex<Handles>,
+    /// `/proc/self/fd`, through which a node's `O_PATH` descriptor is
+    /// reopened for I/O (never used with a guest's name).
+    proc_fds: OwnedFd,
+    /// The root's identity, to start a fresh table on DESTROY.
+    root_key: (u64, u64),
+    max_inodes: usize,
     /// How long the guest may trust an entry or attributes without asking
     /// again: zero, so a host edit is seen on the guest's next access.
     ttl: Duration,
@@ -78,12 +91,18 @@ impl SharedDir {
         )?;
         let st = stat(&root)?;
         let root = Arc::new(root);
+        let root_key = (st.st_dev, st.st_ino);
+        let proc_fds = rustix::fs::open(
+            "/proc/self/fd",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(SharedDir {
-            inodes: Mutex::new(Inodes::new(
-                root.clone(),
-                (st.st_dev, st.st_ino),
-                max_inodes,
-            )),
+            inodes: Mutex::new(Inodes::new(root.clone(), root_key, max_inodes)),
+            handles: Mutex::new(Handles::new(DEFAULT_MAX_HANDLES)),
+            proc_fds,
+            root_key,
+            max_inodes,
             root,
             symlinks,
             read_only,
@@ -122,7 +141,15 @@ impl SharedDir {
         self.inodes().len()
     }
 
-    fn inodes(&self) -> MutexGuard<'_, Inodes> {
+    pub(super) fn handles(&self) -> MutexGuard<'_, Handles> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn proc_fds(&self) -> &OwnedFd {
+        &self.proc_fds
+    }
+
+    pub(super) fn inodes(&self) -> MutexGuard<'_, Inodes> {
         // A panic while the table was held leaves it consistent: every
         // change to it is a single insert or remove.
         self.inodes.lock().unwrap_or_else(|e| e.into_inner())
@@ -130,7 +157,7 @@ impl SharedDir {
 
     /// The descriptor and type of node `id`; ESTALE for an id the guest
     /// does not hold (never issued, or forgotten).
-    fn node(&self, id: u64) -> io::Result<(Arc<OwnedFd>, u32)> {
+    pub(super) fn node(&self, id: u64) -> io::Result<(Arc<OwnedFd>, u32)> {
         let inodes = self.inodes();
         let inode = inodes.get(id).ok_or_else(|| errno(libc::ESTALE))?;
         Ok((inode.fd.clone(), inode.kind))
@@ -161,7 +188,7 @@ impl SharedDir {
         }
     }
 
-    fn entry(&self, id: u64, attr: libc::stat64) -> Entry {
+    pub(super) fn entry(&self, id: u64, attr: libc::stat64) -> Entry {
         Entry {
             inode: id,
             generation: 0,
@@ -170,6 +197,39 @@ impl SharedDir {
             attr_timeout: self.ttl,
             entry_timeout: self.ttl,
         }
+    }
+
+    /// LOOKUP: `name` in the directory node `parent`, under the policy;
+    /// the entry carries one more reference for the guest.
+    pub(super) fn lookup_entry(&self, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let (dir, kind) = self.node(parent)?;
+        if kind != libc::S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        match name.to_bytes() {
+            b"." => return self.existing_entry(parent),
+            b".." => {
+                let up = if parent == ROOT {
+                    ROOT
+                } else {
+                    let inodes = self.inodes();
+                    inodes.get(parent).map(|i| i.parent).unwrap_or(ROOT)
+                };
+                return self.existing_entry(up);
+            }
+            _ => {}
+        }
+        let fd = self.open_child(&dir, component(name)?)?;
+        let attr = stat(&fd)?;
+        let kind = attr.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK && self.symlinks == SymlinkPolicy::Deny {
+            return Err(errno(libc::EACCES));
+        }
+        let id = self
+            .inodes()
+            .looked_up(parent, fd, kind, (attr.st_dev, attr.st_ino))
+            .map_err(|_| errno(libc::ENFILE))?;
+        Ok(self.entry(id, attr))
     }
 
     /// The entry of a node the guest holds, with one more reference.
@@ -197,8 +257,13 @@ fn component(name: &CStr) -> io::Result<&CStr> {
     Ok(name)
 }
 
-fn errno(code: i32) -> io::Error {
+pub(super) fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
+}
+
+fn zeroed_stat() -> libc::stat64 {
+    // SAFETY: stat64 is plain data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 /// The attributes of the file `fd` refers to (a symlink itself, for an
@@ -233,37 +298,13 @@ impl FileSystem for SharedDir {
 
     fn destroy(&self) {
         self.initialized.store(false, Ordering::SeqCst);
+        // The guest unmounted: it holds nothing any more.
+        self.handles().clear();
+        *self.inodes() = Inodes::new(self.root.clone(), self.root_key, self.max_inodes);
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        let (dir, kind) = self.node(parent)?;
-        if kind != libc::S_IFDIR {
-            return Err(errno(libc::ENOTDIR));
-        }
-        match name.to_bytes() {
-            b"." => return self.existing_entry(parent),
-            b".." => {
-                let up = if parent == ROOT {
-                    ROOT
-                } else {
-                    let inodes = self.inodes();
-                    inodes.get(parent).map(|i| i.parent).unwrap_or(ROOT)
-                };
-                return self.existing_entry(up);
-            }
-            _ => {}
-        }
-        let fd = self.open_child(&dir, component(name)?)?;
-        let attr = stat(&fd)?;
-        let kind = attr.st_mode & libc::S_IFMT;
-        if kind == libc::S_IFLNK && self.symlinks == SymlinkPolicy::Deny {
-            return Err(errno(libc::EACCES));
-        }
-        let id = self
-            .inodes()
-            .looked_up(parent, fd, kind, (attr.st_dev, attr.st_ino))
-            .map_err(|_| errno(libc::ENFILE))?;
-        Ok(self.entry(id, attr))
+        self.lookup_entry(parent, name)
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
@@ -295,6 +336,142 @@ impl FileSystem for SharedDir {
         // The link itself (an empty path on its O_PATH descriptor): its
         // bytes as stored, for the guest to resolve.
         Ok(rustix::fs::readlinkat(&*fd, c"", Vec::new())?.into_bytes())
+    }
+
+    fn open(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let fh = self.open_node(inode, flags, false)?;
+        Ok((Some(fh), OpenOptions::empty(), None))
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the FileSystem trait's signature"
+    )]
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        self.read_into(inode, handle, w, size, offset)
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the FileSystem trait's signature"
+    )]
+    fn write(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.write_from(inode, handle, r, size, offset)
+    }
+
+    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
+        // Nothing is buffered here and no locks are kept: only check the
+        // handle is the guest's.
+        self.handle(inode, handle).map(drop)
+    }
+
+    fn fsync(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.sync(inode, handle, datasync)
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the FileSystem trait's signature"
+    )]
+    fn release(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.release_handle(inode, handle)
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let fh = self.open_node(inode, flags, true)?;
+        Ok((Some(fh), OpenOptions::empty()))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.list(inode, handle, size, offset, false, &mut |entry, _| {
+            add_entry(entry)
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.list(inode, handle, size, offset, true, &mut |entry, found| {
+            // Node id 0: listed without attributes; the guest looks the
+            // name up itself when it needs it.
+            let found = found.unwrap_or_else(|| self.entry(0, zeroed_stat()));
+            add_entry(entry, found)
+        })
+    }
+
+    fn fsyncdir(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.sync(inode, handle, datasync)
+    }
+
+    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.release_handle(inode, handle)
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.seek(inode, handle, offset, whence)
     }
 
     fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<libc::statvfs64> {

@@ -8,22 +8,27 @@ use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, InitOut, OutHeader};
 use supermachine_protocol::fs_spec::SymlinkPolicy;
 use vm_memory::ByteValued;
 
-const REQUEST: usize = 1;
-const OP_INIT: u32 = 26;
+pub(super) const REQUEST: usize = 1;
+pub(super) const OP_INIT: u32 = 26;
 const OP_FORGET: u32 = 2;
 const OP_LOOKUP: u32 = 1;
 
-struct Fixture<'m> {
+pub(super) struct Fixture<'m> {
     driver: MockDriver<'m>,
-    fs: Fs,
+    pub fs: Fs,
     interrupt: Arc<Interrupt>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn fixture(mem: &GuestMemoryMmap) -> Fixture<'_> {
+    fixture_with(mem, false)
+}
+
+/// A device sharing a fresh directory holding `file` ("hello").
+pub(super) fn fixture_with(mem: &GuestMemoryMmap, read_only: bool) -> Fixture<'_> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("file"), "hello").unwrap();
-    let shared = SharedDir::open(dir.path(), SymlinkPolicy::Opaque, false).unwrap();
+    let shared = SharedDir::open(dir.path(), SymlinkPolicy::Opaque, read_only).unwrap();
     let mut fs = Fs::new("share", shared).unwrap();
     let driver = MockDriver::new(mem, &[HIPRIO_SIZE, REQUEST_SIZE]);
     let (activation, interrupt, _) = driver.activation();
@@ -32,13 +37,13 @@ fn fixture(mem: &GuestMemoryMmap) -> Fixture<'_> {
         driver,
         fs,
         interrupt,
-        _dir: dir,
+        dir,
     }
 }
 
 /// A FUSE request: header (its `len` the real length unless `len` says
 /// otherwise) and body.
-fn message(opcode: u32, unique: u64, body: &[u8], len: Option<u32>) -> Vec<u8> {
+pub(super) fn message(opcode: u32, unique: u64, body: &[u8], len: Option<u32>) -> Vec<u8> {
     let header = InHeader {
         len: len.unwrap_or((std::mem::size_of::<InHeader>() + body.len()) as u32),
         opcode,
@@ -49,7 +54,7 @@ fn message(opcode: u32, unique: u64, body: &[u8], len: Option<u32>) -> Vec<u8> {
     [header.as_slice(), body].concat()
 }
 
-fn init_body() -> Vec<u8> {
+pub(super) fn init_body() -> Vec<u8> {
     InitIn {
         major: 7,
         minor: 36,
@@ -63,9 +68,14 @@ fn init_body() -> Vec<u8> {
 }
 
 impl Fixture<'_> {
+    /// The shared directory on the host.
+    pub fn dir_path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Sends `request` with `room` bytes for the reply on `queue`; the
     /// used length and the reply buffer's address.
-    fn send(&mut self, queue: usize, request: &[u8], room: u32) -> (u32, u64) {
+    pub fn send(&mut self, queue: usize, request: &[u8], room: u32) -> (u32, u64) {
         let r = self.driver.readable(request);
         let w = self.driver.writable(room);
         self.driver.add_chain(queue, &[r, w]);
@@ -75,7 +85,7 @@ impl Fixture<'_> {
     }
 
     /// The reply's header and body, from a reply buffer.
-    fn reply(&self, addr: u64, len: u32) -> (OutHeader, Vec<u8>) {
+    pub fn reply(&self, addr: u64, len: u32) -> (OutHeader, Vec<u8>) {
         let bytes = self.driver.read(addr, len as usize);
         let header_len = std::mem::size_of::<OutHeader>();
         let mut header = OutHeader::default();
