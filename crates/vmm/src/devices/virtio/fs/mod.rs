@@ -22,6 +22,9 @@ mod io;
 mod io_tests;
 #[cfg(test)]
 mod lookup_tests;
+mod mutate;
+#[cfg(test)]
+mod mutate_tests;
 mod request;
 mod shared_dir;
 mod state;

@@ -11,16 +11,20 @@
 //!
 //! So far: INIT, DESTROY, LOOKUP, FORGET, BATCH_FORGET, GETATTR, READLINK,
 //! STATFS, and (in [`io`](super::io)) OPEN, READ, WRITE, FLUSH, FSYNC,
-//! RELEASE, OPENDIR, READDIR, READDIRPLUS, FSYNCDIR, RELEASEDIR, LSEEK;
-//! every other operation is fuse-backend-rs's default, ENOSYS. The
-//! mutators follow (docs/design/virtio-fs.md).
+//! RELEASE, OPENDIR, READDIR, READDIRPLUS, FSYNCDIR, RELEASEDIR, LSEEK,
+//! and (in [`mutate`](super::mutate)) CREATE, MKDIR, MKNOD, SYMLINK, LINK,
+//! UNLINK, RMDIR, RENAME(2), SETATTR, FALLOCATE and the xattr calls. The
+//! rest is fuse-backend-rs's default, ENOSYS: ACCESS (a virtiofs mount
+//! checks permissions in the guest), locks (they stay in the guest),
+//! IOCTL, BMAP, POLL, DAX mappings.
 
 use super::handles::{Handles, DEFAULT_MAX_HANDLES};
 use super::inodes::{Inodes, DEFAULT_MAX_INODES, ROOT};
 use fuse_backend_rs::abi::fuse_abi::FsOptions;
-use fuse_backend_rs::abi::fuse_abi::OpenOptions;
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, OpenOptions, SetattrValid};
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileSystem, ZeroCopyReader, ZeroCopyWriter,
+    Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
+    ZeroCopyWriter,
 };
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use std::ffi::CStr;
@@ -246,7 +250,7 @@ const NAME_MAX: usize = 255;
 
 /// A name the guest sent, if it can be one directory entry: not empty,
 /// no `/`, at most 255 bytes (a CStr holds no NUL).
-fn component(name: &CStr) -> io::Result<&CStr> {
+pub(super) fn component(name: &CStr) -> io::Result<&CStr> {
     let bytes = name.to_bytes();
     if bytes.is_empty() || bytes.contains(&b'/') {
         return Err(errno(libc::EINVAL));
@@ -268,7 +272,7 @@ fn zeroed_stat() -> libc::stat64 {
 
 /// The attributes of the file `fd` refers to (a symlink itself, for an
 /// `O_PATH | O_NOFOLLOW` descriptor of one).
-fn stat(fd: &impl AsFd) -> io::Result<libc::stat64> {
+pub(super) fn stat(fd: &impl AsFd) -> io::Result<libc::stat64> {
     // SAFETY: stat64 is plain data; all-zero is a valid value.
     let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is open for the call, the path is an empty C string
@@ -472,6 +476,132 @@ impl FileSystem for SharedDir {
         whence: u32,
     ) -> io::Result<u64> {
         self.seek(inode, handle, offset, whence)
+    }
+
+    fn create(
+        &self,
+        _ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let (entry, fh) = self.create_file(parent, name, &args)?;
+        Ok((entry, Some(fh), OpenOptions::empty(), None))
+    }
+
+    fn mkdir(
+        &self,
+        _ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.make_dir(parent, name, mode, umask)
+    }
+
+    fn mknod(
+        &self,
+        _ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        _rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.make_node(parent, name, mode, umask)
+    }
+
+    fn symlink(
+        &self,
+        _ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.make_symlink(linkname, parent, name)
+    }
+
+    fn link(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        newparent: u64,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        self.make_link(inode, newparent, newname)
+    }
+
+    fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    fn rmdir(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn rename(
+        &self,
+        _ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.rename_entry(olddir, oldname, newdir, newname, flags)
+    }
+
+    fn setattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        attr: libc::stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(libc::stat64, Duration)> {
+        Ok((self.set_attributes(inode, &attr, handle, valid)?, self.ttl))
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.allocate(inode, handle, mode, offset, length)
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.set_xattr(inode, name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.get_xattr(inode, name, size)
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.list_xattrs(inode, size)
+    }
+
+    fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.remove_xattr(inode, name)
     }
 
     fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<libc::statvfs64> {
