@@ -36,4 +36,6 @@ pub mod vm;
 
 pub use control::ControlHandle;
 pub use outcome::Outcome;
-pub use vm::{DiskConfig, EmptyVm, RestoreConfig, Vm, VmConfig, VmError, VsockConfig};
+pub use vm::{
+    DiskConfig, EmptyVm, FsSpec, RestoreConfig, SymlinkPolicy, Vm, VmConfig, VmError, VsockConfig,
+};

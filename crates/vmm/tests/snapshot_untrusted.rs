@@ -42,6 +42,7 @@ fn refusal(dir: &Path) -> Option<(String, FailureKind)> {
         disks: Vec::new(),
         vsock: None,
         rng: false,
+        fs: Vec::new(),
         serial_log: None,
         serial_log_cap: DEFAULT_SERIAL_LOG_CAP,
         console_echo: false,

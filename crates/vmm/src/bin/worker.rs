@@ -33,7 +33,7 @@ use supermachine_vmm::outcome::ExitSender;
 use supermachine_vmm::snapshot::hot_pages;
 use supermachine_vmm::{files, limited, sockets};
 use supermachine_vmm::{
-    ControlHandle, DiskConfig, EmptyVm, Outcome, RestoreConfig, Vm, VmConfig, VsockConfig,
+    ControlHandle, DiskConfig, EmptyVm, FsSpec, Outcome, RestoreConfig, Vm, VmConfig, VsockConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -64,6 +64,11 @@ struct Args {
     /// A disk: PATH or PATH:ro. Repeat for more; the first is /dev/vda.
     #[arg(long = "disk")]
     disks: Vec<String>,
+    /// A host directory shared with the guest (virtio-fs), as
+    /// `tag=TAG[,symlinks=deny|opaque|follow][,ro],path=/HOST/DIR`; the
+    /// guest mounts it with `mount -t virtiofs TAG DIR`. Repeat for more.
+    #[arg(long = "fs", value_name = "SPEC")]
+    fs: Vec<FsSpec>,
     /// The VM's runtime directory: holds vsock.sock; removed when the worker ends.
     #[arg(long)]
     vm_dir: Option<PathBuf>,
@@ -298,6 +303,7 @@ fn restore_config(args: &Args, snapshot_dir: PathBuf, disks: &[String]) -> Resto
         disks: disks.iter().map(|d| parse_disk(d)).collect(),
         vsock: vsock_config(args),
         rng: true,
+        fs: args.fs.clone(),
         serial_log: args.serial_log.clone(),
         serial_log_cap: args.serial_log_cap,
         console_echo: args.console,
@@ -318,6 +324,7 @@ fn build(args: &Args) -> Result<Vm, supermachine_vmm::VmError> {
             disks: args.disks.iter().map(|d| parse_disk(d)).collect(),
             vsock: vsock_config(args),
             rng: true,
+            fs: args.fs.clone(),
             serial_log: args.serial_log.clone(),
             serial_log_cap: args.serial_log_cap,
             console_echo: args.console,

@@ -15,6 +15,7 @@ use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use supermachine_protocol::fs_spec::FsSpec;
 use vm_memory::GuestMemoryMmap;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
@@ -114,11 +115,14 @@ pub(super) fn add_legacy_devices(
     Ok(serial)
 }
 
-/// The virtio devices in MMIO slot order: disks, then vsock, then rng.
+/// The virtio devices in MMIO slot order: disks, then vsock, then rng,
+/// then the shared directories (last, so a VM without any keeps the slots
+/// its snapshots were taken with).
 pub(super) fn virtio_devices(
     disks: &[DiskConfig],
     vsock: Option<&VsockConfig>,
     rng: bool,
+    fs: &[FsSpec],
 ) -> Result<Vec<Arc<Mutex<dyn VirtioDevice>>>, VmError> {
     let mut devices: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
     for (i, disk) in disks.iter().enumerate() {
@@ -144,6 +148,15 @@ pub(super) fn virtio_devices(
     }
     if rng {
         devices.push(Arc::new(Mutex::new(virtio::rng::Rng::default())));
+    }
+    for spec in fs {
+        let dir = io(
+            format!("sharing {} as {}", spec.path.display(), spec.tag),
+            virtio::fs::SharedDir::open(&spec.path, spec.symlinks, spec.read_only),
+        )?;
+        let dev =
+            virtio::fs::Fs::new(&spec.tag, dir).map_err(|e| VmError::Config(e.to_string()))?;
+        devices.push(Arc::new(Mutex::new(dev)));
     }
     if devices.len() as u32 > IOAPIC_PINS - VIRTIO_FIRST_IRQ {
         return Err(VmError::Config(format!(

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+pub use supermachine_protocol::fs_spec::{FsSpec, SymlinkPolicy};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Kernel arguments every guest gets. `reboot=k` makes reboots reach our
@@ -84,6 +85,9 @@ pub struct VmConfig {
     /// A virtio-rng device (the last in slot order), so the guest's entropy
     /// pool is seeded at once.
     pub rng: bool,
+    /// Host directories shared with the guest as virtio-fs devices (after
+    /// rng in slot order), each mounted in the guest by its tag.
+    pub fs: Vec<FsSpec>,
     /// Where the guest's console goes: created 0600 if missing, appended to
     /// if present, never through a symlink. `None`: nowhere (except the echo).
     pub serial_log: Option<PathBuf>,
@@ -225,7 +229,8 @@ impl Vm {
             .insert_str(BASE_CMDLINE)
             .map_err(|e| VmError::Config(e.to_string()))?;
         let mut transports = Vec::new();
-        let virtio = devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng)?;
+        let virtio =
+            devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng, &config.fs)?;
         for (index, device) in virtio.into_iter().enumerate() {
             transports.push(devices::add_virtio_device(
                 &vm,

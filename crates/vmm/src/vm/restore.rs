@@ -10,7 +10,7 @@
 //! once vCPU 0 is restored, the guest's mappings of them through it.
 
 use super::devices::{self, ConsoleConfig};
-use super::{DiskConfig, SnapshotError, Vm, VmError, VsockConfig, Wiring};
+use super::{DiskConfig, FsSpec, SnapshotError, Vm, VmError, VsockConfig, Wiring};
 use crate::arch::x86_64::host;
 use crate::bus::lock;
 use crate::devices::serial::SerialDevice;
@@ -37,6 +37,9 @@ pub struct RestoreConfig {
     pub vsock: Option<VsockConfig>,
     /// Whether the snapshotted VM had a virtio-rng device.
     pub rng: bool,
+    /// The shared directories, with the tags, policies and read-only-ness
+    /// the snapshotted VM had; the host paths may be others.
+    pub fs: Vec<FsSpec>,
     /// Where the restored guest's console goes (appended to; see
     /// `VmConfig::serial_log`).
     pub serial_log: Option<PathBuf>,
@@ -292,7 +295,8 @@ fn restore_devices(
 ) -> Result<RestoredDevices, VmError> {
     let serial =
         devices::add_legacy_devices(vm, &mut w.pio, console, &w.reset, Some(&state.serial))?;
-    let virtio = devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng)?;
+    let virtio =
+        devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng, &config.fs)?;
     if virtio.len() != state.devices.len() {
         return Err(SnapshotError::DeviceCount {
             saved: state.devices.len(),

@@ -85,6 +85,7 @@ fn restore_config(
             uds_path: socket.to_path_buf(),
         }),
         rng: true,
+        fs: Vec::new(),
         serial_log: None,
         serial_log_cap: supermachine_vmm::capped_log::DEFAULT_SERIAL_LOG_CAP,
         console_echo: false,
