@@ -3,7 +3,7 @@
 use crate::images::Policy;
 use std::path::PathBuf;
 use std::time::Duration;
-use supermachine::{Disk, Error, ExecBuilder, Image, Vm, VmConfig};
+use supermachine::{Disk, Error, ExecBuilder, Image, Mount, SymlinkPolicy, Vm, VmConfig};
 
 #[derive(clap::Args)]
 pub struct VmOptions {
@@ -25,6 +25,20 @@ pub struct VmOptions {
     /// Append `:ro` for read-only. Writes go straight to the file (sparse files stay sparse).
     #[arg(long = "disk", value_name = "PATH[:ro]")]
     disks: Vec<String>,
+    /// Share a host directory with the guest, live (virtio-fs): the guest
+    /// mounts it with `mount -t virtiofs TAG DIR`. Append `:ro` for
+    /// read-only. Symlinks in it are shown as symlinks and never followed
+    /// on the host (see --mount for the other policies).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:TAG[:ro]")]
+    volumes: Vec<String>,
+    /// Share a host directory, with every option:
+    /// `source=HOST,tag=TAG[,target=/GUEST/DIR][,symlinks=deny|opaque|follow][,ro]`.
+    /// With target, the guest's agent mounts it there at boot. symlinks:
+    /// deny (no symlinks or hard links made, host symlinks not
+    /// traversable), opaque (default: shown as symlinks, resolved only in
+    /// the guest), follow (host symlinks followed: trusted guests only).
+    #[arg(long = "mount", value_name = "SPEC")]
+    mounts: Vec<String>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256, value_name = "MiB")]
     memory: u64,
@@ -75,6 +89,7 @@ impl VmOptions {
             workdir: None,
             user: None,
             disks: self.disks.iter().map(|d| parse_disk(d)).collect(),
+            mounts: parse_mounts(&self.volumes, &self.mounts)?,
             extra_kernel_args: self.kernel_args,
             boot_timeout: Duration::from_secs(self.boot_timeout),
             console: self.console,
@@ -140,10 +155,90 @@ pub fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>, Error> {
         .collect()
 }
 
+/// `-v HOST:TAG[:ro]` and `--mount KEY=VALUE,...` as mounts.
+fn parse_mounts(volumes: &[String], mounts: &[String]) -> Result<Vec<Mount>, Error> {
+    let mut out = Vec::new();
+    for volume in volumes {
+        let (rest, read_only) = match volume.strip_suffix(":ro") {
+            Some(rest) => (rest, true),
+            None => (volume.as_str(), false),
+        };
+        // The tag is the last part: a host path may hold colons, a tag not.
+        let Some((host, tag)) = rest.rsplit_once(':') else {
+            return Err(Error::InvalidArgument(format!(
+                "-v {volume}: expected HOST:TAG[:ro]"
+            )));
+        };
+        let mut mount = Mount::new(host, tag);
+        mount.read_only = read_only;
+        out.push(mount);
+    }
+    for spec in mounts {
+        out.push(parse_mount(spec)?);
+    }
+    Ok(out)
+}
+
+/// One `--mount` spec.
+fn parse_mount(spec: &str) -> Result<Mount, Error> {
+    let bad = |why: &str| Error::InvalidArgument(format!("--mount {spec}: {why}"));
+    let (mut source, mut tag, mut mount) = (None, None, Mount::new("", ""));
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("source" | "src", value)) => source = Some(value),
+            Some(("tag", value)) => tag = Some(value),
+            Some(("target" | "dst", value)) => mount.guest_path = Some(value.to_string()),
+            Some(("symlinks", value)) => {
+                mount.symlinks = value
+                    .parse::<SymlinkPolicy>()
+                    .map_err(|e| bad(&e.to_string()))?
+            }
+            None if part == "ro" || part == "readonly" => mount.read_only = true,
+            _ => return Err(bad(&format!("unknown part {part:?}"))),
+        }
+    }
+    mount.host_path = source.ok_or_else(|| bad("source=HOST is missing"))?.into();
+    mount.tag = tag.ok_or_else(|| bad("tag=TAG is missing"))?.to_string();
+    Ok(mount)
+}
+
 fn parse_disk(spec: &str) -> Disk {
     let (path, read_only) = supermachine_protocol::disk_spec::parse(spec);
     Disk {
         path: path.into(),
         read_only,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_and_mounts_parse() {
+        let volumes = ["/home/me/a:b:src".to_string(), "/data:data:ro".to_string()];
+        let mounts = ["source=/x,tag=x,target=/app,symlinks=deny,ro".to_string()];
+        let parsed = parse_mounts(&volumes, &mounts).unwrap();
+        assert_eq!(parsed[0].host_path, PathBuf::from("/home/me/a:b"));
+        assert_eq!(
+            (parsed[0].tag.as_str(), parsed[0].read_only),
+            ("src", false)
+        );
+        assert_eq!(
+            (parsed[1].tag.as_str(), parsed[1].read_only),
+            ("data", true)
+        );
+        let m = &parsed[2];
+        assert_eq!(m.guest_path.as_deref(), Some("/app"));
+        assert_eq!((m.symlinks, m.read_only), (SymlinkPolicy::Deny, true));
+        for bad in [
+            "tag=x",
+            "source=/x",
+            "source=/x,tag=x,symlinks=maybe",
+            "source=/x,tag=x,rw",
+        ] {
+            assert!(parse_mount(bad).is_err(), "{bad}");
+        }
+        assert!(parse_mounts(&["/nocolon".to_string()], &[]).is_err());
     }
 }

@@ -90,6 +90,7 @@ impl Vm {
                     memory_mib: meta.memory_mib,
                     vcpus: meta.vcpus,
                     disks: disks.clone(),
+                    mounts: Vec::new(),
                     vm_dir: dir.path().to_path_buf(),
                     serial_log: serial_log.clone(),
                     console: config.console,

@@ -6,6 +6,7 @@ pub(crate) mod conn;
 pub(crate) mod copy;
 pub(crate) mod exec;
 pub(crate) mod files;
+pub(crate) mod mount;
 
 use self::conn::Conn;
 use crate::error::Error;
@@ -15,6 +16,7 @@ use crate::image::{assets, kernel};
 use crate::worker::outcome::VmOutcome;
 use crate::worker::runtime::{self, VmDir, VmInfo};
 use crate::worker::{ExitWatch, Worker, WorkerSpec};
+use mount::Mount;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -84,6 +86,8 @@ pub struct VmConfig {
     pub user: Option<String>,
     /// Extra disks after the root filesystem: /dev/vdb, /dev/vdc, …
     pub disks: Vec<Disk>,
+    /// Host directories shared with the guest (virtio-fs).
+    pub mounts: Vec<Mount>,
     /// Extra kernel command line arguments.
     pub extra_kernel_args: Vec<String>,
     /// How long to wait for the agent to report ready.
@@ -102,6 +106,7 @@ impl Default for VmConfig {
             workdir: None,
             user: None,
             disks: Vec::new(),
+            mounts: Vec::new(),
             extra_kernel_args: Vec::new(),
             boot_timeout: Duration::from_secs(60),
             console: false,
@@ -202,6 +207,11 @@ impl Vm {
 
     async fn boot(image: &Image, config: &VmConfig, detached: bool) -> Result<Vm, Error> {
         if let Some(snapshot) = image.snapshot() {
+            if !config.mounts.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "mounts are not yet supported on a VM restored from a snapshot".into(),
+                ));
+            }
             return Vm::restore(image, snapshot, config, detached).await;
         }
         if config.vcpus == 0 {
@@ -223,6 +233,7 @@ impl Vm {
             }
             disks.push((disk.path.clone(), disk.read_only));
         }
+        let mounts = mount::worker_specs(&config.mounts)?;
         let initramfs = assets::initramfs()?;
         let binary = assets::worker_binary()?;
         let dir = VmDir::create()?;
@@ -244,6 +255,7 @@ impl Vm {
             tokio::net::UnixListener::from_std(ready).map_err(|e| Error::io("ready socket", e))?;
 
         let mut cmdline = vec!["supermachine.root=/dev/vda".to_string()];
+        cmdline.extend(mount::boot_args(&config.mounts));
         cmdline.extend(config.extra_kernel_args.iter().cloned());
         let spec = WorkerSpec {
             binary,
@@ -254,6 +266,7 @@ impl Vm {
             memory_mib: config.memory_mib,
             vcpus: config.vcpus,
             disks: disks.clone(),
+            mounts,
             vm_dir: dir.path().to_path_buf(),
             serial_log: serial_log.clone(),
             console: config.console,

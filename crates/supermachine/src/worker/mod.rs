@@ -40,6 +40,8 @@ pub(crate) struct WorkerSpec {
     pub vcpus: u8,
     /// The root filesystem first, then the extra disks.
     pub disks: Vec<(PathBuf, bool)>,
+    /// Shared host directories (`--fs`).
+    pub mounts: Vec<supermachine_protocol::fs_spec::FsSpec>,
     pub vm_dir: PathBuf,
     pub serial_log: PathBuf,
     pub console: bool,
@@ -197,6 +199,9 @@ impl Worker {
             .stdout(Stdio::null());
         for (path, read_only) in &spec.disks {
             cmd.arg("--disk").arg(disk_spec::format(path, *read_only));
+        }
+        for mount in &spec.mounts {
+            cmd.arg("--fs").arg(mount.to_string());
         }
         if spec.console {
             cmd.arg("--console");
@@ -399,6 +404,7 @@ mod tests {
             memory_mib: 1,
             vcpus: 1,
             disks: Vec::new(),
+            mounts: Vec::new(),
             vm_dir: dir.to_path_buf(),
             serial_log: dir.join("serial.log"),
             console: false,

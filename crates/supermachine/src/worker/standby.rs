@@ -66,6 +66,7 @@ impl Standby {
             memory_mib: 0,
             vcpus: 0,
             disks: Vec::new(),
+            mounts: Vec::new(),
             vm_dir: dir.path().to_path_buf(),
             serial_log: serial_log.clone(),
             console: false,
