@@ -17,6 +17,23 @@ const NEWROOT: &str = "/mnt/root";
 /// Mounts carried from the initramfs into the real root, in this order.
 const CARRIED: &[&str] = &["/proc", "/sys", "/dev", "/tmp", "/run"];
 
+/// Mounts each shared host directory (virtio-fs) where the host asked,
+/// creating the directory if needed; nosuid and nodev whatever the host
+/// holds. The first failure is the error, naming the tag and the path.
+pub fn mount_shares(mounts: &[crate::cmdline::GuestMount]) -> Result<(), String> {
+    for m in mounts {
+        std::fs::create_dir_all(&m.path)
+            .map_err(|e| format!("mount {} on {}: creating the directory: {e}", m.tag, m.path))?;
+        let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+        if m.read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        mount(&m.tag, &m.path, "virtiofs", flags, "")
+            .map_err(|e| format!("mount {} on {}: {e}", m.tag, m.path))?;
+    }
+    Ok(())
+}
+
 /// `mount(2)` with Rust strings; errors name the target.
 fn mount(
     src: &str,

@@ -17,6 +17,36 @@ pub struct BootConfig {
     /// From `supermachine.hostname`; [`DEFAULT_HOSTNAME`] when absent or
     /// empty.
     pub hostname: String,
+    /// Shared host directories to mount at boot, from each
+    /// `supermachine.mount=TAG:PATH[:ro]`, in order.
+    pub mounts: Vec<GuestMount>,
+}
+
+/// A virtio-fs tag the agent mounts at boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestMount {
+    /// The device's tag.
+    pub tag: String,
+    /// Where in the guest (absolute).
+    pub path: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl GuestMount {
+    /// `TAG:PATH[:ro]`; `None` unless the path is absolute.
+    fn parse(value: &str) -> Option<GuestMount> {
+        let (rest, read_only) = match value.strip_suffix(":ro") {
+            Some(rest) => (rest, true),
+            None => (value, false),
+        };
+        let (tag, path) = rest.split_once(':')?;
+        (!tag.is_empty() && path.starts_with('/')).then(|| GuestMount {
+            tag: tag.to_string(),
+            path: path.to_string(),
+            read_only,
+        })
+    }
 }
 
 impl Default for BootConfig {
@@ -25,6 +55,7 @@ impl Default for BootConfig {
             root: None,
             rootfstype: None,
             hostname: DEFAULT_HOSTNAME.to_string(),
+            mounts: Vec::new(),
         }
     }
 }
@@ -49,6 +80,9 @@ pub fn parse(cmdline: &str) -> BootConfig {
             "supermachine.hostname" => {
                 cfg.hostname = value.unwrap_or_else(|| DEFAULT_HOSTNAME.to_string())
             }
+            "supermachine.mount" => cfg
+                .mounts
+                .extend(value.as_deref().and_then(GuestMount::parse)),
             _ => {}
         }
     }
@@ -142,5 +176,22 @@ mod tests {
     fn arguments_after_double_dash_are_for_init() {
         let cfg = parse("supermachine.root=/dev/vda -- supermachine.root=/dev/evil");
         assert_eq!(cfg.root.as_deref(), Some("/dev/vda"));
+    }
+
+    #[test]
+    fn mounts_accumulate_in_order() {
+        let cfg = parse(
+            "supermachine.mount=src:/app:ro supermachine.mount=cache:/root/.cache \
+             supermachine.mount=bad supermachine.mount=rel:here supermachine.mount=",
+        );
+        let tags: Vec<_> = cfg
+            .mounts
+            .iter()
+            .map(|m| (m.tag.as_str(), m.path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            tags,
+            [("src", "/app", true), ("cache", "/root/.cache", false)]
+        );
     }
 }

@@ -117,6 +117,9 @@ fn init() -> ! {
         },
         None => log!("no supermachine.root on the command line: staying in the initramfs"),
     }
+    if let Err(e) = boot::mount_shares(&cfg.mounts) {
+        fatal(&e);
+    }
     if let Err(e) = boot::set_hostname(&cfg.hostname) {
         log!("cannot set hostname {:?}: {e}", cfg.hostname);
     }
