@@ -17,6 +17,7 @@ mod debian;
 mod exec;
 mod files;
 mod images;
+mod mounts;
 mod oci_layout;
 mod pool;
 mod progress;
@@ -39,6 +40,7 @@ fn trials() -> Vec<Trial> {
     all.extend(debian::trials());
     all.extend(snapshot::trials());
     all.extend(pool::trials());
+    all.extend(mounts::trials());
     progress::without_skipped(all)
 }
 
