@@ -65,6 +65,7 @@ const FUZZ_TARGETS: &[(&str, u32)] = &[
     ("virtio_blk", 20),
     ("virtio_vsock", 20),
     ("snapshot_state", 20),
+    ("virtio_fs", 20),
     ("tar_reader", 20),
     ("layer_apply", 20),
 ];
