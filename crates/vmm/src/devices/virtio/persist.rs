@@ -270,14 +270,19 @@ mod tests {
         rng_bytes.push(1);
         let mut vsock_bytes = head.to_vec();
         vsock_bytes.extend([2, 3]);
-        // Variant 3, tag "ab", Opaque (variant 1), read-only, not initialized.
+        // Variant 3, tag "ab", Opaque (variant 1), read-only, not
+        // initialized, next node 2, no nodes, next handle 1, no handles.
         let mut fs_bytes = head.to_vec();
-        fs_bytes.extend([3, 2, b'a', b'b', 1, 1, 0]);
+        fs_bytes.extend([3, 2, b'a', b'b', 1, 1, 0, 2, 0, 1, 0]);
         let fs = DeviceState::Fs(super::super::fs::FsState {
             tag: "ab".into(),
             symlinks: supermachine_protocol::fs_spec::SymlinkPolicy::Opaque,
             read_only: true,
             initialized: false,
+            next_node: 2,
+            nodes: Vec::new(),
+            next_handle: 1,
+            handles: Vec::new(),
         });
         for (state, bytes) in [
             (block, block_bytes),

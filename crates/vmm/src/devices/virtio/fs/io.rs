@@ -27,6 +27,14 @@ impl SharedDir {
     /// Opens node `inode` (a regular file, or a directory when `dir`) for
     /// I/O with the guest's `flags`; the new handle.
     pub(super) fn open_node(&self, inode: u64, flags: u32, dir: bool) -> io::Result<u64> {
+        let file = self.open_file(inode, flags, dir)?;
+        self.handles()
+            .insert(inode, file, flags, dir)
+            .map_err(|_| errno(libc::EMFILE))
+    }
+
+    /// Node `inode` opened for I/O (see [`SharedDir::open_node`]).
+    fn open_file(&self, inode: u64, flags: u32, dir: bool) -> io::Result<File> {
         let (fd, kind) = self.node(inode)?;
         let access = flags & libc::O_ACCMODE as u32;
         let mut oflags =
@@ -45,22 +53,30 @@ impl SharedDir {
         {
             return Err(errno(libc::EROFS));
         }
-        let file = File::from(rustix::fs::openat(
+        Ok(File::from(rustix::fs::openat(
             self.proc_fds(),
             fd.as_raw_fd().to_string(),
             oflags,
             Mode::empty(),
-        )?);
-        self.handles()
-            .insert(inode, file)
-            .map_err(|_| errno(libc::EMFILE))
+        )?))
     }
 
-    /// The file of handle `fh` of node `inode`; EBADF if there is none.
+    /// The file of handle `fh` of node `inode`; EBADF if there is none. A
+    /// handle restored from a snapshot is opened again on first use, with
+    /// its flags but never truncating the file.
     pub(super) fn handle(&self, inode: u64, fh: u64) -> io::Result<std::sync::Arc<File>> {
-        self.handles()
-            .get(fh, inode)
-            .ok_or_else(|| errno(libc::EBADF))
+        let (file, flags, dir) = {
+            let handles = self.handles();
+            let h = handles.get(fh, inode).ok_or_else(|| errno(libc::EBADF))?;
+            (h.file.clone(), h.flags, h.dir)
+        };
+        if let Some(file) = file {
+            return Ok(file);
+        }
+        let flags = flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL) as u32;
+        let file = std::sync::Arc::new(self.open_file(inode, flags, dir)?);
+        self.handles().reopened(fh, file.clone());
+        Ok(file)
     }
 
     /// Closes handle `fh` of node `inode`.

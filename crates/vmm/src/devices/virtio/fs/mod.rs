@@ -29,6 +29,8 @@ mod request;
 mod shared_dir;
 mod state;
 #[cfg(test)]
+mod state_tests;
+#[cfg(test)]
 mod tests;
 
 pub use handles::DEFAULT_MAX_HANDLES;

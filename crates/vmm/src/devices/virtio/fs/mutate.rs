@@ -117,9 +117,15 @@ impl SharedDir {
         )?;
         let node = self
             .inodes()
-            .looked_up(parent, path, libc::S_IFREG, (attr.st_dev, attr.st_ino))
+            .looked_up(
+                parent,
+                name.to_bytes(),
+                path,
+                libc::S_IFREG,
+                (attr.st_dev, attr.st_ino),
+            )
             .map_err(|_| errno(libc::ENFILE))?;
-        match self.handles().insert(node, file) {
+        match self.handles().insert(node, file, args.flags, false) {
             Ok(fh) => Ok((self.entry(node, attr), fh)),
             Err(_) => {
                 self.inodes().forget(node, 1);
@@ -303,7 +309,7 @@ impl SharedDir {
                 return Err(errno(libc::EINVAL));
             }
             let size = u64::try_from(attr.st_size).map_err(|_| errno(libc::EINVAL))?;
-            match handle.and_then(|fh| self.handles().get(fh, id)) {
+            match handle.and_then(|fh| self.handle(id, fh).ok()) {
                 Some(file) => rustix::fs::ftruncate(&*file, size)?,
                 None => {
                     let file = rustix::fs::openat(

@@ -130,6 +130,38 @@ impl SharedDir {
         self.initialized.load(Ordering::SeqCst)
     }
 
+    /// The node and handle tables, for a snapshot.
+    #[allow(clippy::type_complexity, reason = "two (next id, entries) pairs")]
+    pub(super) fn save_tables(
+        &self,
+    ) -> (
+        (u64, Vec<super::inodes::SavedNode>),
+        (u64, Vec<super::handles::SavedHandle>),
+    ) {
+        (self.inodes().save(), self.handles().save())
+    }
+
+    /// Puts back the tables a snapshot saved (every entry unopened until
+    /// used), or says why they cannot have been saved.
+    pub(super) fn restore_tables(&self, state: &super::FsState) -> Result<(), String> {
+        let inodes = Inodes::restore(
+            self.root.clone(),
+            self.root_key,
+            self.max_inodes,
+            state.next_node,
+            &state.nodes,
+        )?;
+        let handles = Handles::restore(
+            DEFAULT_MAX_HANDLES,
+            state.next_handle,
+            &state.handles,
+            |node| inodes.get(node).is_some(),
+        )?;
+        *self.inodes() = inodes;
+        *self.handles() = handles;
+        Ok(())
+    }
+
     /// Puts back the session state a snapshot saved.
     pub(super) fn set_initialized(&self, initialized: bool) {
         self.initialized.store(initialized, Ordering::SeqCst);
@@ -160,11 +192,48 @@ impl SharedDir {
     }
 
     /// The descriptor and type of node `id`; ESTALE for an id the guest
-    /// does not hold (never issued, or forgotten).
+    /// does not hold (never issued, or forgotten), and for a node restored
+    /// from a snapshot whose file is gone or is now another kind of file.
     pub(super) fn node(&self, id: u64) -> io::Result<(Arc<OwnedFd>, u32)> {
-        let inodes = self.inodes();
+        let mut inodes = self.inodes();
         let inode = inodes.get(id).ok_or_else(|| errno(libc::ESTALE))?;
-        Ok((inode.fd.clone(), inode.kind))
+        if let Some(fd) = &inode.fd {
+            return Ok((fd.clone(), inode.kind));
+        }
+        // Restored and not yet used: open it again from its parent and
+        // name, ancestors first, with the policy's rules (as a lookup).
+        let mut chain = vec![id];
+        loop {
+            let parent = inodes.get(chain[chain.len() - 1]).map(|i| i.parent);
+            match parent.and_then(|p| inodes.get(p).map(|i| (p, i.fd.is_some()))) {
+                Some((_, true)) => break,
+                // Validated at restore: chains end at the (open) root.
+                Some((p, false)) if chain.len() <= inodes.len() => chain.push(p),
+                _ => return Err(errno(libc::ESTALE)),
+            }
+        }
+        for &n in chain.iter().rev() {
+            let Some(inode) = inodes.get(n) else {
+                return Err(errno(libc::ESTALE));
+            };
+            let (kind, name) = (inode.kind, inode.name.to_vec());
+            let dir = inodes
+                .get(inode.parent)
+                .and_then(|p| p.fd.clone())
+                .ok_or_else(|| errno(libc::ESTALE))?;
+            let name = std::ffi::CString::new(name).map_err(|_| errno(libc::ESTALE))?;
+            let stale = |_| errno(libc::ESTALE);
+            let fd = self.open_child(&dir, &name).map_err(stale)?;
+            let attr = stat(&fd).map_err(stale)?;
+            let found = attr.st_mode & libc::S_IFMT;
+            if found != kind || (found == libc::S_IFLNK && self.symlinks == SymlinkPolicy::Deny) {
+                return Err(errno(libc::ESTALE));
+            }
+            inodes.reopened(n, Arc::new(fd), (attr.st_dev, attr.st_ino));
+        }
+        let inode = inodes.get(id).ok_or_else(|| errno(libc::ESTALE))?;
+        let fd = inode.fd.clone().ok_or_else(|| errno(libc::ESTALE))?;
+        Ok((fd, inode.kind))
     }
 
     /// Opens `name` in the directory `dir` as the policy says, without
@@ -223,7 +292,8 @@ impl SharedDir {
             }
             _ => {}
         }
-        let fd = self.open_child(&dir, component(name)?)?;
+        let name = component(name)?;
+        let fd = self.open_child(&dir, name)?;
         let attr = stat(&fd)?;
         let kind = attr.st_mode & libc::S_IFMT;
         if kind == libc::S_IFLNK && self.symlinks == SymlinkPolicy::Deny {
@@ -231,7 +301,13 @@ impl SharedDir {
         }
         let id = self
             .inodes()
-            .looked_up(parent, fd, kind, (attr.st_dev, attr.st_ino))
+            .looked_up(
+                parent,
+                name.to_bytes(),
+                fd,
+                kind,
+                (attr.st_dev, attr.st_ino),
+            )
             .map_err(|_| errno(libc::ENFILE))?;
         Ok(self.entry(id, attr))
     }

@@ -1,10 +1,14 @@
 //! What a virtio-fs device keeps in a snapshot: the mount as the guest
-//! knows it (tag, policy, read-only-ness) and whether the guest has
-//! initialized its session. A restore must be given the same mount; the
-//! host path may differ, like a disk's.
-//!
-//! The inode and handle tables come with the lookups that fill them.
+//! knows it (tag, policy, read-only-ness), whether the guest has
+//! initialized its session, and the nodes and open files the guest holds
+//! (by parent and name, never a host path or a descriptor). A restore must
+//! be given the same mount; the host path may differ, like a disk's. Each
+//! node is opened again on first use, from its parent and name under the
+//! policy's rules: a file gone (or now another kind of file) since the
+//! snapshot is ESTALE for that node alone, and the guest looks it up again.
 
+use super::handles::SavedHandle;
+use super::inodes::SavedNode;
 use super::Fs;
 use crate::devices::virtio::persist::Persist;
 use serde::{Deserialize, Serialize};
@@ -21,6 +25,14 @@ pub struct FsState {
     pub read_only: bool,
     /// Whether the guest had sent INIT.
     pub initialized: bool,
+    /// The next node id to hand out.
+    pub next_node: u64,
+    /// The nodes the guest held, but the root.
+    pub nodes: Vec<SavedNode>,
+    /// The next file handle to hand out.
+    pub next_handle: u64,
+    /// The files and directories the guest held open.
+    pub handles: Vec<SavedHandle>,
 }
 
 /// Why a virtio-fs device cannot stand in for the one that saved a state:
@@ -46,6 +58,14 @@ pub enum FsRestoreError {
         /// The options of the device being restored.
         given: String,
     },
+    /// The saved tables are not ones a device could have saved.
+    #[error("the snapshot's table of files shared as {tag:?} is damaged: {reason}")]
+    Table {
+        /// The tag.
+        tag: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn options(symlinks: SymlinkPolicy, read_only: bool) -> String {
@@ -57,11 +77,16 @@ impl Persist for Fs {
     type Error = FsRestoreError;
 
     fn save(&self) -> FsState {
+        let ((next_node, nodes), (next_handle, handles)) = self.dir.save_tables();
         FsState {
             tag: self.tag.clone(),
             symlinks: self.dir.symlinks(),
             read_only: self.dir.read_only(),
             initialized: self.dir.initialized(),
+            next_node,
+            nodes,
+            next_handle,
+            handles,
         }
     }
 
@@ -83,6 +108,12 @@ impl Persist for Fs {
                 given,
             });
         }
+        self.dir
+            .restore_tables(state)
+            .map_err(|reason| FsRestoreError::Table {
+                tag: self.tag.clone(),
+                reason,
+            })?;
         self.dir.set_initialized(state.initialized);
         Ok(())
     }
