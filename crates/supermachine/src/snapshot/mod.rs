@@ -118,6 +118,22 @@ pub struct SnapshotMeta {
     pub memory_bytes: u64,
     /// Bytes of memory actually stored (the rest are holes).
     pub memory_data_bytes: u64,
+    /// The shared directories the VM had, by tag: a restore must be given
+    /// a host directory for each (never taken from here: a snapshot from
+    /// elsewhere must not choose what the host shares).
+    #[serde(default)]
+    pub mounts: Vec<SnapshotMount>,
+}
+
+/// A shared directory as a snapshot records it: no host path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotMount {
+    /// The tag the guest mounted.
+    pub tag: String,
+    /// Its symlink policy.
+    pub symlinks: crate::SymlinkPolicy,
+    /// Whether it was read-only.
+    pub read_only: bool,
 }
 
 /// Largest `meta.json` read: a real one is a few KiB.
@@ -321,6 +337,17 @@ fn check_meta(meta: &SnapshotMeta) -> Result<(), SnapshotProblem> {
     }
     if meta.disks.is_empty() {
         return Err(SnapshotProblem::NoDisks);
+    }
+    let mut tags = std::collections::HashSet::new();
+    for mount in &meta.mounts {
+        if supermachine_protocol::fs_spec::check_tag(&mount.tag).is_err()
+            || !tags.insert(&mount.tag)
+        {
+            return Err(SnapshotProblem::BadMeta(format!(
+                "mount tag {:?} is not valid or repeats",
+                mount.tag
+            )));
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for disk in &meta.disks {
@@ -532,6 +559,15 @@ fn assemble(source: &Source<'_>, staging: &Path) -> Result<SnapshotMeta, Error> 
         command: info.command.clone(),
         memory_bytes: report.memory_bytes,
         memory_data_bytes: report.memory_data_bytes,
+        mounts: info
+            .mounts
+            .iter()
+            .map(|m| SnapshotMount {
+                tag: m.tag.clone(),
+                symlinks: m.symlinks,
+                read_only: m.read_only,
+            })
+            .collect(),
     };
     let meta_path = staging.join(META_FILE);
     let json = serde_json::to_vec_pretty(&meta)
@@ -630,6 +666,7 @@ mod tests {
             command: vec![],
             memory_bytes: 4096,
             memory_data_bytes: 0,
+            mounts: Vec::new(),
         }
     }
 

@@ -24,6 +24,45 @@ use std::time::Duration;
 use supermachine_protocol::worker_control::{WorkerRequest, HOT_PAGES_FILE};
 use supermachine_protocol::{AgentMessage, Request, RestoreFixup};
 
+/// The worker's specs for a restore of a snapshot that shared `meta`'s
+/// directories: each tag the snapshot has must be given a host directory
+/// by the caller (a snapshot never chooses host paths), with the same
+/// symlink policy and read-only-ness, and no other.
+fn restore_mounts(
+    meta: &crate::snapshot::SnapshotMeta,
+    given: &[crate::Mount],
+) -> Result<Vec<supermachine_protocol::fs_spec::FsSpec>, Error> {
+    let specs = crate::vm::mount::worker_specs(given)?;
+    for spec in &specs {
+        if !meta.mounts.iter().any(|m| m.tag == spec.tag) {
+            return Err(Error::InvalidArgument(format!(
+                "mount {:?}: the snapshot has no shared directory with that tag",
+                spec.tag
+            )));
+        }
+    }
+    meta.mounts
+        .iter()
+        .map(|saved| {
+            let spec = specs.iter().find(|s| s.tag == saved.tag).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the snapshot shares a directory as {:?}: give a host directory for it (-v DIR:{})",
+                    saved.tag, saved.tag
+                ))
+            })?;
+            if (spec.symlinks, spec.read_only) != (saved.symlinks, saved.read_only) {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {:?}: the snapshot shared it with symlinks={}{}; give the same options",
+                    saved.tag,
+                    saved.symlinks,
+                    if saved.read_only { ",ro" } else { "" }
+                )));
+            }
+            Ok(spec.clone())
+        })
+        .collect()
+}
+
 /// Pause between attempts to reach a restored agent that is not answering
 /// yet (no muxer socket yet, or the connection reset by the guest).
 const AGENT_RETRY: Duration = Duration::from_millis(1);
@@ -42,6 +81,7 @@ impl Vm {
     ) -> Result<Vm, Error> {
         runtime::check_kvm()?;
         let meta = &snapshot.meta;
+        let mounts = restore_mounts(meta, &config.mounts)?;
         let disks: Vec<_> = meta
             .disks
             .iter()
@@ -62,8 +102,11 @@ impl Vm {
             detached,
             disks: disks.clone(),
             snapshot: Some(snapshot.dir.clone()),
+            mounts: mounts.clone(),
         };
-        let standby = if detached || config.console {
+        // A standby worker is asked to restore with disks only: a VM with
+        // shared directories gets a worker of its own.
+        let standby = if detached || config.console || !mounts.is_empty() {
             None
         } else {
             standby::take()
@@ -90,7 +133,7 @@ impl Vm {
                     memory_mib: meta.memory_mib,
                     vcpus: meta.vcpus,
                     disks: disks.clone(),
-                    mounts: Vec::new(),
+                    mounts: mounts.clone(),
                     vm_dir: dir.path().to_path_buf(),
                     serial_log: serial_log.clone(),
                     console: config.console,

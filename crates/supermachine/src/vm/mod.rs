@@ -207,11 +207,6 @@ impl Vm {
 
     async fn boot(image: &Image, config: &VmConfig, detached: bool) -> Result<Vm, Error> {
         if let Some(snapshot) = image.snapshot() {
-            if !config.mounts.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "mounts are not yet supported on a VM restored from a snapshot".into(),
-                ));
-            }
             return Vm::restore(image, snapshot, config, detached).await;
         }
         if config.vcpus == 0 {
@@ -290,6 +285,7 @@ impl Vm {
             detached,
             disks,
             snapshot: None,
+            mounts: spec.mounts.clone(),
         };
         let vm = Vm::supervise(dir, &spec, info)?;
         vm.wait_ready(&ready, config.boot_timeout).await?;
@@ -679,6 +675,7 @@ pub(crate) mod fake {
             detached: false,
             disks: Vec::new(),
             snapshot: None,
+            mounts: Vec::new(),
         };
         Vm {
             dir: VmDir::for_test(dir),

@@ -123,6 +123,9 @@ pub struct VmInfo {
     /// The snapshot it was restored from, if it was.
     #[serde(default)]
     pub snapshot: Option<PathBuf>,
+    /// The host directories shared with it.
+    #[serde(default)]
+    pub mounts: Vec<supermachine_protocol::fs_spec::FsSpec>,
 }
 
 impl VmDir {
