@@ -22,6 +22,10 @@ pub fn trials() -> Vec<Trial> {
             "mounts::bad_mounts_fail_before_boot",
             bad_mounts_fail_before_boot,
         ),
+        trial(
+            "mounts::a_snapshot_with_a_live_mount",
+            a_snapshot_with_a_live_mount,
+        ),
     ]
 }
 
@@ -159,4 +163,70 @@ fn bad_mounts_fail_before_boot() -> Result<(), Failed> {
         )?;
     }
     Ok(())
+}
+
+/// Mounted and used before the snapshot, used again after a restore (the
+/// pattern of a warmup that installs into a mount): the restored copy's
+/// mount works, the host directory is given again at restore (a snapshot
+/// never chooses it), and a file removed meanwhile is simply gone.
+fn a_snapshot_with_a_live_mount() -> Result<(), Failed> {
+    let base = tree("mnt-snap")?;
+    let snapshot = base.0.join("snap");
+    let mount = format!("source={},tag=work,target=/work", share(&base));
+    let started = run(&["start", "--mount", &mount, "--", "sleep", "1000"])?;
+    check(started.status.success(), "start", &started)?;
+    let id = stdout(&started).trim().to_string();
+    let before = (|| {
+        let wrote = run(&[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo before > /work/a; ls /work >/dev/null; cat /work/hello",
+        ])?;
+        check(
+            stdout(&wrote) == "from the host\n",
+            "used before the snapshot",
+            &wrote,
+        )?;
+        let snap = run(&["snapshot", &id, snapshot.to_str().ok_or("path")?])?;
+        check(snap.status.success(), "snapshot with a live mount", &snap)
+    })();
+    let _ = run(&["stop", &id]);
+    before?;
+    std::fs::remove_file(base.0.join("share/hello"))?;
+    std::fs::write(base.0.join("share/new"), "made while it slept\n")?;
+    let snap = snapshot.to_str().ok_or("path")?;
+    let volume = format!("{}:work", share(&base));
+    let script = "cat /work/a /work/new; cat /work/hello 2>/dev/null || echo hello-gone; \
+                  echo after > /work/b";
+    let out = run(&[
+        "run",
+        "--snapshot",
+        snap,
+        "-v",
+        &volume,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])?;
+    check(
+        out.status.success() && stdout(&out) == "before\nmade while it slept\nhello-gone\n",
+        "the restored copy's mount",
+        &out,
+    )?;
+    check(
+        std::fs::read_to_string(base.0.join("share/b"))? == "after\n",
+        "a write after the restore lands on the host",
+        &out,
+    )?;
+    let missing = run(&["run", "--snapshot", snap, "--", "true"])?;
+    check(
+        !missing.status.success()
+            && String::from_utf8_lossy(&missing.stderr).contains("give a host directory for it"),
+        "a restore without the mount's host directory is refused",
+        &missing,
+    )
 }
