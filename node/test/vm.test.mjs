@@ -153,10 +153,13 @@ describe('a built image and its pool', () => {
   });
 
   test('with max VMs out, acquire gives up after acquireTimeoutMs with SUPERMACHINE_POOL_TIMEOUT', async () => {
-    // No restore on release: the VM handed back is idle at once, so the
-    // acquire after it cannot wait on a restore longer than 300 ms.
-    const p = await image.pool({ min: 0, max: 1, acquireTimeoutMs: 300, restoreOnRelease: false });
+    // The one VM is restored before the first acquire (waitReady), and
+    // not restored on release: no acquire here ever waits on a restore,
+    // which a slow or busy host can stretch past 300 ms. Only the acquire
+    // while the one VM is held can time out, however fast the host is.
+    const p = await image.pool({ min: 1, max: 1, acquireTimeoutMs: 300, restoreOnRelease: false });
     try {
+      await p.waitReady();
       const held = await p.acquire();
       await held.writeFile('/tmp/mark', 'held');
       await assert.rejects(p.acquire(), hasCode(ErrorCodes.POOL_TIMEOUT));
