@@ -292,6 +292,14 @@ impl Muxer {
                 let flags = h.flags;
                 if flags & SHUTDOWN_SEND != 0 {
                     conn.guest_done_sending = true;
+                    // Everything it sent may be on the host already, with
+                    // no flush to come that would pass the end on: pass it
+                    // on now (a flush shuts the host's side once drained).
+                    if conn.flush_to_host().is_err() {
+                        self.drop_conn(key);
+                        self.reset_guest(key.0, key.1);
+                        return;
+                    }
                 }
                 if flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == (SHUTDOWN_SEND | SHUTDOWN_RCV) {
                     // The guest closed its socket: hand over what it sent, then end.

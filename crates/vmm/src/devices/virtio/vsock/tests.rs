@@ -151,6 +151,44 @@ fn a_guest_stream_reaches_a_host_listener_both_ways() {
     assert_eq!(got[0].1, b"world");
 }
 
+/// A guest half-close that comes after its data has reached the host
+/// still reaches the host as end of stream, while the host may go on
+/// sending (a published port's client reads the answer to the end).
+#[test]
+fn a_guest_half_close_after_its_data_was_written_reaches_the_host() {
+    let mem = memory();
+    let mut f = fixture(&mem);
+    let listener = UnixListener::bind(f.path("vsock.sock_1234")).unwrap();
+    f.post_rx(4);
+    f.send(from_guest(5000, 1234, OP_REQUEST), &[]);
+    let (mut host, _) = listener.accept().unwrap();
+    f.send(from_guest(5000, 1234, OP_RW), b"answer");
+    f.pump();
+    let mut buf = [0u8; 6];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"answer");
+    // Nothing is left to flush when the half-close comes.
+    let mut shutdown = from_guest(5000, 1234, OP_SHUTDOWN);
+    shutdown.flags = SHUTDOWN_SEND;
+    f.send(shutdown, &[]);
+    f.pump();
+    host.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest)
+        .expect("the guest's half-close never reached the host");
+    assert!(rest.is_empty(), "{rest:?}");
+    // The other direction still works.
+    host.write_all(b"more").unwrap();
+    f.pump();
+    let got = f.received();
+    assert!(
+        got.iter().any(|(h, p)| h.op == OP_RW && p == b"more"),
+        "{:?}",
+        ops(&got)
+    );
+}
+
 #[test]
 fn a_host_connect_goes_through_the_handshake() {
     let mem = memory();
