@@ -45,7 +45,9 @@ fn min_max_reuse() -> Result<(), Failed> {
     let dir = TempDir::new("pool-reuse");
     runtime()?.block_on(async {
         let (image, _) = snapshot_of_a_busy_vm(&dir).await?;
-        let pool = image.pool(options(2, 3, false, Duration::from_secs(3)))?;
+        // Long enough for an on-demand restore on a busy host (the third
+        // acquire waits for one); the fourth acquire waits it out.
+        let pool = image.pool(options(2, 3, false, Duration::from_secs(20)))?;
         pool.wait_ready(READY).await?;
         let status = pool.status();
         ensure(
