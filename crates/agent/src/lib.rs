@@ -16,6 +16,7 @@ pub mod cmdline;
 pub mod env;
 pub mod exec;
 pub mod files;
+pub mod forward;
 pub mod power;
 pub mod probe;
 pub mod reaper;

@@ -2,7 +2,7 @@
 
 use crate::power::{self, Action};
 use crate::transport::{Listener, Stream};
-use crate::{exec, files, probe, restore, write_file, AGENT_VERSION};
+use crate::{exec, files, forward, probe, restore, write_file, AGENT_VERSION};
 use std::time::Duration;
 use supermachine_protocol::{
     read_frame, write_frame, AgentMessage, ErrorKind, FrameError, Hello, Request, PROTOCOL_VERSION,
@@ -96,6 +96,7 @@ fn handle(stream: Stream, on_shutdown: OnShutdown) {
         Request::MeasureSpawn { argv, iterations } => {
             return probe::measure_spawn(&stream, argv, iterations)
         }
+        Request::ConnectTcp { port } => return forward::connect_tcp(stream, port),
         Request::Shutdown { reboot } => {
             let _ = write_frame(&mut &stream, &AgentMessage::ShuttingDown);
             stream.shutdown();

@@ -31,6 +31,14 @@ impl Stream {
         // peer gone) leaves nothing to do.
         unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR) };
     }
+
+    /// Tells the peer this side will send nothing more (a half-close); the
+    /// other direction stays open.
+    pub fn shutdown_write(&self) {
+        // SAFETY: plain syscall on an fd we own; failure (already shut,
+        // peer gone) leaves nothing to do.
+        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,18 @@ pub enum Request {
     /// and answers [`AgentMessage::Done`]; a step that fails is an
     /// [`AgentMessage::Error`] naming it.
     Restored(RestoreFixup),
+    /// Opens a TCP connection to `port` on the guest's loopback (127.0.0.1,
+    /// then ::1) and turns this connection into a byte pipe to it. The
+    /// agent answers [`AgentMessage::Done`] once connected (or
+    /// [`AgentMessage::Error`] with [`ErrorKind::ConnectionRefused`] when
+    /// nothing listens there); every byte after that frame, both ways, is
+    /// the TCP stream's. A half-close of either side is passed on as a
+    /// half-close (FIN); a reset as the connection closing whole. Agents
+    /// older than this request answer [`ErrorKind::BadRequest`].
+    ConnectTcp {
+        /// The guest port.
+        port: u16,
+    },
 }
 
 /// What makes a restored copy of a VM its own machine.
@@ -400,4 +412,6 @@ pub enum ErrorKind {
     IsADirectory,
     /// A directory to remove is not empty (ENOTEMPTY).
     DirectoryNotEmpty,
+    /// Nothing listens on the guest port of a [`Request::ConnectTcp`].
+    ConnectionRefused,
 }
