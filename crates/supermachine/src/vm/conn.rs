@@ -98,6 +98,13 @@ impl Conn {
         self.reader.recv().await
     }
 
+    /// The raw stream halves, for a connection that stops being framed
+    /// (a forwarded port): bytes already read past the last frame are in
+    /// the reader's buffer.
+    pub fn into_raw(self) -> (BufReader<OwnedReadHalf>, OwnedWriteHalf) {
+        (self.reader.0, self.writer.0)
+    }
+
     pub async fn send(&mut self, msg: &HostMessage) -> Result<(), Error> {
         self.writer.send(msg).await
     }

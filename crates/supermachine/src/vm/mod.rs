@@ -6,6 +6,7 @@ pub(crate) mod conn;
 pub(crate) mod copy;
 pub(crate) mod exec;
 pub(crate) mod files;
+pub(crate) mod forward;
 pub(crate) mod mount;
 
 use self::conn::Conn;
@@ -466,8 +467,17 @@ impl Vm {
         self.worker().exit_watch()
     }
 
-    /// Waits for the worker to end; how it ended.
-    pub(crate) async fn ended(&self) -> VmOutcome {
+    /// Waits for the VM to end, however it ends (powered off by its guest,
+    /// stopped, crashed), and says how. For a VM attached to by id this
+    /// works too: the wait is on the worker process itself.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), supermachine::Error> {
+    /// let vm = supermachine::Vm::attach("vm-1")?;
+    /// println!("{:?}", vm.ended().await);
+    /// # Ok(()) }
+    /// ```
+    pub async fn ended(&self) -> VmOutcome {
         self.exit_watch().ended().await;
         self.try_outcome().unwrap_or(VmOutcome::Stopped)
     }
@@ -477,6 +487,30 @@ impl Vm {
             Ok(c) => Ok(c),
             Err(e) => Err(self.explain_lost(e).await),
         }
+    }
+
+    /// Publishes a guest TCP port on the host: connections to the returned
+    /// forwarder's address (127.0.0.1 and a free port unless `options` say
+    /// otherwise) reach `guest_port` on the guest's loopback, carried over
+    /// vsock, so the guest needs no network. Nothing has to listen in the
+    /// guest yet: a connection made while nothing does is reset. The
+    /// forwarder stops (its port is freed, its connections end) when it is
+    /// closed or dropped, or when the VM ends.
+    ///
+    /// ```no_run
+    /// # async fn demo(vm: &supermachine::Vm) -> Result<(), supermachine::Error> {
+    /// let web = vm.expose_tcp(8080, supermachine::ExposeOptions::default()).await?;
+    /// println!("http://{}/", web.local_addr());
+    /// web.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn expose_tcp(
+        &self,
+        guest_port: u16,
+        options: forward::ExposeOptions,
+    ) -> Result<forward::TcpForwarder, Error> {
+        let muxer = self.dir.path().join("vsock.sock");
+        forward::TcpForwarder::start(muxer, guest_port, options, Some(self.exit_watch())).await
     }
 
     /// Round trip to the agent.
