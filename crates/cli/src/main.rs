@@ -5,6 +5,7 @@ mod cp;
 mod images;
 mod manage;
 mod options;
+mod ports;
 mod progress;
 mod snapshots;
 mod tty;
@@ -55,6 +56,8 @@ enum Command {
         vm: VmOptions,
         #[command(flatten)]
         exec: ExecOptions,
+        #[arg(short = 'p', long = "publish", value_name = "[HOST:][HOSTPORT:]GUESTPORT", help = ports::PUBLISH_HELP)]
+        publish: Vec<String>,
         /// Remove the VM when the command ends. Always on (a foreground VM never outlives
         /// its command); accepted for Docker compatibility.
         #[arg(long)]
@@ -83,9 +86,34 @@ enum Command {
         /// User of every exec in this VM (default: the image's User).
         #[arg(short = 'u', long = "user", value_name = "USER")]
         user: Option<String>,
+        /// Publish a guest TCP port on the host, for as long as the VM
+        /// runs (a `supermachine forward` process carries it; see there).
+        #[arg(
+            short = 'p',
+            long = "publish",
+            value_name = "[HOST:][HOSTPORT:]GUESTPORT"
+        )]
+        publish: Vec<String>,
         /// A command to start in the background.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
+    },
+    /// Publish guest TCP ports of a running VM on the host, until the VM
+    /// ends or this command is interrupted.
+    ///
+    /// Prints `HOSTADDR:PORT -> GUESTPORT` for each. Every connection to a
+    /// published port is carried over vsock to the guest's agent, which
+    /// connects to the port on the guest's loopback: the guest needs no
+    /// network, and its service may listen on 127.0.0.1. A connection made
+    /// while nothing listens there is reset.
+    Forward {
+        /// The VM's id (see `supermachine ps`).
+        id: String,
+        #[arg(short = 'p', long = "publish", required = true, value_name = "[HOST:][HOSTPORT:]GUESTPORT", help = ports::PUBLISH_HELP)]
+        publish: Vec<String>,
+        /// Started by `start -p`: leave stdout once the ports listen.
+        #[arg(long, hide = true)]
+        background: bool,
     },
     /// Run a command in a running VM.
     Exec {
@@ -253,16 +281,19 @@ async fn dispatch(command: Command) -> Result<i32, supermachine::Error> {
         Command::Run {
             vm,
             exec,
+            publish,
             rm: _,
             command,
-        } => run(vm, exec, command).await,
+        } => run(vm, exec, &ports::parse_all(&publish)?, command).await,
         Command::Start {
             vm,
             env,
             workdir,
             user,
+            publish,
             command,
         } => {
+            let publish = ports::parse_all(&publish)?;
             let env = options::parse_env(&env)?;
             let (image, mut config) = vm.into_config().await?;
             config.env = env;
@@ -275,9 +306,26 @@ async fn dispatch(command: Command) -> Result<i32, supermachine::Error> {
                 Err(e) => return Err(e),
             };
             let info = Vm::start_detached(&image, &config, &command).await?;
+            if !publish.is_empty() {
+                match ports::spawn_background(&info.id, &publish) {
+                    Ok(lines) => lines.iter().for_each(|l| eprintln!("supermachine: {l}")),
+                    Err(e) => {
+                        // No VM left running without the ports asked for.
+                        if let Ok(vm) = Vm::attach(&info.id) {
+                            let _ = vm.stop().await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
             println!("{}", info.id);
             Ok(0)
         }
+        Command::Forward {
+            id,
+            publish,
+            background,
+        } => ports::forward(&id, &ports::parse_all(&publish)?, background).await,
         Command::Exec { exec, id, command } => {
             let vm = Vm::attach(&id)?;
             let tty = exec.tty;
@@ -326,6 +374,7 @@ async fn dispatch(command: Command) -> Result<i32, supermachine::Error> {
 async fn run(
     vm: VmOptions,
     exec: ExecOptions,
+    publish: &[ports::Publish],
     command: Vec<String>,
 ) -> Result<i32, supermachine::Error> {
     if vm.is_builtin() && command.is_empty() {
@@ -348,6 +397,8 @@ async fn run(
     // Checked before booting: an image with nothing to run fails at once.
     let argv = image.command(&command)?;
     let vm = Vm::start(&image, &config).await?;
+    // Listening before the command starts, for as long as it runs.
+    let _published = ports::expose_all(&vm, publish).await?;
     let tty = exec.tty;
     let interactive = exec.interactive;
     let child = exec.builder(&vm, argv)?.spawn().await?;

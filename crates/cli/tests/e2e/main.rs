@@ -20,6 +20,7 @@ mod images;
 mod mounts;
 mod oci_layout;
 mod pool;
+mod ports;
 mod progress;
 mod registry;
 mod snapshot;
@@ -41,6 +42,7 @@ fn trials() -> Vec<Trial> {
     all.extend(snapshot::trials());
     all.extend(pool::trials());
     all.extend(mounts::trials());
+    all.extend(ports::trials());
     progress::without_skipped(all)
 }
 
