@@ -246,7 +246,11 @@ export declare class Vm {
   readFile(path: string, options?: ReadFileOptions): Promise<Buffer>
   /** Snapshots the running VM into `dir` (must not exist); it runs on. */
   snapshot(dir: string): Promise<Image>
-  /** Not available yet: rejects with `SUPERMACHINE_UNSUPPORTED`. */
+  /**
+   * Publishes a guest TCP port on the host (127.0.0.1 and a free port
+   * unless given), carried over vsock: the guest needs no network. Open
+   * until `close()` or this handle's release.
+   */
   exposeTcp(options: ExposeTcpOptions): Promise<TcpForwarder>
   /** Gives it back to its pool; later calls reject with `SUPERMACHINE_VM_RELEASED`. */
   release(): Promise<void>
@@ -276,7 +280,7 @@ export declare class ExecChild {
   signal(signal: NodeJS.Signals | number): Promise<void>
 }
 
-/** A host TCP port forwarded to a guest port. Not available yet (see {@link Vm.exposeTcp}). */
+/** A host TCP port forwarded to a guest port (see {@link Vm.exposeTcp}). */
 export declare class TcpForwarder {
   private constructor()
   readonly host: string
@@ -323,6 +327,8 @@ export declare const ErrorCodes: {
   readonly EPERM: 'EPERM'
   readonly ENOSPC: 'ENOSPC'
   readonly ECONNREFUSED: 'ECONNREFUSED'
+  readonly EADDRINUSE: 'EADDRINUSE'
+  readonly EADDRNOTAVAIL: 'EADDRNOTAVAIL'
   readonly ERR_ILLEGAL_CONSTRUCTOR: 'ERR_ILLEGAL_CONSTRUCTOR'
   readonly ERR_UNSUPPORTED_PLATFORM: 'ERR_UNSUPPORTED_PLATFORM'
   readonly HOST_TOOL: 'SUPERMACHINE_HOST_TOOL'

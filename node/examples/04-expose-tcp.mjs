@@ -2,13 +2,11 @@
 //
 // A server in the VM reached from the host: bake with
 // `listenerRequired: true` so the snapshot is taken once the server
-// listens, then forward a host port to it with `vm.exposeTcp()`.
-//
-// Not available in this version: `vm.exposeTcp()` rejects with
-// SUPERMACHINE_UNSUPPORTED (host-to-guest port forwarding is not in the
-// engine yet). This example shows the call and that error.
+// listens, then publish its port on the host with `vm.exposeTcp()`.
+// Connections are carried to the guest's loopback over vsock: the guest
+// needs no network, and the host side listens on 127.0.0.1 only.
 
-import { Image, ErrorCodes } from '@supermachine/core';
+import { Image } from '@supermachine/core';
 
 const image = await Image.build({
   ref: 'alpine:latest',
@@ -21,13 +19,10 @@ const pool = await image.pool({ min: 0, max: 1 });
 const vm = await pool.acquire();
 try {
   const fwd = await vm.exposeTcp({ guestPort: 8080 });
+  console.log(`guest port ${fwd.guestPort} is http://${fwd.host}:${fwd.port}/`);
   const res = await fetch(`http://${fwd.host}:${fwd.port}/os-release`);
-  console.log(await res.text());
+  console.log(`${res.status} ${(await res.text()).split('\n')[0]}`);
   await fwd.close();
-} catch (e) {
-  const err = /** @type {import('@supermachine/core').SupermachineError} */ (e);
-  if (err.code !== ErrorCodes.UNSUPPORTED) throw err;
-  console.log(`exposeTcp: ${err.code}: ${err.message}`);
 } finally {
   await vm.release();
   await pool.shutdown();

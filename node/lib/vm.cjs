@@ -6,7 +6,7 @@
 const os = require('node:os');
 const path = require('node:path');
 const { Readable, Writable } = require('node:stream');
-const { ErrorCodes, makeError, call, unsupported } = require('./errors.cjs');
+const { ErrorCodes, makeError, call } = require('./errors.cjs');
 const v = require('./validate.cjs');
 
 /** Guards the constructors: objects of this package come from its API. */
@@ -174,15 +174,28 @@ class Vm extends VmOperations {
   }
 
   /**
-   * Forwards a host TCP port to a guest port. Not available yet: rejects
-   * with SUPERMACHINE_UNSUPPORTED (after checking its options).
+   * Publishes a guest TCP port on the host: connections to the returned
+   * forwarder's `host:port` (127.0.0.1 and a free port unless given)
+   * reach `guestPort` on the guest's loopback, carried over vsock (the
+   * guest needs no network). A connection made while nothing listens in
+   * the guest is reset. The port stays published until `close()`, or
+   * until this VM handle is released.
    */
   async exposeTcp(options) {
     v.options(options, EXPOSE_SCHEMA, 'options', { required: ['guestPort'] });
-    throw unsupported(
-      'vm.exposeTcp()',
-      'host-to-guest TCP port forwarding in the engine (the ports work)',
-    );
+    const native = this.#native;
+    const args = {
+      guestPort: options.guestPort,
+      hostPort: options.hostPort,
+      host: options.host,
+    };
+    const fwd = await call(() => native.exposeTcp(args));
+    return new TcpForwarder(INTERNAL, {
+      host: fwd.host,
+      port: fwd.port,
+      guestPort: fwd.guestPort,
+      close: () => call(() => fwd.close()),
+    });
   }
 
   /**
@@ -353,8 +366,7 @@ class ExecChild {
 }
 
 /**
- * A host TCP port forwarded to a guest port (`vm.exposeTcp()`). Declared
- * for the API; `vm.exposeTcp()` does not make one yet.
+ * A host TCP port forwarded to a guest port (`vm.exposeTcp()`).
  */
 class TcpForwarder {
   #host;
@@ -385,7 +397,7 @@ class TcpForwarder {
     return this.#guestPort;
   }
 
-  /** Stops listening and closes its connections. */
+  /** Stops listening (the port is free when this resolves) and ends its connections. */
   async close() {
     await this.#close();
   }

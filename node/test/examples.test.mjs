@@ -52,7 +52,11 @@ test('03-snapshot-then-restore restores state made before the snapshot', async (
   assert.match(out, /restored state: \{"step":1,"note":"made before the snapshot"\}/);
 });
 
-test('04-expose-tcp', { skip: 'waits for host-to-guest TCP forwarding (the ports issue): vm.exposeTcp() rejects with SUPERMACHINE_UNSUPPORTED' }, () => {});
+test('04-expose-tcp reaches the baked server through a published port', async () => {
+  const out = await example('04-expose-tcp.mjs');
+  assert.match(out, /^guest port 8080 is http:\/\/127\.0\.0\.1:\d+\/$/m);
+  assert.match(out, /^200 NAME="supermachine test image \(busybox-static\)"$/m);
+});
 
 test('05-spawn-streaming streams stdin and stdout', async () => {
   const out = await example('05-spawn-streaming.mjs');

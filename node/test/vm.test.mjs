@@ -134,10 +134,31 @@ describe('a built image and its pool', () => {
     });
   });
 
-  test('exposeTcp exists and says it is not supported yet', async () => {
-    await withVm(pool, async (vm) => {
-      await assert.rejects(vm.exposeTcp({ guestPort: 80 }), hasCode(ErrorCodes.UNSUPPORTED));
-    });
+  test('exposeTcp publishes a guest port until closed or released', async () => {
+    const vm = await pool.acquire();
+    let released = false;
+    try {
+      await vm.exec(['sh', '-c', 'mkdir -p /www && echo hi-from-the-guest > /www/i && httpd -p 8080 -h /www']);
+      const fwd = await vm.exposeTcp({ guestPort: 8080 });
+      assert.equal(fwd.host, '127.0.0.1');
+      assert.equal(fwd.guestPort, 8080);
+      const res = await fetch(`http://127.0.0.1:${fwd.port}/i`);
+      assert.equal(await res.text(), 'hi-from-the-guest\n');
+      // The same host port again: taken.
+      await assert.rejects(vm.exposeTcp({ guestPort: 8080, hostPort: fwd.port }), hasCode('EADDRINUSE'));
+      await assert.rejects(vm.exposeTcp({ guestPort: 0 }), hasCode(ErrorCodes.ERR_OUT_OF_RANGE));
+      await fwd.close();
+      await assert.rejects(fetch(`http://127.0.0.1:${fwd.port}/i`));
+      // A forwarder the handle still holds is closed by its release.
+      const kept = await vm.exposeTcp({ guestPort: 8080 });
+      assert.equal((await fetch(`http://127.0.0.1:${kept.port}/i`)).status, 200);
+      await vm.release();
+      released = true;
+      await assert.rejects(fetch(`http://127.0.0.1:${kept.port}/i`));
+      await assert.rejects(vm.exposeTcp({ guestPort: 8080 }), hasCode(ErrorCodes.VM_RELEASED));
+    } finally {
+      if (!released) await vm.release();
+    }
   });
 
   test('Image.fromSnapshot pools the same snapshot', async () => {

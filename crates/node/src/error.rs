@@ -135,6 +135,7 @@ pub fn code_of(e: &Error) -> &'static str {
             ErrorKind::DirectoryNotEmpty => "ENOTEMPTY",
             ErrorKind::VersionMismatch => "SUPERMACHINE_VERSION_MISMATCH",
             ErrorKind::BadRequest => "SUPERMACHINE_PROTOCOL",
+            ErrorKind::ConnectionRefused => "ECONNREFUSED",
             _ => "SUPERMACHINE_GUEST_FAILED",
         },
         Error::ConnectionLost | Error::VmEnded { .. } | Error::BootFailed { .. } => {
@@ -195,6 +196,8 @@ fn errno_code(e: &std::io::Error) -> &'static str {
         Some(libc_errno::ENOSPC) => "ENOSPC",
         Some(libc_errno::ETIMEDOUT) => "ETIMEDOUT",
         Some(libc_errno::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc_errno::EADDRINUSE) => "EADDRINUSE",
+        Some(libc_errno::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
         _ => match e.kind() {
             std::io::ErrorKind::NotFound => "ENOENT",
             std::io::ErrorKind::PermissionDenied => "EACCES",
@@ -206,7 +209,7 @@ fn errno_code(e: &std::io::Error) -> &'static str {
 }
 
 /// Linux errno values (x86_64), spelled out rather than pulling in libc
-/// for nine constants.
+/// for a dozen constants.
 mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
@@ -217,6 +220,8 @@ mod libc_errno {
     pub const ENOSPC: i32 = 28;
     pub const ETIMEDOUT: i32 = 110;
     pub const ECONNREFUSED: i32 = 111;
+    pub const EADDRINUSE: i32 = 98;
+    pub const EADDRNOTAVAIL: i32 = 99;
 }
 
 fn serial_log_of(e: &Error) -> Option<PathBuf> {

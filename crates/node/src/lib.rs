@@ -16,11 +16,12 @@
 //!
 //! Modules: [`error`] (failures and their codes), [`ops`] (the operations
 //! every VM handle offers), [`vm`] (pooled VM handles and their release),
-//! [`child`] (spawned processes), [`warmup`] (the VM a JavaScript warmup
+//! [`child`] (spawned processes), [`forward`] (published ports), [`warmup`] (the VM a JavaScript warmup
 //! callback gets), [`image`] (images, builds, pools).
 
 mod child;
 mod error;
+mod forward;
 mod image;
 mod ops;
 mod vm;

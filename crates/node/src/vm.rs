@@ -11,6 +11,7 @@
 
 use crate::child::{ChildShared, NativeExecChild};
 use crate::error::Failure;
+use crate::forward::{ExposeArgs, ForwarderShared, NativeTcpForwarder};
 use crate::image::NativeImage;
 use crate::ops::{self, ExecArgs, ExecOutput, WriteArgs};
 use futures_util::future::BoxFuture;
@@ -27,6 +28,8 @@ pub(crate) struct Slot {
     released: watch::Sender<bool>,
     /// Processes spawned through this handle, ended by its release.
     children: Mutex<Vec<Weak<ChildShared>>>,
+    /// Ports published through this handle, closed by its release.
+    forwarders: Mutex<Vec<Arc<ForwarderShared>>>,
 }
 
 impl Slot {
@@ -35,6 +38,7 @@ impl Slot {
             vm: RwLock::new(Some(vm)),
             released: watch::Sender::new(false),
             children: Mutex::new(Vec::new()),
+            forwarders: Mutex::new(Vec::new()),
         })
     }
 
@@ -96,6 +100,13 @@ impl Slot {
         };
         for child in children {
             child.close().await;
+        }
+        let forwarders: Vec<Arc<ForwarderShared>> = {
+            let mut list = self.forwarders.lock().unwrap_or_else(|e| e.into_inner());
+            list.drain(..).collect()
+        };
+        for forwarder in forwarders {
+            forwarder.close().await;
         }
         let vm = self.vm.write().await.take();
         if let Some(vm) = vm {
@@ -216,6 +227,35 @@ impl NativeVm {
                 })
                 .await?;
             Ok(NativeImage::new(image))
+        })
+    }
+
+    /// Publishes a guest port on the host until closed or released.
+    #[napi]
+    pub fn expose_tcp<'env>(
+        &self,
+        env: &'env Env,
+        args: ExposeArgs,
+    ) -> napi::Result<PromiseRaw<'env, NativeTcpForwarder>> {
+        let (guest_port, options) = args.options()?;
+        let slot = self.slot.clone();
+        env.spawn_future(async move {
+            let forwarder = slot
+                .run(|vm| Box::pin(async move { Ok(vm.expose_tcp(guest_port, options).await?) }))
+                .await?;
+            let addr = forwarder.local_addr();
+            let shared = ForwarderShared::new(forwarder);
+            {
+                let mut list = slot.forwarders.lock().unwrap_or_else(|e| e.into_inner());
+                list.retain(|f| !f.is_closed());
+                list.push(shared.clone());
+            }
+            // Released while it was being made: it must not outlive the handle.
+            if slot.is_released() {
+                shared.close().await;
+                return Err(Failure::released().into());
+            }
+            Ok(NativeTcpForwarder::new(shared, addr, guest_port))
         })
     }
 
