@@ -206,14 +206,29 @@ async fn carry(client: TcpStream, muxer: &std::path::Path, guest_port: u16, open
     }
 }
 
+/// Longest the agent may take to say whether it reached the guest port
+/// (it gives up on its own connect after 10 s): a guest that never answers
+/// must not hold one of the [`MAX_OPENING`] slots for ever.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Asks the agent to connect to `guest_port`; the connection is then a
 /// raw byte stream to it.
 async fn open_guest_port(muxer: &std::path::Path, guest_port: u16) -> Result<Conn, Error> {
-    let mut conn = conn::connect(muxer, Request::ConnectTcp { port: guest_port }).await?;
-    match conn.recv().await? {
-        AgentMessage::Done { .. } => Ok(conn),
-        other => Err(conn::unexpected(other, "a port connection")),
-    }
+    let open = async {
+        let mut conn = conn::connect(muxer, Request::ConnectTcp { port: guest_port }).await?;
+        match conn.recv().await? {
+            AgentMessage::Done { .. } => Ok(conn),
+            other => Err(conn::unexpected(other, "a port connection")),
+        }
+    };
+    tokio::time::timeout(OPEN_TIMEOUT, open)
+        .await
+        .map_err(|_| {
+            Error::Protocol(format!(
+                "the guest did not answer a connection to port {guest_port} within {} s",
+                OPEN_TIMEOUT.as_secs()
+            ))
+        })?
 }
 
 /// Copies `from` to `to` until `from` ends, then half-closes `to`.
