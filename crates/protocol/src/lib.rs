@@ -25,6 +25,7 @@
 mod frame;
 pub mod fs_spec;
 mod messages;
+pub mod net_spec;
 pub mod worker_control;
 
 pub use frame::{decode, encode, read_frame, write_frame, FrameError};

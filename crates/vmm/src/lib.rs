@@ -37,5 +37,6 @@ pub mod vm;
 pub use control::ControlHandle;
 pub use outcome::Outcome;
 pub use vm::{
-    DiskConfig, EmptyVm, FsSpec, RestoreConfig, SymlinkPolicy, Vm, VmConfig, VmError, VsockConfig,
+    DiskConfig, EmptyVm, FsSpec, NetConfig, RestoreConfig, SymlinkPolicy, Vm, VmConfig, VmError,
+    VsockConfig,
 };

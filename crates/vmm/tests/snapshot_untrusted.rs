@@ -43,6 +43,7 @@ fn refusal(dir: &Path) -> Option<(String, FailureKind)> {
         vsock: None,
         rng: false,
         fs: Vec::new(),
+        net: None,
         serial_log: None,
         serial_log_cap: DEFAULT_SERIAL_LOG_CAP,
         console_echo: false,

@@ -24,6 +24,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use supermachine_protocol::net_spec::NetSpec;
 use supermachine_protocol::worker_control::{
     self, FailureKind, WorkerFailure, WorkerReply, WorkerRequest,
 };
@@ -33,7 +34,8 @@ use supermachine_vmm::outcome::ExitSender;
 use supermachine_vmm::snapshot::hot_pages;
 use supermachine_vmm::{files, limited, sockets};
 use supermachine_vmm::{
-    ControlHandle, DiskConfig, EmptyVm, FsSpec, Outcome, RestoreConfig, Vm, VmConfig, VsockConfig,
+    ControlHandle, DiskConfig, EmptyVm, FsSpec, NetConfig, Outcome, RestoreConfig, Vm, VmConfig,
+    VsockConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -69,6 +71,14 @@ struct Args {
     /// guest mounts it with `mount -t virtiofs TAG DIR`. Repeat for more.
     #[arg(long = "fs", value_name = "SPEC")]
     fs: Vec<FsSpec>,
+    /// A network card whose traffic a passt of its own carries, with
+    /// where the guest may connect to: `public` or
+    /// `allow=CIDR[:PORTS],…` (see supermachine_protocol::net_spec).
+    #[arg(long = "net", value_name = "SPEC")]
+    net: Option<NetSpec>,
+    /// The passt binary (looked up on PATH unless a path).
+    #[arg(long, default_value = "passt")]
+    passt: PathBuf,
     /// The VM's runtime directory: holds vsock.sock; removed when the worker ends.
     #[arg(long)]
     vm_dir: Option<PathBuf>,
@@ -297,6 +307,14 @@ fn vsock_config(args: &Args) -> Option<VsockConfig> {
     })
 }
 
+fn net_config(args: &Args) -> Option<NetConfig> {
+    args.net.as_ref().map(|spec| NetConfig {
+        egress: Some(spec.clone()),
+        passt: args.passt.clone(),
+        log: args.vm_dir.as_ref().map(|d| d.join("passt.log")),
+    })
+}
+
 fn restore_config(args: &Args, snapshot_dir: PathBuf, disks: &[String]) -> RestoreConfig {
     RestoreConfig {
         snapshot_dir,
@@ -304,6 +322,7 @@ fn restore_config(args: &Args, snapshot_dir: PathBuf, disks: &[String]) -> Resto
         vsock: vsock_config(args),
         rng: true,
         fs: args.fs.clone(),
+        net: net_config(args),
         serial_log: args.serial_log.clone(),
         serial_log_cap: args.serial_log_cap,
         console_echo: args.console,
@@ -325,6 +344,7 @@ fn build(args: &Args) -> Result<Vm, supermachine_vmm::VmError> {
             vsock: vsock_config(args),
             rng: true,
             fs: args.fs.clone(),
+            net: net_config(args),
             serial_log: args.serial_log.clone(),
             serial_log_cap: args.serial_log_cap,
             console_echo: args.console,

@@ -2,7 +2,7 @@
 //! the legacy ports, and the virtio-mmio devices. (Guest memory is
 //! `crate::memory`.)
 
-use super::{io, kvm_call, DiskConfig, SnapshotError, VmError, VsockConfig};
+use super::{io, kvm_call, DiskConfig, NetConfig, SnapshotError, VmError, VsockConfig};
 use crate::arch::x86_64::layout::*;
 use crate::bus::{lock, Bus};
 use crate::capped_log::CappedLog;
@@ -116,13 +116,15 @@ pub(super) fn add_legacy_devices(
 }
 
 /// The virtio devices in MMIO slot order: disks, then vsock, then rng,
-/// then the shared directories (last, so a VM without any keeps the slots
-/// its snapshots were taken with).
+/// then the shared directories, then the network (devices added later
+/// come last, so a VM without them keeps the slots its snapshots were
+/// taken with).
 pub(super) fn virtio_devices(
     disks: &[DiskConfig],
     vsock: Option<&VsockConfig>,
     rng: bool,
     fs: &[FsSpec],
+    net: Option<&NetConfig>,
 ) -> Result<Vec<Arc<Mutex<dyn VirtioDevice>>>, VmError> {
     let mut devices: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
     for (i, disk) in disks.iter().enumerate() {
@@ -158,6 +160,9 @@ pub(super) fn virtio_devices(
             virtio::fs::Fs::new(&spec.tag, dir).map_err(|e| VmError::Config(e.to_string()))?;
         devices.push(Arc::new(Mutex::new(dev)));
     }
+    if let Some(net) = net {
+        devices.push(Arc::new(Mutex::new(network_device(net)?)));
+    }
     if devices.len() as u32 > IOAPIC_PINS - VIRTIO_FIRST_IRQ {
         return Err(VmError::Config(format!(
             "{} virtio devices: at most {}",
@@ -166,6 +171,27 @@ pub(super) fn virtio_devices(
         )));
     }
     Ok(devices)
+}
+
+/// The guest's network card, its link to a passt of its own (or to
+/// nowhere).
+fn network_device(net: &NetConfig) -> Result<virtio::net::Net, VmError> {
+    use supermachine_protocol::net_spec::{NetSpec, GUEST_MAC};
+    use virtio::net::{filter, Backend, EgressFilter};
+    let Some(egress) = &net.egress else {
+        let nothing = EgressFilter::new(NetSpec::Allow(Vec::new()), Vec::new());
+        return Ok(virtio::net::Net::new(GUEST_MAC, None, nothing));
+    };
+    let host = io(
+        "listing the host's addresses",
+        filter::host_ipv4_addresses(),
+    )?;
+    let backend = io(
+        "starting the guest's network stack (passt)",
+        Backend::spawn_passt(&net.passt, net.log.as_deref()),
+    )?;
+    let filter = EgressFilter::new(egress.clone(), host);
+    Ok(virtio::net::Net::new(GUEST_MAC, Some(backend), filter))
 }
 
 /// Where virtio device `index` sits: MMIO base and IRQ.

@@ -65,6 +65,18 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// The guest's network card and where its link leads.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Where the guest may connect to; `None`: the link leads nowhere (for
+    /// the restore of a snapshot that had a network, without one).
+    pub egress: Option<supermachine_protocol::net_spec::NetSpec>,
+    /// The `passt` binary that carries the guest's traffic (one per VM).
+    pub passt: PathBuf,
+    /// Where passt logs.
+    pub log: Option<PathBuf>,
+}
+
 /// What a cold boot ([`Vm::build`]) makes.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -88,6 +100,8 @@ pub struct VmConfig {
     /// Host directories shared with the guest as virtio-fs devices (after
     /// rng in slot order), each mounted in the guest by its tag.
     pub fs: Vec<FsSpec>,
+    /// A virtio-net device (the last in slot order), if any.
+    pub net: Option<NetConfig>,
     /// Where the guest's console goes: created 0600 if missing, appended to
     /// if present, never through a symlink. `None`: nowhere (except the echo).
     pub serial_log: Option<PathBuf>,
@@ -229,8 +243,13 @@ impl Vm {
             .insert_str(BASE_CMDLINE)
             .map_err(|e| VmError::Config(e.to_string()))?;
         let mut transports = Vec::new();
-        let virtio =
-            devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng, &config.fs)?;
+        let virtio = devices::virtio_devices(
+            &config.disks,
+            config.vsock.as_ref(),
+            config.rng,
+            &config.fs,
+            config.net.as_ref(),
+        )?;
         for (index, device) in virtio.into_iter().enumerate() {
             transports.push(devices::add_virtio_device(
                 &vm,

@@ -10,7 +10,7 @@
 //! once vCPU 0 is restored, the guest's mappings of them through it.
 
 use super::devices::{self, ConsoleConfig};
-use super::{DiskConfig, FsSpec, SnapshotError, Vm, VmError, VsockConfig, Wiring};
+use super::{DiskConfig, FsSpec, NetConfig, SnapshotError, Vm, VmError, VsockConfig, Wiring};
 use crate::arch::x86_64::host;
 use crate::bus::lock;
 use crate::devices::serial::SerialDevice;
@@ -40,6 +40,9 @@ pub struct RestoreConfig {
     /// The shared directories, with the tags, policies and read-only-ness
     /// the snapshotted VM had; the host paths may be others.
     pub fs: Vec<FsSpec>,
+    /// The network, if the snapshotted VM had one; a snapshot with a
+    /// network restored without one gets a card whose link leads nowhere.
+    pub net: Option<NetConfig>,
     /// Where the restored guest's console goes (appended to; see
     /// `VmConfig::serial_log`).
     pub serial_log: Option<PathBuf>,
@@ -295,8 +298,27 @@ fn restore_devices(
 ) -> Result<RestoredDevices, VmError> {
     let serial =
         devices::add_legacy_devices(vm, &mut w.pio, console, &w.reset, Some(&state.serial))?;
-    let virtio =
-        devices::virtio_devices(&config.disks, config.vsock.as_ref(), config.rng, &config.fs)?;
+    let had_net = matches!(
+        state.devices.last().map(|t| &t.device),
+        Some(crate::devices::virtio::DeviceState::Net(_))
+    );
+    let nowhere = NetConfig {
+        egress: None,
+        passt: PathBuf::new(),
+        log: None,
+    };
+    let net = match (&config.net, had_net) {
+        (Some(net), _) => Some(net),
+        (None, true) => Some(&nowhere),
+        (None, false) => None,
+    };
+    let virtio = devices::virtio_devices(
+        &config.disks,
+        config.vsock.as_ref(),
+        config.rng,
+        &config.fs,
+        net,
+    )?;
     if virtio.len() != state.devices.len() {
         return Err(SnapshotError::DeviceCount {
             saved: state.devices.len(),

@@ -86,6 +86,7 @@ fn restore_config(
         }),
         rng: true,
         fs: Vec::new(),
+        net: None,
         serial_log: None,
         serial_log_cap: supermachine_vmm::capped_log::DEFAULT_SERIAL_LOG_CAP,
         console_echo: false,

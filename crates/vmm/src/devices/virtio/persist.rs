@@ -15,6 +15,7 @@
 
 use super::block::{BlockRestoreError, BlockState};
 use super::fs::{FsRestoreError, FsState};
+use super::net::NetState;
 use super::rng::RngState;
 use super::vsock::{VsockRestoreError, VsockState};
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,7 @@ pub trait Persist {
 ///
 /// Postcard stores a variant as its index followed by its fields, so the
 /// variant order below is fixed by every snapshot written so far: Block 0,
-/// Rng 1, Vsock 2, Fs 3. A new device goes at the end.
+/// Rng 1, Vsock 2, Fs 3, Net 4. A new device goes at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
     /// A virtio-blk device.
@@ -54,6 +55,8 @@ pub enum DeviceState {
     Vsock(VsockState),
     /// A virtio-fs device (a shared host directory).
     Fs(FsState),
+    /// A virtio-net device.
+    Net(NetState),
 }
 
 impl DeviceState {
@@ -64,6 +67,7 @@ impl DeviceState {
             DeviceState::Rng(_) => "rng",
             DeviceState::Vsock(_) => "vsock",
             DeviceState::Fs(_) => "fs",
+            DeviceState::Net(_) => "net",
         }
     }
 }
