@@ -20,6 +20,9 @@ pub struct BootConfig {
     /// Shared host directories to mount at boot, from each
     /// `supermachine.mount=TAG:PATH[:ro]`, in order.
     pub mounts: Vec<GuestMount>,
+    /// The network, from `supermachine.net=ADDR/PREFIX,GATEWAY,DNS`;
+    /// `None`: no network (or a malformed value).
+    pub net: Option<crate::net::NetConfig>,
 }
 
 /// A virtio-fs tag the agent mounts at boot.
@@ -56,6 +59,7 @@ impl Default for BootConfig {
             rootfstype: None,
             hostname: DEFAULT_HOSTNAME.to_string(),
             mounts: Vec::new(),
+            net: None,
         }
     }
 }
@@ -80,6 +84,7 @@ pub fn parse(cmdline: &str) -> BootConfig {
             "supermachine.hostname" => {
                 cfg.hostname = value.unwrap_or_else(|| DEFAULT_HOSTNAME.to_string())
             }
+            "supermachine.net" => cfg.net = value.as_deref().and_then(crate::net::NetConfig::parse),
             "supermachine.mount" => cfg
                 .mounts
                 .extend(value.as_deref().and_then(GuestMount::parse)),

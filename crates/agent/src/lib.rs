@@ -17,6 +17,7 @@ pub mod env;
 pub mod exec;
 pub mod files;
 pub mod forward;
+pub mod net;
 pub mod power;
 pub mod probe;
 pub mod reaper;

@@ -126,6 +126,12 @@ fn init() -> ! {
     if let Err(e) = boot::loopback_up() {
         log!("cannot bring up lo: {e}");
     }
+    if let Some(net) = &cfg.net {
+        // A guest without its network still runs: say why, and go on.
+        if let Err(e) = supermachine_agent::net::configure(net, std::path::Path::new("/etc")) {
+            log!("cannot set up the network: {e}");
+        }
+    }
     if let Err(e) = reaper::start(INIT_SIGNALS, on_signal) {
         fatal(&format!("cannot start the reaper thread: {e}"));
     }
