@@ -73,6 +73,15 @@ while read -r tag dir; do
 	mount -t 9p -o "$opts,cache=none" "$tag" "/host$dir" || fail "cannot mount the shared directory $dir"
 done </ctl/shares
 ip link set lo up
+# QEMU's user network (restricted: nothing leaves the host): passt, the
+# guest network's backend, needs an interface with a default route. These
+# are QEMU's fixed user-network addresses.
+if [ -e /sys/class/net/eth0 ]; then
+	ip link set eth0 up &&
+		ip addr add 10.0.2.15/24 dev eth0 &&
+		ip route add default via 10.0.2.2 ||
+		echo "supermachine-lab init: eth0 setup failed"
+fi
 hostname supermachine-lab
 
 # The command gets pipes, as it would on the host; relays copy them into

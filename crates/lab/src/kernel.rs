@@ -37,6 +37,11 @@ const MODULES: &[&str] = &[
     "virtio_pci_legacy_dev",
     "virtio_pci_modern_dev",
     "virtio_pci",
+    // A network card (QEMU user networking), so passt, the guest
+    // network's backend, finds a routable interface inside the lab.
+    "failover",
+    "net_failover",
+    "virtio_net",
     "netfs",
     // Merged into netfs (built in) by 6.12; a module on 6.1.
     "fscache",

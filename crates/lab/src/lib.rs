@@ -4,7 +4,7 @@
 //! /dev/kvm cannot boot an ordinary guest (PVM) or that has none, the lab
 //! boots a QEMU TCG machine with emulated AMD SVM (a stock Debian kernel
 //! plus `kvm-amd`), shares the host's `/` into it over 9p and runs the
-//! command there, chrooted, with the same working directory, environment
+//! command there, with the host root as its root, with the same working directory, environment
 //! and absolute paths, so host-built binaries run unchanged. Everything in
 //! the lab is emulated and slow: compare ratios from one run, never
 //! absolute times. See `shared/LAB.md` for the measurements behind it.

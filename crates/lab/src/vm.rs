@@ -1,5 +1,6 @@
 //! Boots the lab (QEMU TCG with emulated AMD SVM) and runs one command in
-//! it, chrooted into the host's own root file system.
+//! it, in the host's own root file system (moved over / in a mount
+//! namespace of its own: see `MOVE_ROOT`).
 //!
 //! The host shares `/` over 9p, writable, with `security_model=none`: the
 //! command is one the caller could run directly, and on a Hardware host it
@@ -40,11 +41,19 @@ const NOTABLE_GAP: Duration = Duration::from_secs(10);
 /// A tmpfs inside the lab (made by init.sh), the command's TMPDIR.
 const LAB_TMPDIR: &str = "/run/lab-tmp";
 
-/// Runs inside the chroot, by the host's /bin/sh (busybox chroot always
+/// Runs inside the host's root, by the host's /bin/sh (busybox chroot always
 /// starts in /): enter the caller's directory, then become the command.
 /// Not busybox sh: Debian's busybox-static prefers its applets, so `exec ls`
 /// would run busybox ls instead of the host's.
 const ENTER: &str = r#"cd -- "$1" || exit 127; shift; exec "$@""#;
+
+/// Runs first, by the initramfs's busybox sh in a mount namespace of its
+/// own (`unshare -m`): makes the host's root the root of that namespace,
+/// as switch_root does (move it over /, chroot into it), then runs ENTER
+/// (its first argument) there. Not a plain chroot: the kernel refuses user
+/// namespaces to a chrooted process, and passt, the guest network's
+/// backend, sandboxes itself in one.
+const MOVE_ROOT: &str = r#"e=$1; shift; mount --make-rprivate / && cd /host && mount --move . / && exec chroot . /bin/sh -c "$e" sh "$@""#;
 
 pub(crate) fn run(
     argv: &[OsString],
@@ -228,6 +237,10 @@ fn qemu_args(assets: &Assets, run: &Path, opts: &LabOptions, shares: &[PathBuf])
         s("none"),
         s("-no-reboot"),
     ]);
+    // A network card on QEMU's user network, cut off from the outside
+    // (restrict=on): the lab's tests of the guest network need an
+    // interface with a default route, and nothing more.
+    push(&[s("-nic"), s("user,model=virtio-net-pci,restrict=on")]);
     if let Some(dir) = &assets.qemu.data_dir {
         push(&[s("-L"), dir.as_os_str()]);
     }
@@ -278,7 +291,7 @@ fn opt_value(prefix: &str, path: &Path) -> OsString {
 
 /// The script the lab's init runs: the caller's environment (plus
 /// `extra`, SUPERMACHINE_IN_LAB=1 and a tmpfs TMPDIR) and nothing else, then the command in
-/// `cwd` inside the chroot.
+/// `cwd` inside the host's root.
 pub(crate) fn command_script(
     argv: &[OsString],
     cwd: &Path,
@@ -300,9 +313,11 @@ pub(crate) fn command_script(
         s.push(b' ');
         s.extend(quote(&kv));
     }
-    s.extend_from_slice(b" chroot /host /bin/sh -c ");
-    s.extend(quote(ENTER.as_bytes()));
+    s.extend_from_slice(b" unshare -m /bin/sh -c ");
+    s.extend(quote(MOVE_ROOT.as_bytes()));
     s.extend_from_slice(b" sh ");
+    s.extend(quote(ENTER.as_bytes()));
+    s.push(b' ');
     s.extend(quote(cwd.as_os_str().as_bytes()));
     for arg in argv {
         s.push(b' ');
