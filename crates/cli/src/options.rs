@@ -3,7 +3,9 @@
 use crate::images::Policy;
 use std::path::PathBuf;
 use std::time::Duration;
-use supermachine::{Disk, Error, ExecBuilder, Image, Mount, SymlinkPolicy, Vm, VmConfig};
+use supermachine::{
+    Disk, EgressRule, Error, ExecBuilder, Image, Mount, Network, SymlinkPolicy, Vm, VmConfig,
+};
 
 #[derive(clap::Args)]
 pub struct VmOptions {
@@ -39,6 +41,18 @@ pub struct VmOptions {
     /// the guest), follow (host symlinks followed: trusted guests only).
     #[arg(long = "mount", value_name = "SPEC")]
     mounts: Vec<String>,
+    /// The guest's network: `none` (the default for a boot), or `user`:
+    /// outbound TCP, UDP and ping through a passt process of the VM's own
+    /// (needs passt installed), to public IPv4 addresses only. A restore
+    /// has a network if its snapshot had one. Nothing can connect in
+    /// (see -p).
+    #[arg(long, value_name = "none|user", value_parser = ["none", "user"])]
+    network: Option<String>,
+    /// Let the guest reach ADDR[/PREFIX][:PORT[-PORT]] (IPv4; repeatable;
+    /// implies --network user): then only what --allow names (and DNS),
+    /// private ranges included, e.g. --allow 10.0.0.0/8:5432 --allow 0.0.0.0/0:443.
+    #[arg(long = "allow", value_name = "CIDR[:PORTS]")]
+    allow: Vec<String>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256, value_name = "MiB")]
     memory: u64,
@@ -90,6 +104,7 @@ impl VmOptions {
             user: None,
             disks: self.disks.iter().map(|d| parse_disk(d)).collect(),
             mounts: parse_mounts(&self.volumes, &self.mounts)?,
+            network: parse_network(self.network.as_deref(), &self.allow)?,
             extra_kernel_args: self.kernel_args,
             boot_timeout: Duration::from_secs(self.boot_timeout),
             console: self.console,
@@ -156,6 +171,26 @@ pub fn parse_env(vars: &[String]) -> Result<Vec<(String, String)>, Error> {
 }
 
 /// `-v HOST:TAG[:ro]` and `--mount KEY=VALUE,...` as mounts.
+/// `--network` and `--allow` as one [`Network`]; `None`: neither given.
+pub fn parse_network(mode: Option<&str>, allow: &[String]) -> Result<Option<Network>, Error> {
+    let rules = allow
+        .iter()
+        .map(|r| {
+            r.parse::<EgressRule>()
+                .map_err(|e| Error::InvalidArgument(format!("--allow {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match (mode, rules.is_empty()) {
+        (Some("none"), false) => Err(Error::InvalidArgument(
+            "--allow needs a network: drop --network none".into(),
+        )),
+        (Some("none"), true) => Ok(Some(Network::Off)),
+        (_, false) => Ok(Some(Network::Allow(rules))),
+        (Some(_), true) => Ok(Some(Network::Public)),
+        (None, true) => Ok(None),
+    }
+}
+
 fn parse_mounts(volumes: &[String], mounts: &[String]) -> Result<Vec<Mount>, Error> {
     let mut out = Vec::new();
     for volume in volumes {
@@ -213,6 +248,29 @@ fn parse_disk(spec: &str) -> Disk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_and_allow_combine_into_one_policy() {
+        assert_eq!(parse_network(None, &[]).unwrap(), None);
+        assert_eq!(
+            parse_network(Some("none"), &[]).unwrap(),
+            Some(Network::Off)
+        );
+        assert_eq!(
+            parse_network(Some("user"), &[]).unwrap(),
+            Some(Network::Public)
+        );
+        let rules = vec!["10.0.2.15:80".to_string(), "0.0.0.0/0:443".to_string()];
+        let Some(Network::Allow(parsed)) = parse_network(None, &rules).unwrap() else {
+            panic!("--allow alone gives an allow-list");
+        };
+        assert_eq!(parsed.len(), 2);
+        assert!(parse_network(Some("user"), &rules).is_ok());
+        let e = parse_network(Some("none"), &rules).unwrap_err();
+        assert!(e.to_string().contains("--allow needs a network"), "{e}");
+        let e = parse_network(None, &["10.0.0.1/8".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("--allow"), "{e}");
+    }
 
     #[test]
     fn volumes_and_mounts_parse() {

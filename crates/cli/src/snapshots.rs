@@ -105,6 +105,7 @@ pub async fn build(args: BuildArgs) -> Result<i32, Error> {
         user: args.user,
         extra_files,
         extra_kernel_args: config.extra_kernel_args,
+        network: config.network,
         warmup,
         warmup_tag,
         listener_required: args.listen.is_some(),

@@ -32,6 +32,10 @@ use supermachine_oci::{Digest, ImageConfig, PulledImage};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     kind: Kind,
+    /// The network VMs restored from this snapshot get when their config
+    /// names none: what the build was given (held in memory only, never
+    /// read from the snapshot; see [`Image::with_network`]).
+    network: Option<crate::Network>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +61,27 @@ struct OciImage {
 }
 
 impl Image {
+    /// VMs started from this image get `network` when their
+    /// [`VmConfig::network`](crate::VmConfig::network) is `None`: how a
+    /// build's network policy reaches its pool's copies (a snapshot keeps
+    /// only that it had a network, never a policy: it may come from
+    /// anywhere). [`Image::build`] sets it from its options.
+    ///
+    /// ```
+    /// use supermachine::{Image, Network};
+    /// let image = Image::builtin().with_network(Some(Network::Public));
+    /// assert_eq!(image.network(), Some(&Network::Public));
+    /// ```
+    pub fn with_network(mut self, network: Option<crate::Network>) -> Image {
+        self.network = network;
+        self
+    }
+
+    /// The network set by [`Image::with_network`].
+    pub fn network(&self) -> Option<&crate::Network> {
+        self.network.as_ref()
+    }
+
     /// The small built-in root filesystem made from Debian's busybox-static
     /// (built into the cache on first use).
     ///
@@ -68,6 +93,7 @@ impl Image {
     pub fn builtin() -> Image {
         Image {
             kind: Kind::Builtin,
+            network: None,
         }
     }
 
@@ -81,6 +107,7 @@ impl Image {
     pub fn from_rootfs(path: impl Into<PathBuf>) -> Image {
         Image {
             kind: Kind::Rootfs(path.into()),
+            network: None,
         }
     }
 
@@ -111,6 +138,7 @@ impl Image {
         let meta = snapshot::read_meta(&dir)?;
         Ok(Image {
             kind: Kind::Snapshot(Arc::new(SnapshotImage { dir, meta })),
+            network: None,
         })
     }
 
@@ -149,6 +177,7 @@ impl Image {
     pub(crate) fn from_pulled(pulled: PulledImage, rootfs: PathBuf) -> Image {
         Image {
             kind: Kind::Oci(Arc::new(OciImage { pulled, rootfs })),
+            network: None,
         }
     }
 

@@ -174,6 +174,11 @@ pub struct BuildOptions {
     pub extra_files: Vec<ExtraFile>,
     /// Extra guest kernel command line arguments.
     pub extra_kernel_args: Vec<String>,
+    /// The bake's network (for a warmup that downloads, say). Whether there
+    /// is one is part of the key (the snapshot has a network card or not);
+    /// the policy is not: restores get their own (see
+    /// [`crate::VmConfig::network`]).
+    pub network: Option<crate::Network>,
     /// Run against the VM after the workload starts and before the
     /// snapshot (to warm caches); see [`Warmup`].
     pub warmup: Option<Warmup>,
@@ -215,6 +220,7 @@ impl BuildOptions {
             user: None,
             extra_files: Vec::new(),
             extra_kernel_args: Vec::new(),
+            network: None,
             warmup: None,
             warmup_tag: None,
             listener_required: false,
@@ -339,6 +345,14 @@ fn key_of(o: &BuildOptions, image: &Image) -> Result<String, Error> {
     for a in &o.extra_kernel_args {
         h.field(a.as_bytes());
     }
+    // Only when there is a card, so the keys of bakes without one stay
+    // what they were before networks existed.
+    if o.network
+        .as_ref()
+        .is_some_and(|n| *n != crate::Network::Off)
+    {
+        h.field(b"network");
+    }
     h.field(&[o.listener_required as u8])
         .field(&o.guest_port.to_le_bytes());
     // A warmup closure without a tag would make two different bakes share
@@ -416,6 +430,15 @@ pub struct Built {
 /// # Ok(()) }
 /// ```
 pub async fn build(options: BuildOptions) -> Result<Built, Error> {
+    let network = options.network.clone();
+    let built = build_snapshot(options).await?;
+    Ok(Built {
+        image: built.image.with_network(network),
+        ..built
+    })
+}
+
+async fn build_snapshot(options: BuildOptions) -> Result<Built, Error> {
     let image = options.image.resolve().await?;
     let key = key_of(&options, &image)?;
     let root = match &options.snapshots_dir {
@@ -498,6 +521,7 @@ async fn bake(
         workdir: options.workdir.clone(),
         user: options.user.clone(),
         extra_kernel_args: options.extra_kernel_args.clone(),
+        network: options.network.clone(),
         boot_timeout: options.timeout,
         ..VmConfig::default()
     };

@@ -123,6 +123,10 @@ pub struct SnapshotMeta {
     /// elsewhere must not choose what the host shares).
     #[serde(default)]
     pub mounts: Vec<SnapshotMount>,
+    /// Whether the VM had a network card. Its egress policy is not kept:
+    /// a restore gets the caller's, or the public-only default.
+    #[serde(default)]
+    pub network: bool,
 }
 
 /// A shared directory as a snapshot records it: no host path.
@@ -568,6 +572,7 @@ fn assemble(source: &Source<'_>, staging: &Path) -> Result<SnapshotMeta, Error> 
                 read_only: m.read_only,
             })
             .collect(),
+        network: info.network.is_some(),
     };
     let meta_path = staging.join(META_FILE);
     let json = serde_json::to_vec_pretty(&meta)
@@ -667,6 +672,7 @@ mod tests {
             memory_bytes: 4096,
             memory_data_bytes: 0,
             mounts: Vec::new(),
+            network: false,
         }
     }
 

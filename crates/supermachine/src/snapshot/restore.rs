@@ -63,6 +63,25 @@ fn restore_mounts(
         .collect()
 }
 
+/// The network a restore of a snapshot gets: the caller's policy, else
+/// public-only if the snapshot had a network (never a policy stored in
+/// the snapshot, which may come from anywhere); `None`: none (a card the
+/// snapshot had then leads nowhere).
+fn restore_network(
+    snapshot_had_network: bool,
+    asked: Option<&crate::Network>,
+) -> Result<Option<supermachine_protocol::net_spec::NetSpec>, Error> {
+    match (asked, snapshot_had_network) {
+        (None, had) => Ok(had.then_some(supermachine_protocol::net_spec::NetSpec::Public)),
+        (Some(crate::Network::Off), _) => Ok(None),
+        (Some(net), true) => Ok(net.spec()),
+        (Some(_), false) => Err(Error::InvalidArgument(
+            "the snapshot was taken without a network, and a restore cannot add a network              card: build it with a network (--network, `network` in the build options)"
+                .into(),
+        )),
+    }
+}
+
 /// Pause between attempts to reach a restored agent that is not answering
 /// yet (no muxer socket yet, or the connection reset by the guest).
 const AGENT_RETRY: Duration = Duration::from_millis(1);
@@ -82,6 +101,11 @@ impl Vm {
         runtime::check_kvm()?;
         let meta = &snapshot.meta;
         let mounts = restore_mounts(meta, &config.mounts)?;
+        let net = restore_network(meta.network, config.network.as_ref().or(image.network()))?;
+        let passt = net
+            .as_ref()
+            .map(|_| crate::vm::network::passt_binary())
+            .transpose()?;
         let disks: Vec<_> = meta
             .disks
             .iter()
@@ -103,10 +127,11 @@ impl Vm {
             disks: disks.clone(),
             snapshot: Some(snapshot.dir.clone()),
             mounts: mounts.clone(),
+            network: net.as_ref().map(ToString::to_string),
         };
         // A standby worker is asked to restore with disks only: a VM with
-        // shared directories gets a worker of its own.
-        let standby = if detached || config.console || !mounts.is_empty() {
+        // shared directories or a network gets a worker of its own.
+        let standby = if detached || config.console || !mounts.is_empty() || net.is_some() {
             None
         } else {
             standby::take()
@@ -134,6 +159,8 @@ impl Vm {
                     vcpus: meta.vcpus,
                     disks: disks.clone(),
                     mounts: mounts.clone(),
+                    net: net.clone(),
+                    passt: passt.clone(),
                     vm_dir: dir.path().to_path_buf(),
                     serial_log: serial_log.clone(),
                     console: config.console,
@@ -300,5 +327,24 @@ impl Vm {
             task: "snapshot",
             source,
         })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Network;
+    use supermachine_protocol::net_spec::NetSpec;
+
+    #[test]
+    fn a_restore_gets_the_callers_network_policy_never_the_snapshots() {
+        assert_eq!(restore_network(false, None).unwrap(), None);
+        assert_eq!(restore_network(true, None).unwrap(), Some(NetSpec::Public));
+        assert_eq!(restore_network(true, Some(&Network::Off)).unwrap(), None);
+        let allow: Network = "allow=10.0.2.15:80".parse().unwrap();
+        assert_eq!(restore_network(true, Some(&allow)).unwrap(), allow.spec());
+        let e = restore_network(false, Some(&Network::Public)).unwrap_err();
+        assert!(e.to_string().contains("taken without a network"), "{e}");
+        assert_eq!(restore_network(false, Some(&Network::Off)).unwrap(), None);
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod forward;
 pub(crate) mod mount;
+pub(crate) mod network;
 
 use self::conn::Conn;
 use crate::error::Error;
@@ -89,6 +90,11 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// Host directories shared with the guest (virtio-fs).
     pub mounts: Vec<Mount>,
+    /// The guest's network. `None`: off for a boot; for a restore, what
+    /// the snapshot had (a snapshot taken with a network gets
+    /// [`Network::Public`](crate::Network::Public): the policy is the
+    /// caller's to give, never the snapshot's).
+    pub network: Option<crate::Network>,
     /// Extra kernel command line arguments.
     pub extra_kernel_args: Vec<String>,
     /// How long to wait for the agent to report ready.
@@ -108,6 +114,7 @@ impl Default for VmConfig {
             user: None,
             disks: Vec::new(),
             mounts: Vec::new(),
+            network: None,
             extra_kernel_args: Vec::new(),
             boot_timeout: Duration::from_secs(60),
             console: false,
@@ -230,6 +237,8 @@ impl Vm {
             disks.push((disk.path.clone(), disk.read_only));
         }
         let mounts = mount::worker_specs(&config.mounts)?;
+        let net = config.network.as_ref().and_then(crate::Network::spec);
+        let passt = net.as_ref().map(|_| network::passt_binary()).transpose()?;
         let initramfs = assets::initramfs()?;
         let binary = assets::worker_binary()?;
         let dir = VmDir::create()?;
@@ -252,6 +261,9 @@ impl Vm {
 
         let mut cmdline = vec!["supermachine.root=/dev/vda".to_string()];
         cmdline.extend(mount::boot_args(&config.mounts));
+        if net.is_some() {
+            cmdline.push(network::boot_arg());
+        }
         cmdline.extend(config.extra_kernel_args.iter().cloned());
         let spec = WorkerSpec {
             binary,
@@ -263,6 +275,8 @@ impl Vm {
             vcpus: config.vcpus,
             disks: disks.clone(),
             mounts,
+            net,
+            passt,
             vm_dir: dir.path().to_path_buf(),
             serial_log: serial_log.clone(),
             console: config.console,
@@ -287,6 +301,7 @@ impl Vm {
             disks,
             snapshot: None,
             mounts: spec.mounts.clone(),
+            network: spec.net.as_ref().map(ToString::to_string),
         };
         let vm = Vm::supervise(dir, &spec, info)?;
         vm.wait_ready(&ready, config.boot_timeout).await?;
@@ -710,6 +725,7 @@ pub(crate) mod fake {
             disks: Vec::new(),
             snapshot: None,
             mounts: Vec::new(),
+            network: None,
         };
         Vm {
             dir: VmDir::for_test(dir),

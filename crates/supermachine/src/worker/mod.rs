@@ -42,6 +42,11 @@ pub(crate) struct WorkerSpec {
     pub disks: Vec<(PathBuf, bool)>,
     /// Shared host directories (`--fs`).
     pub mounts: Vec<supermachine_protocol::fs_spec::FsSpec>,
+    /// The guest network's egress policy (`--net`); `None`: no network
+    /// (a restored card, if the snapshot had one, leads nowhere).
+    pub net: Option<supermachine_protocol::net_spec::NetSpec>,
+    /// The passt binary, with `net`.
+    pub passt: Option<PathBuf>,
     pub vm_dir: PathBuf,
     pub serial_log: PathBuf,
     pub console: bool,
@@ -202,6 +207,12 @@ impl Worker {
         }
         for mount in &spec.mounts {
             cmd.arg("--fs").arg(mount.to_string());
+        }
+        if let Some(net) = &spec.net {
+            cmd.arg("--net").arg(net.to_string());
+        }
+        if let Some(passt) = &spec.passt {
+            cmd.arg("--passt").arg(passt);
         }
         if spec.console {
             cmd.arg("--console");
@@ -405,6 +416,8 @@ mod tests {
             vcpus: 1,
             disks: Vec::new(),
             mounts: Vec::new(),
+            net: None,
+            passt: None,
             vm_dir: dir.to_path_buf(),
             serial_log: dir.join("serial.log"),
             console: false,

@@ -126,6 +126,10 @@ pub struct VmInfo {
     /// The host directories shared with it.
     #[serde(default)]
     pub mounts: Vec<supermachine_protocol::fs_spec::FsSpec>,
+    /// The guest network's egress policy (`public`, `allow=…`); `None`:
+    /// no network.
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 impl VmDir {

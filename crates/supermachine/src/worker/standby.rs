@@ -67,6 +67,8 @@ impl Standby {
             vcpus: 0,
             disks: Vec::new(),
             mounts: Vec::new(),
+            net: None,
+            passt: None,
             vm_dir: dir.path().to_path_buf(),
             serial_log: serial_log.clone(),
             console: false,
