@@ -103,6 +103,21 @@ export interface BuildOptions {
   snapshotsDir?: string
   /** Extra kernel command line tokens, appended after supermachine's own. Part of the build key. */
   extraKernelArgs?: Array<string>
+  /**
+   * The guest's network: outbound connections (TCP, UDP, ping) made for it
+   * by an unprivileged passt process of the VM's own (needs `passt`
+   * installed); nothing connects in (see {@link Vm.exposeTcp}). Default:
+   * none.
+   * - `true`: public IPv4 addresses only (no private, loopback,
+   *   link-local/metadata or reserved ranges, none of the host's addresses).
+   * - `{ allow: ['10.0.0.5:5432', '0.0.0.0/0:443'] }`: only these
+   *   (`ADDR[/PREFIX][:PORT[-PORT]]`, IPv4), and DNS.
+   *
+   * The bake's warmup runs with it, and the VMs of this image's pools get
+   * it. Whether there is a network is part of the build key; the rules are
+   * not.
+   */
+  network?: boolean | { allow: Array<string> }
 }
 
 /** Options of {@link Image.pool}. */

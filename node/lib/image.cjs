@@ -48,6 +48,26 @@ const EXTRA_FILE = v.object(
   { required: ['hostPath', 'guestPath'] },
 );
 
+const NETWORK_ALLOW = v.object(
+  { allow: v.arrayOf(v.nonEmptyString, { nonEmpty: true }) },
+  { required: ['allow'] },
+);
+
+/** `network`: a boolean, or `{ allow: ['CIDR[:PORTS]', …] }`. */
+const network = (value, name) => {
+  if (typeof value === 'boolean') return value;
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) return NETWORK_ALLOW(value, name);
+  throw v.typeError(name, "a boolean or { allow: ['CIDR[:PORTS]', …] }", value);
+};
+
+/** The engine's spelling of a checked `network` option. */
+const networkSpec = (n) => {
+  if (n === undefined) return undefined;
+  if (n === true) return 'public';
+  if (n === false) return 'none';
+  return `allow=${n.allow.join(',')}`;
+};
+
 /** Snapshot names: what the library accepts as a directory name. */
 const snapshotName = (value, name) => {
   v.nonEmptyString(value, name);
@@ -79,6 +99,7 @@ const BUILD_SCHEMA = {
   warmupTag: v.nonEmptyString,
   snapshotsDir: v.hostPath,
   extraKernelArgs: v.stringArray,
+  network,
 };
 
 function checkBuild(options) {
@@ -175,6 +196,7 @@ class Image {
       warmupTag: o.warmupTag,
       snapshotsDir: o.snapshotsDir === undefined ? undefined : path.resolve(o.snapshotsDir),
       extraKernelArgs: o.extraKernelArgs,
+      network: networkSpec(o.network),
     };
     const bridge = o.warmup ? warmupBridge(o.warmup) : null;
     try {

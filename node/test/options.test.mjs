@@ -48,6 +48,17 @@ test('mounts and volumes are refused as not supported yet, with the reason', asy
   );
 });
 
+test('a bad network option is refused before anything boots', async () => {
+  await rejects(Image.build({ ref: 'alpine:latest', network: 'yes' }), 'ERR_INVALID_ARG_TYPE', /network/);
+  await rejects(Image.build({ ref: 'alpine:latest', network: { allow: [] } }), 'ERR_INVALID_ARG_VALUE', /allow/);
+  await rejects(Image.build({ ref: 'alpine:latest', network: { deny: ['1.2.3.4'] } }), 'ERR_INVALID_ARG_VALUE', /deny/);
+  await rejects(
+    Image.build({ ref: 'alpine:latest', network: { allow: ['10.0.0.1/8'] } }),
+    'ERR_INVALID_ARG_VALUE',
+    /past the prefix/,
+  );
+});
+
 test('Image.fromSnapshot of a missing directory is ENOENT with the path', async () => {
   await rejects(Image.fromSnapshot('/nonexistent/supermachine-snapshot'), 'ENOENT');
 });

@@ -42,6 +42,8 @@ pub struct BuildArgs {
     pub warmup_tag: Option<String>,
     pub snapshots_dir: Option<String>,
     pub extra_kernel_args: Option<Vec<String>>,
+    /// `none`, `public` or `allow=CIDR[:PORTS],…`.
+    pub network: Option<String>,
 }
 
 /// `image.pool()` options.
@@ -111,6 +113,13 @@ fn build_options(args: BuildArgs) -> Result<BuildOptions, Failure> {
     o.warmup_tag = args.warmup_tag;
     o.snapshots_dir = args.snapshots_dir.map(PathBuf::from);
     o.extra_kernel_args = args.extra_kernel_args.unwrap_or_default();
+    o.network = args
+        .network
+        .map(|n| {
+            n.parse::<supermachine::Network>()
+                .map_err(|e| Failure::new("ERR_INVALID_ARG_VALUE", format!("network: {e}")))
+        })
+        .transpose()?;
     Ok(o)
 }
 
