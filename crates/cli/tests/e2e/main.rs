@@ -18,6 +18,7 @@ mod exec;
 mod files;
 mod images;
 mod mounts;
+mod network;
 mod oci_layout;
 mod pool;
 mod ports;
@@ -43,6 +44,7 @@ fn trials() -> Vec<Trial> {
     all.extend(pool::trials());
     all.extend(mounts::trials());
     all.extend(ports::trials());
+    all.extend(network::trials());
     progress::without_skipped(all)
 }
 
