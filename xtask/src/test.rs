@@ -14,8 +14,9 @@ const FUZZ_SECONDS: u32 = 30;
 /// Debian packages the tests run: root filesystem images (`mkfs.ext4`),
 /// `cpio` to read back the initramfs writer's archives, `fsck.erofs` to
 /// check our EROFS images, a real registry and the tool that pushes to it,
-/// and `debootstrap` for the Debian test image. Installed when missing (as
-/// root; otherwise the error gives the command).
+/// `debootstrap` for the Debian test image, and `passt`, the guest
+/// network's backend. Installed when missing (as root; otherwise the error
+/// gives the command).
 const TEST_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "cpio",
@@ -23,6 +24,7 @@ const TEST_PACKAGES: &[&str] = &[
     "docker-registry",
     "skopeo",
     "debootstrap",
+    "passt",
 ];
 
 pub fn test(extra: &[String]) -> Result<i32, String> {
