@@ -54,6 +54,10 @@ fn active<'m>(
 ) -> (MockDriver<'m>, Net, UnixStream, Poller) {
     let driver = MockDriver::new(mem, &[QUEUE_SIZE, QUEUE_SIZE]);
     let (ours, stack) = UnixStream::pair().unwrap();
+    // A device that loses a frame makes a test fail, never hang.
+    stack
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
     let mut net = Net::new(GUEST_MAC, Some(Backend::new(ours, None).unwrap()), filter);
     let (activation, _, poller) = driver.activation();
     net.activate(activation).unwrap();
@@ -293,14 +297,21 @@ fn the_guest_is_not_read_while_the_stack_is_not_reading() {
             assert_eq!(stack_reads(&mut stack).len(), frame.len());
         }
     });
-    for _ in 0..10_000 {
-        if driver.used(TX).len() == n {
+    // Done when every chain is used *and* the last frames have left the
+    // device's output buffer (the reader waits for all of them). Bounded,
+    // so a device that stops making progress fails the test.
+    let done = |driver: &MockDriver<'_>, net: &Net| {
+        driver.used(TX).len() == n && net.backend.as_ref().unwrap().pending_output() == 0
+    };
+    for _ in 0..60_000 {
+        if done(&driver, &net) {
             break;
         }
         net.handle_fd(BACKEND, EventSet::OUT);
-        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     assert_eq!(driver.used(TX).len(), n);
+    assert_eq!(net.backend.as_ref().unwrap().pending_output(), 0);
     reader.join().unwrap();
 }
 
