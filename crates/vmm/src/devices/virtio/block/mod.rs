@@ -18,6 +18,7 @@ use super::{feature, read_config_bytes, Activation, VirtioDevice};
 use request::SECTOR_SIZE;
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
@@ -51,6 +52,7 @@ impl Block {
             .open(path)?;
         crate::files::require_regular(&file).map_err(in_path)?;
         crate::files::clear_nonblocking(&file)?;
+        lock(&file, read_only).map_err(in_path)?;
         let disk = Disk::new(file, read_only, id).map_err(in_path)?;
         Ok(Block::new(disk))
     }
@@ -66,6 +68,33 @@ impl Block {
             active: None,
         }
     }
+}
+
+/// Locks the disk for as long as the device holds it (the lock goes with
+/// the open file): exclusively when writable, so a second VM writing the
+/// same file (two kernels on one filesystem) is refused; shared when
+/// read-only, so many VMs can read one image but none while another writes
+/// it.
+fn lock(file: &std::fs::File, read_only: bool) -> io::Result<()> {
+    let mode = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock on a file descriptor `file` owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        let why = if read_only {
+            "another VM has it open for writing"
+        } else {
+            "it is in use by another VM (a writable disk or volume belongs to one VM at a time)"
+        };
+        return Err(io::Error::new(io::ErrorKind::ResourceBusy, why));
+    }
+    Err(e)
 }
 
 impl VirtioDevice for Block {

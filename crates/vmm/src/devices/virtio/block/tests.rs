@@ -297,3 +297,24 @@ fn a_disk_that_is_not_a_regular_file_is_refused_without_blocking() {
         assert!(Block::open(dir.path(), true, "disk0").is_err());
     });
 }
+
+#[test]
+fn a_writable_disk_belongs_to_one_device_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk");
+    std::fs::write(&path, pattern(0, DISK_BYTES as usize)).unwrap();
+    // Many readers share a disk.
+    let reader = Block::open(&path, true, "disk0").unwrap();
+    let second_reader = Block::open(&path, true, "disk0").unwrap();
+    let err = Block::open(&path, false, "disk0").err().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{err}");
+    drop((reader, second_reader));
+    // A writer has it alone: no second writer, no reader.
+    let writer = Block::open(&path, false, "disk0").unwrap();
+    let err = Block::open(&path, false, "disk0").err().unwrap();
+    assert!(err.to_string().contains("in use by another VM"), "{err}");
+    assert!(Block::open(&path, true, "disk0").is_err());
+    // The lock ends with the device.
+    drop(writer);
+    assert!(Block::open(&path, false, "disk0").is_ok());
+}
