@@ -34,6 +34,47 @@ pub fn mount_shares(mounts: &[crate::cmdline::GuestMount]) -> Result<(), String>
     Ok(())
 }
 
+/// Mounts each volume (an ext4 disk the host formatted) where the host
+/// asked, creating the directory if needed; nosuid and nodev. The disk is
+/// found by its serial, waiting for it as for the root. The first failure
+/// is the error, naming the serial and the path.
+pub fn mount_volumes(volumes: &[crate::cmdline::GuestVolume]) -> Result<(), String> {
+    for v in volumes {
+        let what = || format!("volume {} on {}", v.serial, v.path);
+        let dev = disk_with_serial(&v.serial).map_err(|e| format!("{}: {e}", what()))?;
+        std::fs::create_dir_all(&v.path)
+            .map_err(|e| format!("{}: creating the directory: {e}", what()))?;
+        mount(&dev, &v.path, "ext4", libc::MS_NOSUID | libc::MS_NODEV, "")
+            .map_err(|e| format!("{} ({dev}): {e}", what()))?;
+    }
+    Ok(())
+}
+
+/// `/dev/vdX` whose virtio-blk serial is `serial`, waiting up to
+/// [`ROOT_WAIT`] for it to appear.
+fn disk_with_serial(serial: &str) -> Result<String, String> {
+    let deadline = Instant::now() + ROOT_WAIT;
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/sys/block") {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str().filter(|n| n.starts_with("vd")) else {
+                    continue;
+                };
+                let found = std::fs::read_to_string(entry.path().join("serial"))
+                    .is_ok_and(|s| s.trim_end_matches(['\n', '\0']) == serial);
+                if found {
+                    return Ok(format!("/dev/{name}"));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no disk with serial {serial} within {ROOT_WAIT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `mount(2)` with Rust strings; errors name the target.
 fn mount(
     src: &str,

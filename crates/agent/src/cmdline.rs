@@ -20,6 +20,9 @@ pub struct BootConfig {
     /// Shared host directories to mount at boot, from each
     /// `supermachine.mount=TAG:PATH[:ro]`, in order.
     pub mounts: Vec<GuestMount>,
+    /// Volumes to mount at boot, from each
+    /// `supermachine.volume=SERIAL:PATH`, in order.
+    pub volumes: Vec<GuestVolume>,
     /// The network, from `supermachine.net=ADDR/PREFIX,GATEWAY,DNS`;
     /// `None`: no network (or a malformed value).
     pub net: Option<crate::net::NetConfig>,
@@ -52,6 +55,30 @@ impl GuestMount {
     }
 }
 
+/// A disk holding an ext4 filesystem the agent mounts at boot, found by
+/// the serial the host gave it (not by its name: names follow probe
+/// order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestVolume {
+    /// The disk's virtio-blk serial (`disk2`).
+    pub serial: String,
+    /// Where in the guest (absolute).
+    pub path: String,
+}
+
+impl GuestVolume {
+    /// `SERIAL:PATH`; `None` unless the serial is letters and digits and
+    /// the path absolute.
+    fn parse(value: &str) -> Option<GuestVolume> {
+        let (serial, path) = value.split_once(':')?;
+        let plain = !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_alphanumeric());
+        (plain && path.starts_with('/')).then(|| GuestVolume {
+            serial: serial.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
 impl Default for BootConfig {
     fn default() -> Self {
         BootConfig {
@@ -59,6 +86,7 @@ impl Default for BootConfig {
             rootfstype: None,
             hostname: DEFAULT_HOSTNAME.to_string(),
             mounts: Vec::new(),
+            volumes: Vec::new(),
             net: None,
         }
     }
@@ -88,6 +116,9 @@ pub fn parse(cmdline: &str) -> BootConfig {
             "supermachine.mount" => cfg
                 .mounts
                 .extend(value.as_deref().and_then(GuestMount::parse)),
+            "supermachine.volume" => cfg
+                .volumes
+                .extend(value.as_deref().and_then(GuestVolume::parse)),
             _ => {}
         }
     }
@@ -181,6 +212,20 @@ mod tests {
     fn arguments_after_double_dash_are_for_init() {
         let cfg = parse("supermachine.root=/dev/vda -- supermachine.root=/dev/evil");
         assert_eq!(cfg.root.as_deref(), Some("/dev/vda"));
+    }
+
+    #[test]
+    fn volumes_accumulate_in_order_and_odd_ones_are_dropped() {
+        let cfg = parse(
+            "supermachine.volume=disk1:/data supermachine.volume=disk2:/srv/a:b \
+             supermachine.volume=disk/3:/x supermachine.volume=:/y supermachine.volume=disk4:rel",
+        );
+        let got: Vec<_> = cfg
+            .volumes
+            .iter()
+            .map(|v| (v.serial.as_str(), v.path.as_str()))
+            .collect();
+        assert_eq!(got, [("disk1", "/data"), ("disk2", "/srv/a:b")]);
     }
 
     #[test]

@@ -120,6 +120,9 @@ fn init() -> ! {
     if let Err(e) = boot::mount_shares(&cfg.mounts) {
         fatal(&e);
     }
+    if let Err(e) = boot::mount_volumes(&cfg.volumes) {
+        fatal(&e);
+    }
     if let Err(e) = boot::set_hostname(&cfg.hostname) {
         log!("cannot set hostname {:?}: {e}", cfg.hostname);
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use supermachine::{
     Disk, EgressRule, Error, ExecBuilder, Image, Mount, Network, SymlinkPolicy, Vm, VmConfig,
+    Volume,
 };
 
 #[derive(clap::Args)]
@@ -27,11 +28,20 @@ pub struct VmOptions {
     /// Append `:ro` for read-only. Writes go straight to the file (sparse files stay sparse).
     #[arg(long = "disk", value_name = "PATH[:ro]")]
     disks: Vec<String>,
-    /// Share a host directory with the guest, live (virtio-fs): the guest
-    /// mounts it with `mount -t virtiofs TAG DIR`. Append `:ro` for
-    /// read-only. Symlinks in it are shown as symlinks and never followed
-    /// on the host (see --mount for the other policies).
-    #[arg(short = 'v', long = "volume", value_name = "HOST:TAG[:ro]")]
+    /// A host directory or a volume file in the guest. `HOST:/GUEST`:
+    /// a directory is shared live at /GUEST (virtio-fs; append `:ro` for
+    /// read-only); a file, or a path that does not exist yet, is a volume:
+    /// an ext4 disk image created sparse (SIZE, default 1G, e.g. `:2G`) and
+    /// formatted when new, mounted at /GUEST, kept after the VM, used by
+    /// one VM at a time. `HOST:TAG[:ro]` shares a directory for the guest
+    /// to mount itself (`mount -t virtiofs TAG DIR`). Symlinks in a shared
+    /// directory are shown as symlinks and never followed on the host (see
+    /// --mount for the other policies).
+    #[arg(
+        short = 'v',
+        long = "volume",
+        value_name = "HOST:/GUEST[:SIZE|:ro] | HOST:TAG[:ro]"
+    )]
     volumes: Vec<String>,
     /// Share a host directory, with every option:
     /// `source=HOST,tag=TAG[,target=/GUEST/DIR][,symlinks=deny|opaque|follow][,ro]`.
@@ -95,6 +105,7 @@ impl VmOptions {
             (None, Some(source), None) => crate::images::get(source, self.pull.into()).await?,
             (None, None, None) => Image::builtin(),
         };
+        let (mounts, volumes) = parse_mounts(&self.volumes, &self.mounts)?;
         let config = VmConfig {
             memory_mib: self.memory,
             vcpus: self.vcpus,
@@ -103,7 +114,8 @@ impl VmOptions {
             workdir: None,
             user: None,
             disks: self.disks.iter().map(|d| parse_disk(d)).collect(),
-            mounts: parse_mounts(&self.volumes, &self.mounts)?,
+            mounts,
+            volumes,
             network: parse_network(self.network.as_deref(), &self.allow)?,
             extra_kernel_args: self.kernel_args,
             boot_timeout: Duration::from_secs(self.boot_timeout),
@@ -191,17 +203,44 @@ pub fn parse_network(mode: Option<&str>, allow: &[String]) -> Result<Option<Netw
     }
 }
 
-fn parse_mounts(volumes: &[String], mounts: &[String]) -> Result<Vec<Mount>, Error> {
-    let mut out = Vec::new();
-    for volume in volumes {
-        let (rest, read_only) = match volume.strip_suffix(":ro") {
+/// The `-v` and `--mount` options: shared directories, and volume files.
+fn parse_mounts(volumes: &[String], mounts: &[String]) -> Result<(Vec<Mount>, Vec<Volume>), Error> {
+    let (mut out, mut files) = (Vec::new(), Vec::new());
+    for spec in volumes {
+        let (rest, read_only) = match spec.strip_suffix(":ro") {
             Some(rest) => (rest, true),
-            None => (volume.as_str(), false),
+            None => (spec.as_str(), false),
         };
+        if rest.contains(":/") {
+            // HOST:/GUEST[:SIZE]: a directory shared there, or a volume.
+            let volume: Volume = rest.parse()?;
+            let sized = rest
+                .rsplit_once(':')
+                .is_some_and(|(_, l)| !l.starts_with('/'));
+            if volume.host_path.is_dir() {
+                if sized {
+                    return Err(Error::InvalidArgument(format!(
+                        "-v {spec}: {} is a directory, shared as it is; a size is for a volume file",
+                        volume.host_path.display()
+                    )));
+                }
+                let tag = format!("share{}", out.len());
+                let mut mount = Mount::new(volume.host_path, tag).at(volume.guest_path);
+                mount.read_only = read_only;
+                out.push(mount);
+            } else if read_only {
+                return Err(Error::InvalidArgument(format!(
+                    "-v {spec}: a volume is writable; attach a read-only image with --disk PATH:ro"
+                )));
+            } else {
+                files.push(volume);
+            }
+            continue;
+        }
         // The tag is the last part: a host path may hold colons, a tag not.
         let Some((host, tag)) = rest.rsplit_once(':') else {
             return Err(Error::InvalidArgument(format!(
-                "-v {volume}: expected HOST:TAG[:ro]"
+                "-v {spec}: expected HOST:/GUEST[:SIZE|:ro] or HOST:TAG[:ro]"
             )));
         };
         let mut mount = Mount::new(host, tag);
@@ -211,7 +250,7 @@ fn parse_mounts(volumes: &[String], mounts: &[String]) -> Result<Vec<Mount>, Err
     for spec in mounts {
         out.push(parse_mount(spec)?);
     }
-    Ok(out)
+    Ok((out, files))
 }
 
 /// One `--mount` spec.
@@ -276,7 +315,8 @@ mod tests {
     fn volumes_and_mounts_parse() {
         let volumes = ["/home/me/a:b:src".to_string(), "/data:data:ro".to_string()];
         let mounts = ["source=/x,tag=x,target=/app,symlinks=deny,ro".to_string()];
-        let parsed = parse_mounts(&volumes, &mounts).unwrap();
+        let (parsed, files) = parse_mounts(&volumes, &mounts).unwrap();
+        assert!(files.is_empty());
         assert_eq!(parsed[0].host_path, PathBuf::from("/home/me/a:b"));
         assert_eq!(
             (parsed[0].tag.as_str(), parsed[0].read_only),
@@ -298,5 +338,37 @@ mod tests {
             assert!(parse_mount(bad).is_err(), "{bad}");
         }
         assert!(parse_mounts(&["/nocolon".to_string()], &[]).is_err());
+    }
+
+    #[test]
+    fn a_guest_path_makes_a_directory_a_mount_and_anything_else_a_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let specs = [
+            format!("{d}:/app:ro"),
+            format!("{d}/data.img:/data:2G"),
+            format!("{d}/cache.img:/root/.cache"),
+        ];
+        let (mounts, files) = parse_mounts(&specs, &[]).unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].guest_path.as_deref(), Some("/app"));
+        assert!(mounts[0].read_only);
+        assert_eq!(files.len(), 2);
+        assert_eq!(
+            (files[0].guest_path.as_str(), files[0].size_mib),
+            ("/data", 2048)
+        );
+        assert_eq!(files[1].size_mib, supermachine::DEFAULT_VOLUME_MIB);
+        // A size on a directory, a read-only volume: refused with the reason.
+        for bad in [format!("{d}:/app:2G"), format!("{d}/v.img:/v:ro")] {
+            assert!(
+                parse_mounts(std::slice::from_ref(&bad), &[]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            !dir.path().join("data.img").exists(),
+            "parsing created a file"
+        );
     }
 }

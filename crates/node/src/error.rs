@@ -151,6 +151,7 @@ pub fn code_of(e: &Error) -> &'static str {
         Error::ReadLimit { .. } => "ERR_FS_FILE_TOO_LARGE",
         Error::ListLimit { .. } => "SUPERMACHINE_LIST_LIMIT",
         Error::InvalidArgument(_) | Error::NoCommand { .. } => "ERR_INVALID_ARG_VALUE",
+        Error::VolumeInUse { .. } => "SUPERMACHINE_VOLUME_IN_USE",
         Error::KernelNotBuilt { .. } | Error::KernelMissingAfterBuild { .. } => {
             "SUPERMACHINE_KERNEL_MISSING"
         }

@@ -180,6 +180,13 @@ pub enum Error {
     /// No running VM has this id.
     #[error("no running VM with id {0:?} (see `supermachine ps`)")]
     NoSuchVm(String),
+    /// A volume's file is in use by another VM (its worker holds the
+    /// file's lock), or by another start checking it right now.
+    #[error("volume {} is in use by another VM: a volume is attached to one VM at a time (stop that VM, or use another file)", .path.display())]
+    VolumeInUse {
+        /// The volume's host file.
+        path: PathBuf,
+    },
     /// An argument the library cannot act on.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

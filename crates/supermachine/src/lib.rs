@@ -129,6 +129,7 @@ pub use vm::files::{LIST_DIR_BYTES_PER_ENTRY, LIST_DIR_LIMIT, READ_FILE_LIMIT};
 pub use vm::forward::{ExposeOptions, TcpForwarder, MAX_FORWARDED_CONNECTIONS};
 pub use vm::mount::{Mount, SymlinkPolicy, MAX_TAG_LEN};
 pub use vm::network::{EgressRule, Network};
+pub use vm::volume::{Volume, DEFAULT_VOLUME_MIB};
 pub use vm::{Disk, Vm, VmConfig};
 pub use worker::control::ControlError;
 pub use worker::outcome::VmOutcome;

@@ -27,6 +27,7 @@ mod registry;
 mod snapshot;
 mod stdin;
 mod util;
+mod volumes;
 
 use libtest_mimic::{Arguments, Trial};
 use std::ffi::OsString;
@@ -45,6 +46,7 @@ fn trials() -> Vec<Trial> {
     all.extend(mounts::trials());
     all.extend(ports::trials());
     all.extend(network::trials());
+    all.extend(volumes::trials());
     progress::without_skipped(all)
 }
 

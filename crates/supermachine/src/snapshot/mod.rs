@@ -252,7 +252,7 @@ pub enum SnapshotProblem {
     #[error("this VM's disks are unknown (started by an older supermachine): restart it")]
     UnknownDisks,
     /// The VM has a writable disk, which would change under the snapshot.
-    #[error("{} is a writable disk: it would keep changing under the snapshot. Snapshot VMs with read-only disks only", .path.display())]
+    #[error("{} is a writable disk or a volume: it would keep changing under the snapshot and every restored copy would write to it. Snapshot VMs with read-only disks and no volumes (volumes in snapshots are not supported yet)", .path.display())]
     VmDiskWritable {
         /// The disk.
         path: PathBuf,

@@ -99,6 +99,13 @@ impl Vm {
         detached: bool,
     ) -> Result<Vm, Error> {
         runtime::check_kvm()?;
+        if !config.volumes.is_empty() {
+            return Err(Error::InvalidArgument(
+                "volumes cannot be attached to a restored VM yet (a snapshot's disks are fixed \
+                 when it is taken): boot the image with the volume instead"
+                    .into(),
+            ));
+        }
         let meta = &snapshot.meta;
         let mounts = restore_mounts(meta, &config.mounts)?;
         let net = restore_network(meta.network, config.network.as_ref().or(image.network()))?;

@@ -9,6 +9,7 @@ pub(crate) mod files;
 pub(crate) mod forward;
 pub(crate) mod mount;
 pub(crate) mod network;
+pub(crate) mod volume;
 
 use self::conn::Conn;
 use crate::error::Error;
@@ -90,6 +91,11 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// Host directories shared with the guest (virtio-fs).
     pub mounts: Vec<Mount>,
+    /// Host files the guest gets as ext4 filesystems mounted at a path
+    /// (created sparse and formatted when new; one VM at a time). Attached
+    /// after [`disks`](Self::disks). Not on restores yet: a VM with a
+    /// volume cannot be snapshotted.
+    pub volumes: Vec<volume::Volume>,
     /// The guest's network. `None`: off for a boot; for a restore, what
     /// the snapshot had (a snapshot taken with a network gets
     /// [`Network::Public`](crate::Network::Public): the policy is the
@@ -114,6 +120,7 @@ impl Default for VmConfig {
             user: None,
             disks: Vec::new(),
             mounts: Vec::new(),
+            volumes: Vec::new(),
             network: None,
             extra_kernel_args: Vec::new(),
             boot_timeout: Duration::from_secs(60),
@@ -239,6 +246,16 @@ impl Vm {
         let mounts = mount::worker_specs(&config.mounts)?;
         let net = config.network.as_ref().and_then(crate::Network::spec);
         let passt = net.as_ref().map(|_| network::passt_binary()).transpose()?;
+        let mut volume_args = Vec::with_capacity(config.volumes.len());
+        for (path, v) in volume::prepare(&config.volumes)?
+            .into_iter()
+            .zip(&config.volumes)
+        {
+            // The worker names disk i's serial `disk{i}`; the agent finds
+            // the volume by it.
+            volume_args.push(volume::boot_arg(&format!("disk{}", disks.len()), v));
+            disks.push((path, false));
+        }
         let initramfs = assets::initramfs()?;
         let binary = assets::worker_binary()?;
         let dir = VmDir::create()?;
@@ -261,6 +278,7 @@ impl Vm {
 
         let mut cmdline = vec!["supermachine.root=/dev/vda".to_string()];
         cmdline.extend(mount::boot_args(&config.mounts));
+        cmdline.extend(volume_args);
         if net.is_some() {
             cmdline.push(network::boot_arg());
         }
