@@ -241,6 +241,14 @@ fn prepare_one(volume: &Volume) -> Result<PathBuf, Error> {
                      formatted over (use another file, or attach it as a raw disk with --disk)"
                 )))
             }
+            Contents::Unchecked => {
+                return Err(Error::InvalidArgument(format!(
+                    "volume {shown} holds no filesystem but more than {} MiB of written-out \
+                     data, too much to make sure it is all zeros; it is not formatted over \
+                     (format it with mkfs.ext4, or use a new file)",
+                    ZERO_SCAN_LIMIT >> 20
+                )))
+            }
         }
     }
     Ok(path)
@@ -274,13 +282,20 @@ enum Contents {
     Nothing,
     /// Anything else.
     Other,
+    /// Zeros as far as it was read, but more written-out data than is
+    /// worth reading through ([`ZERO_SCAN_LIMIT`]).
+    Unchecked,
 }
 
-fn contents(mut file: &File) -> std::io::Result<Contents> {
+/// The most written-out (non-hole) data read through to find the file all
+/// zeros before formatting it.
+const ZERO_SCAN_LIMIT: u64 = 256 << 20;
+
+fn contents(file: &File) -> std::io::Result<Contents> {
     let mut head = vec![0u8; PROBE_BYTES];
     let mut got = 0;
     while got < head.len() {
-        match file.read(&mut head[got..]) {
+        match (&*file).read(&mut head[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -288,15 +303,60 @@ fn contents(mut file: &File) -> std::io::Result<Contents> {
         }
     }
     let head = &head[..got];
-    Ok(
-        if head.get(EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2) == Some(&EXT_MAGIC[..]) {
-            Contents::Ext
-        } else if head.iter().all(|&b| b == 0) {
-            Contents::Nothing
-        } else {
-            Contents::Other
-        },
-    )
+    if head.get(EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2) == Some(&EXT_MAGIC[..]) {
+        return Ok(Contents::Ext);
+    }
+    if head.iter().any(|&b| b != 0) {
+        return Ok(Contents::Other);
+    }
+    // Zeros at the start say little (a filesystem or partition may begin
+    // further in): every written-out byte must be zero to format it.
+    only_zeros(file)
+}
+
+/// Reads the file's data extents (holes are zeros by definition) and says
+/// whether they hold only zeros.
+fn only_zeros(file: &File) -> std::io::Result<Contents> {
+    use std::os::unix::fs::FileExt;
+    let fd = file.as_raw_fd();
+    let len = file.metadata()?.len();
+    let seek = |pos: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        let pos = libc::off_t::try_from(pos).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: lseek on a descriptor `file` owns; no memory is passed.
+        let at = unsafe { libc::lseek(fd, pos, whence) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data at or after `pos`.
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        Err(e)
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut pos, mut scanned) = (0u64, 0u64);
+    while pos < len {
+        let Some(data) = seek(pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        let end = seek(data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        let mut at = data;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(Contents::Other);
+            }
+            at += n as u64;
+            scanned += n as u64;
+            if scanned > ZERO_SCAN_LIMIT {
+                return Ok(Contents::Unchecked);
+            }
+        }
+        pos = end.max(pos + 1);
+    }
+    Ok(Contents::Nothing)
 }
 
 /// `mkfs.ext4` on the file: root directory owned by root (the guest's),
@@ -434,6 +494,14 @@ mod tests {
         File::create(&zeroed).unwrap().set_len(32 << 20).unwrap();
         prepare(&[Volume::new(&zeroed, "/data")]).unwrap();
         assert_eq!(std::fs::metadata(&zeroed).unwrap().len(), 32 << 20);
+        // Zeros written out (not holes) count as nothing too.
+        let written = dir.path().join("written.img");
+        std::fs::write(&written, vec![0u8; 20 << 20]).unwrap();
+        prepare(&[Volume::new(&written, "/data")]).unwrap();
+        assert_eq!(
+            contents(&File::open(&written).unwrap()).unwrap(),
+            Contents::Ext
+        );
         assert_eq!(
             contents(&File::open(&zeroed).unwrap()).unwrap(),
             Contents::Ext
@@ -449,6 +517,13 @@ mod tests {
         let err = prepare(&[Volume::new(&path, "/data")]).unwrap_err();
         assert!(err.to_string().contains("not an ext2/3/4"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), data);
+        // Zeros at the start, data further in: still not formatted.
+        let mut deep = vec![0u8; 4 << 20];
+        deep[3 << 20] = 1;
+        std::fs::write(&path, &deep).unwrap();
+        let err = prepare(&[Volume::new(&path, "/data")]).unwrap_err();
+        assert!(err.to_string().contains("not an ext2/3/4"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), deep);
         // A size that is not whole sectors is refused too, untouched.
         std::fs::write(&path, [0u8; 1000]).unwrap();
         let err = prepare(&[Volume::new(&path, "/data")]).unwrap_err();
