@@ -349,6 +349,8 @@ export declare const ErrorCodes: {
   readonly HOST_TOOL: 'SUPERMACHINE_HOST_TOOL'
   readonly IO: 'SUPERMACHINE_IO'
   readonly LIST_LIMIT: 'SUPERMACHINE_LIST_LIMIT'
+  /** A volume's file is attached to another VM (one VM at a time). */
+  readonly VOLUME_IN_USE: 'SUPERMACHINE_VOLUME_IN_USE'
   readonly REGISTRY_AUTH: 'SUPERMACHINE_REGISTRY_AUTH'
   readonly UNSAFE_RUNTIME_DIR: 'SUPERMACHINE_UNSAFE_RUNTIME_DIR'
   readonly VERSION_MISMATCH: 'SUPERMACHINE_VERSION_MISMATCH'
