@@ -19,8 +19,8 @@ pub fn ps(json: bool) -> Result<(), Error> {
     }
     let _ = writeln!(
         out,
-        "{:<10} {:>8} {:>7} {:>5} {:>9}  {:<20} COMMAND",
-        "ID", "PID", "MEMORY", "VCPUS", "UPTIME", "IMAGE"
+        "{:<10} {:>8} {:>7} {:>5} {:>9}  {:<8} {:<20} COMMAND",
+        "ID", "PID", "MEMORY", "VCPUS", "UPTIME", "NETWORK", "IMAGE"
     );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -28,17 +28,33 @@ pub fn ps(json: bool) -> Result<(), Error> {
     for vm in &vms {
         let _ = writeln!(
             out,
-            "{:<10} {:>8} {:>6}M {:>5} {:>9}  {:<20} {}",
+            "{:<10} {:>8} {:>6}M {:>5} {:>9}  {:<8} {:<20} {}",
             vm.id,
             vm.pid,
             vm.memory_mib,
             vm.vcpus,
             uptime(now.saturating_sub(vm.started)),
+            network(vm.network.as_deref()),
             vm.image,
             vm.command.join(" ")
         );
     }
     Ok(())
+}
+
+/// The NETWORK column: `none`, `public`, or `allow:N` (N rules; `ps
+/// --json` has them all).
+fn network(spec: Option<&str>) -> String {
+    match spec {
+        None => "none".into(),
+        Some(s) => match s.strip_prefix("allow=") {
+            Some(rules) => format!(
+                "allow:{}",
+                rules.split(',').filter(|r| !r.is_empty()).count()
+            ),
+            None => s.into(),
+        },
+    }
 }
 
 fn uptime(secs: u64) -> String {
@@ -95,5 +111,28 @@ pub async fn logs(id: &str, follow: bool) -> Result<(), Error> {
         if len < pos {
             let _ = file.seek(SeekFrom::Start(0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_network_column_is_short() {
+        assert_eq!(network(None), "none");
+        assert_eq!(network(Some("public")), "public");
+        assert_eq!(
+            network(Some("allow=10.0.0.0/8:5432,0.0.0.0/0:443")),
+            "allow:2"
+        );
+        assert_eq!(network(Some("allow=")), "allow:0");
+    }
+
+    #[test]
+    fn uptimes_read_at_a_glance() {
+        assert_eq!(uptime(59), "59s");
+        assert_eq!(uptime(61), "1m1s");
+        assert_eq!(uptime(3_660), "1h1m");
     }
 }
