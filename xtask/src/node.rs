@@ -97,6 +97,32 @@ fn kernel_env() -> Result<Vec<(OsString, OsString)>, String> {
     Ok(vec![("SUPERMACHINE_KERNEL".into(), path.into())])
 }
 
+/// `npm pack` of the assembled package into `target/node-pack/` (emptied
+/// first); the tarball's path, for `test/package.test.mjs`, which installs
+/// it into an empty directory as a user would.
+fn pack(package: &Path) -> Result<std::path::PathBuf, String> {
+    let dest = workspace_root().join("target").join("node-pack");
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    eprintln!("node: npm pack");
+    run(
+        Command::new("npm")
+            .current_dir(package)
+            .args(["pack", "--silent", "--pack-destination"])
+            .arg(&dest),
+        "npm pack",
+    )?;
+    let tarball = std::fs::read_dir(&dest)
+        .map_err(|e| format!("{}: {e}", dest.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .ok_or_else(|| format!("npm pack left no .tgz in {}", dest.display()))?;
+    let size = std::fs::metadata(&tarball).map_or(0, |m| m.len());
+    eprintln!("node: {} ({size} bytes)", tarball.display());
+    Ok(tarball)
+}
+
 pub fn node(given: &[String]) -> Result<i32, String> {
     let root = workspace_root();
     let package = root.join("node");
@@ -122,12 +148,16 @@ pub fn node(given: &[String]) -> Result<i32, String> {
         ]),
         "building the worker and the addon",
     )?;
-    run(
-        Command::new("node")
-            .current_dir(&package)
-            .arg("scripts/assemble.mjs"),
-        "assembling node/native",
-    )?;
+    // native/ carries the kernel the tests boot, as a published package
+    // carries its own.
+    let kernel = kernel_env()?;
+    let mut assemble = Command::new("node");
+    assemble.current_dir(&package).arg("scripts/assemble.mjs");
+    if let Some((_, path)) = kernel.first() {
+        assemble.arg("--kernel").arg(path);
+    }
+    run(&mut assemble, "assembling node/native")?;
+    let tarball = pack(&package)?;
 
     if !package.join("node_modules/.bin/tsc").exists() {
         eprintln!("node: installing TypeScript (npm ci)");
@@ -152,7 +182,10 @@ pub fn node(given: &[String]) -> Result<i32, String> {
     let opts = supermachine_lab::LabOptions {
         cpus: supermachine_lab::test_cpus(),
         cwd: Some(package.clone()),
-        env: kernel_env()?,
+        env: kernel
+            .into_iter()
+            .chain([("SUPERMACHINE_PACKED_TARBALL".into(), tarball.into())])
+            .collect(),
         ..supermachine_lab::LabOptions::default()
     };
     let mut failed = Vec::new();
