@@ -9,6 +9,7 @@ mod pool;
 mod registry;
 mod skopeo_umoci;
 mod snapshot;
+mod volume;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -80,6 +81,15 @@ enum Bench {
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
     },
+    /// Writes on a volume (ext4 on a host file) against the same on a raw writable
+    /// `--disk`, interleaved in one VM: sequential MiB + fsync, and 4 KiB O_DIRECT writes.
+    Volume {
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+        /// MiB written by each sequential run.
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+    },
     /// The host-side floor of a restore, no guest running (works on PVM): map the
     /// memory file, create the KVM VM, restore devices and VM/vCPU state.
     RestoreFloor {
@@ -121,6 +131,7 @@ fn main() {
             restores,
             concurrency,
         } => pool::run(iterations, restores, concurrency),
+        Bench::Volume { iterations, mib } => volume::run(iterations, mib),
         Bench::RestoreFloor {
             snapshot,
             iterations,
