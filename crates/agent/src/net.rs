@@ -8,6 +8,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use supermachine_protocol::net_spec::GATEWAY_MAC;
 
 /// The guest's addressing, from `supermachine.net`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,15 @@ pub fn configure(config: &NetConfig, etc: &Path) -> Result<(), String> {
     interface_up(&fd).map_err(|e| format!("eth0 up: {e}"))?;
     default_route(&fd, config.gateway)
         .map_err(|e| format!("default route via {}: {e}", config.gateway))?;
+    // The stack answers for the gateway and the DNS server with one MAC
+    // address that never changes: permanent neighbour entries mean the
+    // guest never has to resolve them, so a busy host that answers an ARP
+    // probe late cannot make a connection fail with "No route to host",
+    // and a restored copy's entries are right wherever it runs.
+    for addr in [config.gateway, config.dns] {
+        permanent_neighbour(&fd, addr, &GATEWAY_MAC)
+            .map_err(|e| format!("neighbour entry for {addr}: {e}"))?;
+    }
     write_resolv_conf(etc, config.dns).map_err(|e| format!("/etc/resolv.conf: {e}"))
 }
 
@@ -88,7 +98,7 @@ fn ifreq() -> libc::ifreq {
 
 fn ioctl<T>(fd: &OwnedFd, request: libc::Ioctl, arg: &mut T) -> io::Result<()> {
     // SAFETY: every request passed here reads or fills the live struct of
-    // the type it expects (ifreq or rtentry), which `arg` is.
+    // the type it expects (ifreq, rtentry or arpreq), which `arg` is.
     if unsafe { libc::ioctl(fd.as_raw_fd(), request, arg as *mut T) } != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -108,6 +118,21 @@ fn interface_up(fd: &OwnedFd) -> io::Result<()> {
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     ioctl(fd, libc::SIOCSIFFLAGS, &mut req)
+}
+
+fn permanent_neighbour(fd: &OwnedFd, addr: Ipv4Addr, mac: &[u8; 6]) -> io::Result<()> {
+    // SAFETY: arpreq is plain data; all-zero is a valid value.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    req.arp_pa = sockaddr(addr);
+    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (dst, &src) in req.arp_ha.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    req.arp_flags = libc::ATF_PERM | libc::ATF_COM;
+    for (dst, &src) in req.arp_dev.iter_mut().zip(INTERFACE) {
+        *dst = src as libc::c_char;
+    }
+    ioctl(fd, libc::SIOCSARP, &mut req)
 }
 
 fn default_route(fd: &OwnedFd, gateway: Ipv4Addr) -> io::Result<()> {

@@ -166,6 +166,19 @@ fn reaches_what_is_allowed_and_nothing_else() -> Result<(), Failed> {
                 route.contains("default via 192.168.127.1 dev eth0"),
                 format!("routes: {route}"),
             )?;
+            // The gateway and DNS server never need resolving: permanent
+            // entries (flags 0x6: complete, permanent) with the stack's MAC.
+            let arp = sh(&vm, "cat /proc/net/arp").await?;
+            for addr in ["192.168.127.1 ", "192.168.127.3 "] {
+                ensure(
+                    arp.lines().any(|l| {
+                        l.starts_with(addr)
+                            && l.contains(" 0x6 ")
+                            && l.contains("9a:55:9a:55:9a:55")
+                    }),
+                    format!("a permanent neighbour entry for {addr}: {arp}"),
+                )?;
+            }
             let resolv = sh(&vm, "cat /etc/resolv.conf").await?;
             ensure(
                 resolv.contains("nameserver 192.168.127.3"),
